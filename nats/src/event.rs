@@ -1,0 +1,175 @@
+//! Job events: the history of each job (queued, started, progress, and one
+//! terminal event), kept on the events stream under a per-job subject.
+//!
+//! Watchers replay a job's subject from the start and then follow it live;
+//! notify consumes the terminal events of all jobs through a durable consumer.
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull, message::PublishMessage};
+use futures::{Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{JobId, JobOutput, NatsError, TenantId, names};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub tenant: TenantId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    Queued,
+    Started,
+    Progress { stage: String, percent: f64 },
+    Completed { output: JobOutput },
+    Failed { error: String },
+    Cancelled,
+}
+
+impl EventKind {
+    /// The last subject token, also the webhook event type after "job.".
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Queued => "queued",
+            EventKind::Started => "started",
+            EventKind::Progress { .. } => "progress",
+            EventKind::Completed { .. } => "completed",
+            EventKind::Failed { .. } => "failed",
+            EventKind::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled
+        )
+    }
+}
+
+impl JobEvent {
+    pub fn now(tenant: &TenantId, job_id: &JobId, kind: EventKind) -> Self {
+        JobEvent {
+            job_id: job_id.clone(),
+            tenant: tenant.clone(),
+            at: OffsetDateTime::now_utc(),
+            kind,
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, NatsError> {
+        serde_json::from_slice(bytes).map_err(|err| NatsError::Corrupt(err.to_string()))
+    }
+
+    /// Deduplication id: JetStream drops a second terminal event of the same
+    /// job, so a writer retrying after a lost ack cannot end a job twice.
+    fn message_id(&self) -> Option<String> {
+        match &self.kind {
+            EventKind::Progress { .. } => None,
+            kind if kind.is_terminal() => Some(format!("{}.terminal", self.job_id)),
+            kind => Some(format!("{}.{}", self.job_id, kind.name())),
+        }
+    }
+}
+
+/// An event with its stream sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequencedEvent {
+    pub sequence: u64,
+    pub event: JobEvent,
+}
+
+/// The events stream.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    js: jetstream::Context,
+}
+
+impl EventLog {
+    pub(crate) fn new(js: jetstream::Context) -> Self {
+        EventLog { js }
+    }
+
+    /// Publishes and waits for the stream's ack, so a returned event is durable.
+    pub async fn publish(&self, event: &JobEvent) -> Result<u64, NatsError> {
+        let subject = names::event_subject(&event.tenant, &event.job_id, event.kind.name());
+        let payload = serde_json::to_vec(event).map_err(|err| NatsError::Corrupt(err.to_string()))?;
+        let mut publish = PublishMessage::build().payload(payload.into());
+        if let Some(id) = event.message_id() {
+            publish = publish.message_id(id);
+        }
+        let ack = self
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(NatsError::unavailable)?
+            .await
+            .map_err(NatsError::unavailable)?;
+        Ok(ack.sequence)
+    }
+
+    /// Every event of one job from the first, then live ones as they arrive.
+    /// The stream never ends by itself; the caller stops after the terminal event.
+    pub async fn follow(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+    ) -> Result<impl Stream<Item = Result<SequencedEvent, NatsError>> + Send + 'static, NatsError> {
+        let stream = self
+            .js
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        // An ordered consumer is ephemeral and recreates itself after a gap,
+        // which is what a replay-then-follow reader wants.
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: names::job_events_filter(tenant, job),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
+        let messages = consumer.messages().await.map_err(NatsError::unavailable)?;
+        Ok(messages.map(|message| {
+            let message = message.map_err(NatsError::unavailable)?;
+            let sequence = message.info().map_err(NatsError::unavailable)?.stream_sequence;
+            let event = JobEvent::decode(&message.payload)?;
+            Ok(SequencedEvent { sequence, event })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_with_a_type_tag() {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let job = JobId::new();
+        let event = JobEvent::now(&tenant, &job, EventKind::Failed { error: "bad input".into() });
+        let json: serde_json::Value = serde_json::to_value(&event).expect("encode");
+        assert_eq!(json["type"], "failed");
+        assert_eq!(json["error"], "bad input");
+        let back: JobEvent = serde_json::from_value(json).expect("decode");
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn only_one_terminal_event_per_job_is_accepted() {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let job = JobId::new();
+        let done = JobEvent::now(&tenant, &job, EventKind::Cancelled);
+        let failed = JobEvent::now(&tenant, &job, EventKind::Failed { error: "x".into() });
+        assert_eq!(done.message_id(), failed.message_id());
+        let progress = JobEvent::now(&tenant, &job, EventKind::Progress { stage: "render".into(), percent: 1.0 });
+        assert_eq!(progress.message_id(), None);
+    }
+}

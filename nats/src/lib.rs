@@ -1,0 +1,20 @@
+//! Everything reelmesh keeps in NATS JetStream, in one place.
+//!
+//! NATS is the only coordination between the services: job records live in a
+//! KV bucket updated by compare-and-set, work waits on a work-queue stream, and
+//! each job's events are kept on a limits stream so a watcher can replay them.
+//! Subject, stream and bucket names are defined in [`names`] and nowhere else.
+
+pub mod error;
+pub mod event;
+pub mod names;
+pub mod record;
+pub mod server;
+pub mod topology;
+pub mod work;
+
+pub use error::NatsError;
+pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
+pub use record::{JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary, Progress, TenantId};
+pub use topology::{Topology, TopologyConfig};
+pub use work::{WorkItem, WorkQueue};

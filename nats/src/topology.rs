@@ -1,0 +1,163 @@
+//! Creates (or updates) every stream, consumer and bucket reelmesh needs.
+//!
+//! Each service calls [`Topology::connect`] at start-up; the definitions are
+//! idempotent, so any service may be first and none needs a separate setup step.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, pull},
+    kv,
+    stream::{self, RetentionPolicy, StorageType},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{EventLog, JobRecords, NatsError, WorkQueue, names};
+
+/// Tunables of the topology; the defaults suit production and tests alike.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TopologyConfig {
+    /// How long events (and so a job's replayable history) are kept.
+    #[serde(with = "humantime_secs")]
+    pub event_retention: Duration,
+    /// How long a worker may go without acking or signalling progress before
+    /// its job is handed to another worker.
+    #[serde(with = "humantime_secs")]
+    pub work_ack_wait: Duration,
+    /// Deliveries of one work item before it is given up.
+    pub work_max_deliver: i64,
+    /// Keep everything in memory instead of files (tests that want speed only).
+    pub in_memory: bool,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        TopologyConfig {
+            event_retention: Duration::from_secs(30 * 24 * 3600),
+            work_ack_wait: Duration::from_secs(30),
+            work_max_deliver: 5,
+            in_memory: false,
+        }
+    }
+}
+
+/// Durations in config files are whole seconds.
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(value.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// Handles on everything in NATS a service works with.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub client: async_nats::Client,
+    pub jobs: JobRecords,
+    pub events: EventLog,
+    pub work: WorkQueue,
+}
+
+impl Topology {
+    /// Connects to NATS and makes sure every stream, consumer and bucket exists.
+    pub async fn connect(url: &str, config: &TopologyConfig) -> Result<Self, NatsError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("reelmesh")
+            .connect(url)
+            .await
+            .map_err(|err| NatsError::Unavailable(format!("{url}: {err}")))?;
+        Self::ensure(client, config).await
+    }
+
+    pub async fn ensure(client: async_nats::Client, config: &TopologyConfig) -> Result<Self, NatsError> {
+        let js = jetstream::new(client.clone());
+        let storage = if config.in_memory {
+            StorageType::Memory
+        } else {
+            StorageType::File
+        };
+        let kv = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::JOBS_BUCKET.into(),
+                description: "reelmesh job records, keyed <tenant>.<job id>".into(),
+                history: 5,
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
+        js.create_or_update_stream(stream::Config {
+            name: names::WORK_STREAM.into(),
+            description: Some("reelmesh jobs waiting for a render worker".into()),
+            subjects: vec![names::WORK_SUBJECTS.into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(NatsError::unavailable)?;
+        js.create_or_update_stream(stream::Config {
+            name: names::EVENTS_STREAM.into(),
+            description: Some("reelmesh job events, per job subject".into()),
+            subjects: vec![names::EVENTS_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            storage,
+            max_age: config.event_retention,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(NatsError::unavailable)?;
+        Ok(Topology {
+            client,
+            jobs: JobRecords::new(kv, js.clone()),
+            events: EventLog::new(js.clone()),
+            work: WorkQueue::new(js, render_consumer_config(config)),
+        })
+    }
+
+    /// The durable consumer of terminal events that notify delivers from.
+    pub async fn notify_consumer(&self) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        let js = jetstream::new(self.client.clone());
+        let stream = js
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        stream
+            .get_or_create_consumer(
+                names::NOTIFY_CONSUMER,
+                pull::Config {
+                    durable_name: Some(names::NOTIFY_CONSUMER.into()),
+                    description: Some("terminal job events to deliver as webhooks".into()),
+                    filter_subjects: names::terminal_event_filters(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_deliver: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(NatsError::unavailable)
+    }
+}
+
+fn render_consumer_config(config: &TopologyConfig) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names::RENDER_CONSUMER.into()),
+        description: Some("render workers".into()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.work_ack_wait,
+        max_deliver: config.work_max_deliver,
+        ..Default::default()
+    }
+}

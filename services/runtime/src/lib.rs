@@ -1,0 +1,11 @@
+//! The parts of a reelmesh process that are the same for every service:
+//! loading its typed config, starting telemetry, and turning signals into a
+//! shutdown token. Each service's `main` is these three calls plus `run`.
+
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, EXIT_BAD_CONFIG, load_config};
+pub use shutdown::shutdown_on_signal;
+pub use telemetry::{Telemetry, init_telemetry};
