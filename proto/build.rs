@@ -22,6 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("reelmesh_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Media chunks are `Bytes`, so they pass between object_store and the
+    // wire without copies.
+    tonic_prost_build::configure()
+        .bytes(".reelmesh.v1")
+        .compile_fds(descriptors)?;
     Ok(())
 }

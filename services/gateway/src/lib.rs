@@ -1,1 +1,38 @@
-//! placeholder
+//! reelmesh gateway: the public gRPC front door.
+//!
+//! Serves `reelmesh.v1.Jobs` (backed by NATS through [`NatsJobs`]) and
+//! `reelmesh.v1.Store` (the same media store render uses), both behind
+//! API-key auth, plus gRPC health and reflection so probes and grpcurl work.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod jobs;
+pub mod validate;
+
+use reelmesh_nats::Topology;
+use reelmesh_proto::v1::{jobs_server::JobsServer, store_server::StoreServer};
+use reelmesh_store::{MediaStore, StoreService};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+pub use error::GatewayError;
+pub use grpc::JobsService;
+pub use jobs::{JobsApi, NatsJobs};
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled.
+pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
+    let topology = Topology::connect(&config.nats_url, &config.topology).await?;
+    let store = MediaStore::open(&config.store_url, &[])?;
+    let (router, health) = reelmesh_runtime::grpc::router()?;
+    health.set_serving::<JobsServer<JobsService<NatsJobs>>>().await;
+    health.set_serving::<StoreServer<StoreService<MediaStore>>>().await;
+    let router = router
+        .add_service(JobsService::new(NatsJobs::new(topology)).into_server(auth.clone()))
+        .add_service(StoreService::new(store).into_server(auth));
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    reelmesh_runtime::grpc::serve(router, listener, shutdown).await?;
+    Ok(())
+}

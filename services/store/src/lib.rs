@@ -1,1 +1,35 @@
-//! placeholder
+//! reelmesh store: media in and out of one object_store backend.
+//!
+//! [`MediaStore`] is the storage itself (chosen by URL, keyed per tenant);
+//! [`StoreService`] exposes it as the `reelmesh.v1.Store` gRPC service; [`run`]
+//! serves that service on its own, for deployments that split it out of the
+//! gateway.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod key;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{Expected, MediaStore, StoredObject};
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use grpc::StoreService;
+pub use key::{KeyError, ObjectKey};
+
+/// Serves the Store API on `listener` until `shutdown` is cancelled.
+pub async fn run(config: StoreConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = MediaStore::open(&config.url, &[])?;
+    let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
+    let (router, health) = reelmesh_runtime::grpc::router()?;
+    health
+        .set_serving::<reelmesh_proto::v1::store_server::StoreServer<StoreService<MediaStore>>>()
+        .await;
+    let router = router.add_service(StoreService::new(store).into_server(auth));
+    tracing::info!(addr = %listener.local_addr()?, url = %config.url, "store listening");
+    reelmesh_runtime::grpc::serve(router, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Configuration of the gateway.
+
+use std::net::SocketAddr;
+
+use reelmesh_nats::TopologyConfig;
+use reelmesh_runtime::{ApiKeys, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub nats_url: String,
+    /// The store the gateway's Store API serves; the same one render uses.
+    pub store_url: String,
+    pub api_keys: ApiKeys,
+    pub topology: TopologyConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            store_url: reelmesh_store::config::default_store_url(),
+            api_keys: ApiKeys::default(),
+            topology: TopologyConfig::default(),
+        }
+    }
+}
+
+impl ServiceConfig for GatewayConfig {
+    const SERVICE: &'static str = "gateway";
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}

@@ -1,0 +1,40 @@
+//! Gateway errors, and their one mapping onto gRPC status codes.
+
+use reelmesh_nats::NatsError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is wrong; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("job {0} not found")]
+    NotFound(String),
+    /// NATS is unreachable or failing; the client may retry.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<NatsError> for GatewayError {
+    fn from(err: NatsError) -> Self {
+        match err {
+            NatsError::JobNotFound(id) => GatewayError::NotFound(id),
+            NatsError::Unavailable(message) => GatewayError::Unavailable(message),
+            other => GatewayError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(err: GatewayError) -> Self {
+        let code = match &err {
+            GatewayError::InvalidArgument(_) => Code::InvalidArgument,
+            GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::Unavailable(_) => Code::Unavailable,
+            GatewayError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, err.to_string())
+    }
+}

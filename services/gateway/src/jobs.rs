@@ -1,0 +1,240 @@
+//! The job API's logic, independent of gRPC: accept, read, list, cancel and
+//! follow jobs, all through NATS.
+//!
+//! The rule that keeps jobs from being lost or ended twice: whoever moves a
+//! record into a terminal state by compare-and-set publishes the terminal
+//! event, and the event log drops a second terminal event for the same job.
+
+use futures::{Stream, StreamExt as _, future::BoxFuture, stream::BoxStream};
+use reelmesh_nats::{
+    EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, SequencedEvent, TenantId, Topology, WorkItem,
+};
+use reelmesh_proto::v1::JobSpec;
+
+use crate::{GatewayError, validate::validate_spec};
+
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// The id to continue after; `None` on the last page.
+    pub next: Option<JobId>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub state: Option<JobState>,
+    pub page_size: usize,
+    pub after: Option<JobId>,
+}
+
+pub type EventStream = BoxStream<'static, Result<SequencedEvent, GatewayError>>;
+
+/// What the Jobs gRPC service asks of the job logic.
+pub trait JobsApi: Send + Sync + 'static {
+    fn submit(&self, tenant: TenantId, spec: JobSpec) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
+    fn get(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
+    fn list(&self, tenant: TenantId, query: ListQuery) -> BoxFuture<'_, Result<JobPage, GatewayError>>;
+    fn cancel(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
+    /// The job's history, then live events, ending after the terminal one.
+    fn watch(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<EventStream, GatewayError>>;
+}
+
+/// [`JobsApi`] on NATS JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsJobs {
+    topology: Topology,
+}
+
+impl NatsJobs {
+    pub fn new(topology: Topology) -> Self {
+        NatsJobs { topology }
+    }
+
+    async fn submit_job(&self, tenant: TenantId, spec: JobSpec) -> Result<JobRecord, GatewayError> {
+        let spec = validate_spec(spec)?;
+        let record = JobRecord::new(tenant, spec);
+        self.topology.jobs.create(&record).await?;
+        let queued = JobEvent::now(&record.tenant, &record.id, EventKind::Queued);
+        let enqueued = async {
+            self.topology.events.publish(&queued).await?;
+            self.topology
+                .work
+                .enqueue(&WorkItem {
+                    tenant: record.tenant.clone(),
+                    job_id: record.id.clone(),
+                })
+                .await
+        }
+        .await;
+        if let Err(err) = enqueued {
+            self.abandon(&record, &err).await;
+            return Err(err.into());
+        }
+        tracing::info!(job = %record.id, tenant = %record.tenant, "job queued");
+        Ok(record)
+    }
+
+    /// The record exists but the job could not be queued: end it as FAILED
+    /// so it does not sit in QUEUED forever, then report the outage.
+    async fn abandon(&self, record: &JobRecord, cause: &NatsError) {
+        let message = format!("the job could not be queued: {cause}");
+        let failed = self
+            .topology
+            .jobs
+            .modify(&record.tenant, &record.id, |job| {
+                job.fail(message.clone())?;
+                Ok(true)
+            })
+            .await;
+        if failed.is_ok() {
+            let event = JobEvent::now(&record.tenant, &record.id, EventKind::Failed { error: message });
+            let _ = self.topology.events.publish(&event).await;
+        }
+    }
+
+    async fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {
+        self.topology
+            .jobs
+            .get(tenant, id)
+            .await?
+            .map(|versioned| versioned.record)
+            .ok_or_else(|| GatewayError::NotFound(id.to_string()))
+    }
+
+    async fn list_jobs(&self, tenant: TenantId, query: ListQuery) -> Result<JobPage, GatewayError> {
+        let mut jobs = self.topology.jobs.list(&tenant).await?;
+        jobs.retain(|job| query.state.is_none_or(|state| job.state == state));
+        jobs.retain(|job| query.after.as_ref().is_none_or(|after| job.id < *after));
+        // Ids are UUIDv7, so descending id order is newest first.
+        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(paginate(jobs, query.page_size))
+    }
+
+    async fn cancel_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
+        let mut cancelled_now = false;
+        let versioned = self
+            .topology
+            .jobs
+            .modify(&tenant, &id, |job| {
+                if job.state.is_terminal() {
+                    return Ok(false);
+                }
+                job.move_to(JobState::Cancelled)?;
+                cancelled_now = true;
+                Ok(true)
+            })
+            .await?;
+        if cancelled_now {
+            let event = JobEvent::now(&tenant, &id, EventKind::Cancelled);
+            self.topology.events.publish(&event).await?;
+            tracing::info!(job = %id, %tenant, "job cancelled");
+        }
+        Ok(versioned.record)
+    }
+
+    async fn watch_job(&self, tenant: TenantId, id: JobId) -> Result<EventStream, GatewayError> {
+        self.get_job(&tenant, &id).await?;
+        let events = self.topology.events.follow(&tenant, &id).await?;
+        Ok(until_terminal(events.map(|event| event.map_err(GatewayError::from))).boxed())
+    }
+}
+
+impl JobsApi for NatsJobs {
+    fn submit(&self, tenant: TenantId, spec: JobSpec) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
+        Box::pin(self.submit_job(tenant, spec))
+    }
+
+    fn get(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
+        Box::pin(async move { self.get_job(&tenant, &id).await })
+    }
+
+    fn list(&self, tenant: TenantId, query: ListQuery) -> BoxFuture<'_, Result<JobPage, GatewayError>> {
+        Box::pin(self.list_jobs(tenant, query))
+    }
+
+    fn cancel(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
+        Box::pin(self.cancel_job(tenant, id))
+    }
+
+    fn watch(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<EventStream, GatewayError>> {
+        Box::pin(self.watch_job(tenant, id))
+    }
+}
+
+fn paginate(mut jobs: Vec<JobRecord>, page_size: usize) -> JobPage {
+    let size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let next = (jobs.len() > size).then(|| jobs[size - 1].id.clone());
+    jobs.truncate(size);
+    JobPage { jobs, next }
+}
+
+/// Passes events through up to and including the first terminal one, or the
+/// first error.
+fn until_terminal<S>(events: S) -> impl Stream<Item = Result<SequencedEvent, GatewayError>>
+where
+    S: Stream<Item = Result<SequencedEvent, GatewayError>> + Send + 'static,
+{
+    events
+        .scan(false, |finished, event| {
+            if *finished {
+                return futures::future::ready(None);
+            }
+            *finished = match &event {
+                Ok(sequenced) => sequenced.event.kind.is_terminal(),
+                Err(_) => true,
+            };
+            futures::future::ready(Some(event))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::parse("acme").expect("tenant")
+    }
+
+    fn event(sequence: u64, kind: EventKind) -> Result<SequencedEvent, GatewayError> {
+        Ok(SequencedEvent {
+            sequence,
+            event: JobEvent::now(&tenant(), &JobId::new(), kind),
+        })
+    }
+
+    #[tokio::test]
+    async fn watch_stops_after_the_terminal_event() {
+        let events = futures::stream::iter(vec![
+            event(1, EventKind::Queued),
+            event(2, EventKind::Started),
+            event(3, EventKind::Cancelled),
+            event(4, EventKind::Started),
+        ]);
+        let seen: Vec<u64> = until_terminal(events)
+            .map(|event| event.expect("event").sequence)
+            .collect()
+            .await;
+        assert_eq!(seen, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn pages_are_bounded_and_point_at_the_last_id() {
+        let jobs: Vec<JobRecord> = (0..7)
+            .map(|_| JobRecord::new(tenant(), JobSpec::default()))
+            .collect();
+        let page = paginate(jobs.clone(), 5);
+        assert_eq!(page.jobs.len(), 5);
+        assert_eq!(page.next.as_ref(), Some(&jobs[4].id));
+        let last = paginate(jobs[5..].to_vec(), 5);
+        assert_eq!(last.jobs.len(), 2);
+        assert!(last.next.is_none());
+        assert_eq!(paginate(jobs, 0).jobs.len(), 7);
+    }
+}

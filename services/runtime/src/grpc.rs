@@ -1,0 +1,50 @@
+//! How every reelmesh gRPC server is put together: request tracing as a
+//! tower layer, health and reflection beside the real services, and a serve
+//! loop that stops when the shutdown token is cancelled.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::Router};
+use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
+use tower_http::{
+    classify::{GrpcErrorsAsFailures, SharedClassifier},
+    trace::TraceLayer,
+};
+
+/// A tonic router with our tower layers applied.
+pub type TracedRouter = Router<Stack<TraceLayer<SharedClassifier<GrpcErrorsAsFailures>>, Identity>>;
+
+/// Starts a router with health and reflection mounted; the caller adds its
+/// own services and marks them serving on the returned reporter.
+pub fn router() -> Result<(TracedRouter, HealthReporter), tonic_reflection::server::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(reelmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(reelmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router = Server::builder()
+        // Unary calls that hang are cut off; streams are not, since tonic
+        // times out only the call's headers, never a long WatchJob body.
+        .timeout(Duration::from_secs(60))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(TraceLayer::new_for_grpc())
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok((router, reporter))
+}
+
+/// Serves until `shutdown` is cancelled, then lets in-flight calls finish.
+pub async fn serve(router: TracedRouter, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,207 @@
+//! The media store itself: one object_store backend chosen by URL, addressed
+//! by tenant and [`ObjectKey`].
+//!
+//! Render workers use this directly (they read inputs and write outputs
+//! without a gRPC hop); the Store gRPC API is a thin layer over it.
+
+use std::{path::Path as FsPath, sync::Arc};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
+use object_store::{
+    ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter, path::Path, prefix::PrefixStore,
+};
+use reelmesh_nats::TenantId;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::{ObjectKey, StoreError};
+
+/// Part size for multipart uploads: S3's minimum is 5 MiB, and larger parts
+/// mean fewer requests for big media.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once per upload; bounds memory to about 2 parts.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// What an upload must match, when the client says so.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub size_bytes: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size_bytes: u64,
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaStore {
+    backend: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+impl MediaStore {
+    /// Opens the backend named by `url` (s3://, az://, gs://, file://,
+    /// memory://). Credentials come from the usual environment variables of
+    /// each cloud (AWS_*, AZURE_*, GOOGLE_*) plus `options`.
+    pub fn open(url: &str, options: &[(String, String)]) -> Result<Self, StoreError> {
+        let parsed = url::Url::parse(url).map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
+        if parsed.scheme() == "file" {
+            // object_store's local backend wants the root to exist.
+            std::fs::create_dir_all(parsed.path())
+                .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
+        }
+        let env = std::env::vars()
+            .filter(|(name, _)| ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| name.starts_with(p)))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value));
+        let options = env.chain(options.iter().cloned());
+        let (backend, prefix) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
+        let backend: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(backend)
+        } else {
+            Arc::new(PrefixStore::new(backend, prefix))
+        };
+        Ok(MediaStore {
+            backend,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Streams `chunks` into the object, checking size and checksum on the
+    /// way. On any failure the multipart upload is aborted, so a failed upload
+    /// leaves nothing behind.
+    pub async fn upload<S>(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        expected: Expected,
+        mut chunks: S,
+    ) -> Result<StoredObject, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, StoreError>> + Unpin + Send,
+    {
+        let location = key.location(tenant);
+        let upload = self.backend.put_multipart(&location).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let received: Result<(), StoreError> = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                if expected.size_bytes.is_some_and(|limit| size > limit) {
+                    return Err(StoreError::Mismatch(format!(
+                        "upload of {key} is larger than the declared {} bytes",
+                        expected.size_bytes.unwrap_or_default()
+                    )));
+                }
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.write(&chunk);
+            }
+            Ok(())
+        }
+        .await;
+        let sha256 = hex::encode(hasher.finalize());
+        let checked = received.and_then(|()| check_expected(key, &expected, size, &sha256));
+        if let Err(err) = checked {
+            let _ = writer.abort().await;
+            return Err(err);
+        }
+        writer.finish().await?;
+        Ok(StoredObject {
+            key: key.to_string(),
+            size_bytes: size,
+            sha256: Some(sha256),
+        })
+    }
+
+    /// The object's bytes as a stream of chunks.
+    pub async fn download(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let result = self.backend.get(&key.location(tenant)).await?;
+        Ok(result.into_stream().map_err(StoreError::from).boxed())
+    }
+
+    pub async fn stat(&self, tenant: &TenantId, key: &ObjectKey) -> Result<StoredObject, StoreError> {
+        let meta = self.backend.head(&key.location(tenant)).await?;
+        Ok(StoredObject {
+            key: key.to_string(),
+            size_bytes: meta.size,
+            sha256: None,
+        })
+    }
+
+    pub async fn delete(&self, tenant: &TenantId, key: &ObjectKey) -> Result<(), StoreError> {
+        match self.backend.delete(&key.location(tenant)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Copies an object to a local file (GStreamer reads files and seeks in them).
+    pub async fn download_to_file(&self, tenant: &TenantId, key: &ObjectKey, file: &FsPath) -> Result<u64, StoreError> {
+        let mut chunks = self.download(tenant, key).await?;
+        let mut out = tokio::fs::File::create(file).await.map_err(StoreError::Local)?;
+        let mut size = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(StoreError::Local)?;
+        }
+        out.flush().await.map_err(StoreError::Local)?;
+        Ok(size)
+    }
+
+    /// Stores a local file under `key`, streaming it in parts.
+    pub async fn upload_file(&self, tenant: &TenantId, key: &ObjectKey, file: &FsPath) -> Result<u64, StoreError> {
+        let mut input = tokio::fs::File::open(file).await.map_err(StoreError::Local)?;
+        let mut writer = BufWriter::new(Arc::clone(&self.backend), key.location(tenant));
+        let copied = tokio::io::copy(&mut input, &mut writer).await;
+        match copied {
+            Ok(size) => {
+                writer.shutdown().await.map_err(StoreError::Local)?;
+                Ok(size)
+            }
+            Err(err) => {
+                let _ = writer.abort().await;
+                Err(StoreError::Local(err))
+            }
+        }
+    }
+
+    /// The raw backend, for callers that need object_store directly.
+    pub fn backend(&self) -> &Arc<dyn ObjectStore> {
+        &self.backend
+    }
+
+    /// The backend path of a key, for callers that use [`Self::backend`].
+    pub fn location(tenant: &TenantId, key: &ObjectKey) -> Path {
+        key.location(tenant)
+    }
+}
+
+fn check_expected(key: &ObjectKey, expected: &Expected, size: u64, sha256: &str) -> Result<(), StoreError> {
+    if let Some(want) = expected.size_bytes.filter(|want| *want != size) {
+        return Err(StoreError::Mismatch(format!(
+            "upload of {key} has {size} bytes, the header declared {want}"
+        )));
+    }
+    if let Some(want) = expected.sha256.as_deref().filter(|want| !want.eq_ignore_ascii_case(sha256)) {
+        return Err(StoreError::Mismatch(format!(
+            "upload of {key} has sha256 {sha256}, the header declared {want}"
+        )));
+    }
+    Ok(())
+}

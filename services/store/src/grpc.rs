@@ -1,0 +1,183 @@
+//! The `reelmesh.v1.Store` gRPC service: a thin adapter from the wire to
+//! [`StoreApi`]. Framing rules (header first, then chunks) are checked here;
+//! everything else is the store's business.
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt as _, stream::BoxStream};
+use reelmesh_nats::TenantId;
+use reelmesh_proto::v1::{
+    DownloadChunk, DownloadRequest, ObjectInfo, StatRequest, UploadRequest,
+    store_server::{Store, StoreServer},
+    upload_request::Part,
+};
+use reelmesh_runtime::{ApiKeyAuth, Tenant};
+use tonic::{Request, Response, Status, Streaming, service::interceptor::InterceptedService};
+
+use crate::{Expected, MediaStore, ObjectKey, StoreError, StoredObject};
+
+/// Chunks sent by Download: large enough to keep per-message overhead low,
+/// far below gRPC's default 4 MiB message limit.
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
+
+/// The store operations the gRPC service needs, so the adapter can be
+/// tested against any implementation.
+pub trait StoreApi: Send + Sync + 'static {
+    fn upload(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        expected: Expected,
+        chunks: BoxStream<'static, Result<Bytes, StoreError>>,
+    ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send;
+    fn download(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>> + Send;
+    fn stat(&self, tenant: &TenantId, key: &ObjectKey) -> impl Future<Output = Result<StoredObject, StoreError>> + Send;
+}
+
+impl StoreApi for MediaStore {
+    async fn upload(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        expected: Expected,
+        chunks: BoxStream<'static, Result<Bytes, StoreError>>,
+    ) -> Result<StoredObject, StoreError> {
+        MediaStore::upload(self, tenant, key, expected, chunks).await
+    }
+
+    async fn download(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        MediaStore::download(self, tenant, key).await
+    }
+
+    async fn stat(&self, tenant: &TenantId, key: &ObjectKey) -> Result<StoredObject, StoreError> {
+        MediaStore::stat(self, tenant, key).await
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreService<A> {
+    api: std::sync::Arc<A>,
+}
+
+impl<A: StoreApi> StoreService<A> {
+    pub fn new(api: A) -> Self {
+        StoreService {
+            api: std::sync::Arc::new(api),
+        }
+    }
+
+    /// The service wrapped in API-key auth, ready to mount on a router.
+    pub fn into_server(self, auth: ApiKeyAuth) -> InterceptedService<StoreServer<Self>, ApiKeyAuth> {
+        StoreServer::with_interceptor(self, auth)
+    }
+}
+
+#[tonic::async_trait]
+impl<A: StoreApi> Store for StoreService<A> {
+    async fn upload(&self, request: Request<Streaming<UploadRequest>>) -> Result<Response<ObjectInfo>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let mut messages = request.into_inner();
+        let header = match messages.message().await? {
+            Some(UploadRequest {
+                part: Some(Part::Header(header)),
+            }) => header,
+            _ => return Err(StoreError::InvalidArgument("the first Upload message must be a header".into()).into()),
+        };
+        let key = ObjectKey::parse(&header.key).map_err(StoreError::from)?;
+        let expected = Expected {
+            size_bytes: header.size_bytes,
+            sha256: Some(header.sha256).filter(|sha| !sha.is_empty()),
+        };
+        let chunks = messages
+            .map(|message| match message {
+                Ok(UploadRequest {
+                    part: Some(Part::Chunk(chunk)),
+                }) => Ok(chunk),
+                Ok(_) => Err(StoreError::InvalidArgument(
+                    "after the header every Upload message must be a chunk".into(),
+                )),
+                Err(status) => Err(StoreError::InvalidArgument(format!(
+                    "upload stream broke: {}",
+                    status.message()
+                ))),
+            })
+            .boxed();
+        let stored = self.api.upload(&tenant, &key, expected, chunks).await?;
+        Ok(Response::new(object_info(stored)))
+    }
+
+    type DownloadStream = BoxStream<'static, Result<DownloadChunk, Status>>;
+
+    async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let key = ObjectKey::parse(&request.get_ref().key).map_err(StoreError::from)?;
+        let chunks = self.api.download(&tenant, &key).await?;
+        let messages = coalesce(chunks, DOWNLOAD_CHUNK).map(|chunk| {
+            chunk
+                .map(|data| DownloadChunk { data })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(messages.boxed()))
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<ObjectInfo>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let key = ObjectKey::parse(&request.get_ref().key).map_err(StoreError::from)?;
+        let stored = self.api.stat(&tenant, &key).await?;
+        Ok(Response::new(object_info(stored)))
+    }
+}
+
+fn object_info(stored: StoredObject) -> ObjectInfo {
+    ObjectInfo {
+        key: stored.key,
+        size_bytes: stored.size_bytes,
+        sha256: stored.sha256.unwrap_or_default(),
+    }
+}
+
+/// Backends hand out chunks of any size (the local one reads 8 KiB at a
+/// time); regroup them so each gRPC message carries about `target` bytes.
+fn coalesce<S>(chunks: S, target: usize) -> impl Stream<Item = Result<Bytes, StoreError>>
+where
+    S: Stream<Item = Result<Bytes, StoreError>> + Unpin,
+{
+    futures::stream::unfold(Some((chunks, BytesMut::new())), move |state| async move {
+        let (mut chunks, mut buffer) = state?;
+        while buffer.len() < target {
+            match chunks.next().await {
+                Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                Some(Err(err)) => return Some((Err(err), None)),
+                None if buffer.is_empty() => return None,
+                None => return Some((Ok(buffer.freeze()), None)),
+            }
+        }
+        let out = buffer.split_to(target.min(buffer.len())).freeze();
+        Some((Ok(out), Some((chunks, buffer))))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn coalesce_regroups_without_losing_bytes() {
+        let input: Vec<Result<Bytes, StoreError>> = (0..10).map(|i| Ok(Bytes::from(vec![i as u8; 3]))).collect();
+        let out: Vec<Bytes> = coalesce(futures::stream::iter(input), 8)
+            .map(|chunk| chunk.expect("chunk"))
+            .collect()
+            .await;
+        assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), vec![8, 8, 8, 6]);
+        let joined: Vec<u8> = out.concat();
+        assert_eq!(joined.len(), 30);
+        assert_eq!(joined[29], 9);
+    }
+}
