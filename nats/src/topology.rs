@@ -58,6 +58,9 @@ mod humantime_secs {
     }
 }
 
+/// Deliveries of one terminal event to notify before it gives up.
+pub const NOTIFY_MAX_DELIVER: i64 = 10;
+
 /// Handles on everything in NATS a service works with.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -142,7 +145,7 @@ impl Topology {
                     filter_subjects: names::terminal_event_filters(),
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
-                    max_deliver: 10,
+                    max_deliver: NOTIFY_MAX_DELIVER,
                     ..Default::default()
                 },
             )
