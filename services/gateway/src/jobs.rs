@@ -139,7 +139,8 @@ impl NatsJobs {
     async fn watch_job(&self, tenant: TenantId, id: JobId) -> Result<EventStream, GatewayError> {
         self.get_job(&tenant, &id).await?;
         let events = self.topology.events.follow(&tenant, &id).await?;
-        Ok(until_terminal(events.map(|event| event.map_err(GatewayError::from))).boxed())
+        let events = events.map(|event| event.map_err(GatewayError::from)).boxed();
+        Ok(until_terminal(events).boxed())
     }
 }
 
@@ -176,22 +177,23 @@ fn paginate(mut jobs: Vec<JobRecord>, page_size: usize) -> JobPage {
 }
 
 /// Passes events through up to and including the first terminal one, or the
-/// first error.
+/// first error, then ends without waiting for the source's next item (a
+/// job's subject stays open after its terminal event).
 fn until_terminal<S>(events: S) -> impl Stream<Item = Result<SequencedEvent, GatewayError>>
 where
-    S: Stream<Item = Result<SequencedEvent, GatewayError>> + Send + 'static,
+    S: Stream<Item = Result<SequencedEvent, GatewayError>> + Send + Unpin + 'static,
 {
-    events
-        .scan(false, |finished, event| {
-            if *finished {
-                return futures::future::ready(None);
-            }
-            *finished = match &event {
-                Ok(sequenced) => sequenced.event.kind.is_terminal(),
-                Err(_) => true,
-            };
-            futures::future::ready(Some(event))
-        })
+    futures::stream::unfold((events, false), |(mut events, finished)| async move {
+        if finished {
+            return None;
+        }
+        let event = events.next().await?;
+        let terminal = match &event {
+            Ok(sequenced) => sequenced.event.kind.is_terminal(),
+            Err(_) => true,
+        };
+        Some((event, (events, terminal)))
+    })
 }
 
 #[cfg(test)]
@@ -215,9 +217,10 @@ mod tests {
             event(1, EventKind::Queued),
             event(2, EventKind::Started),
             event(3, EventKind::Cancelled),
-            event(4, EventKind::Started),
-        ]);
-        let seen: Vec<u64> = until_terminal(events)
+        ])
+        // Like a live subject: nothing more ever arrives.
+        .chain(futures::stream::pending());
+        let seen: Vec<u64> = until_terminal(Box::pin(events))
             .map(|event| event.expect("event").sequence)
             .collect()
             .await;

@@ -1,1 +1,35 @@
-//! placeholder
+//! reelmesh render: workers that turn queued jobs into media.
+//!
+//! A worker pulls work items from JetStream, plans the job ([`plan`]), runs
+//! it as a GStreamer pipeline ([`media`]) and writes the result to the store.
+//! It also serves gRPC health so orchestrators can probe it.
+
+pub mod config;
+pub mod error;
+pub mod media;
+pub mod plan;
+pub mod worker;
+
+use reelmesh_nats::Topology;
+use reelmesh_store::MediaStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::RenderConfig;
+pub use error::RenderError;
+pub use worker::RenderWorker;
+
+/// Renders jobs and serves gRPC health until `shutdown` is cancelled.
+pub async fn run(config: RenderConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    media::init()?;
+    let topology = Topology::connect(&config.nats_url, &config.topology).await?;
+    let store = MediaStore::open(&config.store_url, &[])?;
+    let consumer = topology.work.render_consumer().await?;
+    let (router, health) = reelmesh_runtime::grpc::router()?;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let server = tokio::spawn(reelmesh_runtime::grpc::serve(router, listener, shutdown.clone()));
+    tracing::info!(concurrency = config.concurrency, "render worker pulling jobs");
+    RenderWorker::new(topology, store, config).run(consumer, shutdown).await;
+    server.await??;
+    Ok(())
+}

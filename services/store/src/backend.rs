@@ -4,12 +4,16 @@
 //! Render workers use this directly (they read inputs and write outputs
 //! without a gRPC hop); the Store gRPC API is a thin layer over it.
 
-use std::{path::Path as FsPath, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::Path as FsPath,
+    sync::{Arc, Mutex, OnceLock},
+};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
-    ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter, path::Path, prefix::PrefixStore,
+    ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter, memory::InMemory, path::Path, prefix::PrefixStore,
 };
 use reelmesh_nats::TenantId;
 use sha2::{Digest as _, Sha256};
@@ -49,6 +53,12 @@ impl MediaStore {
     /// each cloud (AWS_*, AZURE_*, GOOGLE_*) plus `options`.
     pub fn open(url: &str, options: &[(String, String)]) -> Result<Self, StoreError> {
         let parsed = url::Url::parse(url).map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
+        if parsed.scheme() == "memory" {
+            return Ok(MediaStore {
+                backend: shared_memory_store(parsed.host_str().unwrap_or_default()),
+                url: url.to_string(),
+            });
+        }
         if parsed.scheme() == "file" {
             // object_store's local backend wants the root to exist.
             std::fs::create_dir_all(parsed.path())
@@ -192,6 +202,20 @@ impl MediaStore {
     }
 }
 
+/// `memory://name` means the same in-memory store for every service in the
+/// process, so an all-in-one process (dev mode, tests) shares its media.
+fn shared_memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
+}
+
 fn check_expected(key: &ObjectKey, expected: &Expected, size: u64, sha256: &str) -> Result<(), StoreError> {
     if let Some(want) = expected.size_bytes.filter(|want| *want != size) {
         return Err(StoreError::Mismatch(format!(
@@ -204,4 +228,74 @@ fn check_expected(key: &ObjectKey, expected: &Expected, size: u64, sha256: &str)
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse(name).expect("tenant")
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, StoreError>> + Unpin + Send {
+        futures::stream::iter(parts.iter().map(|part| Ok(Bytes::from_static(part))).collect::<Vec<_>>())
+    }
+
+    #[tokio::test]
+    async fn memory_urls_share_one_store_per_name() {
+        let a = MediaStore::open("memory://shared-test", &[]).expect("open");
+        let b = MediaStore::open("memory://shared-test", &[]).expect("open");
+        let key = ObjectKey::parse("x.bin").expect("key");
+        a.upload(&tenant("t"), &key, Expected::default(), chunks(&[b"abc"])).await.expect("upload");
+        assert_eq!(b.stat(&tenant("t"), &key).await.expect("stat").size_bytes, 3);
+    }
+
+    #[tokio::test]
+    async fn tenants_do_not_see_each_other() {
+        let store = MediaStore::open("memory://tenant-test", &[]).expect("open");
+        let key = ObjectKey::parse("in.mp4").expect("key");
+        store.upload(&tenant("a"), &key, Expected::default(), chunks(&[b"data"])).await.expect("upload");
+        let err = store.stat(&tenant("b"), &key).await.expect_err("other tenant");
+        assert!(matches!(err, StoreError::NotFound(ref k) if k == "in.mp4"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn checksum_and_size_mismatches_store_nothing() {
+        let store = MediaStore::open("memory://mismatch-test", &[]).expect("open");
+        let key = ObjectKey::parse("bad.bin").expect("key");
+        let wrong_sha = Expected {
+            size_bytes: None,
+            sha256: Some("00".repeat(32)),
+        };
+        let err = store.upload(&tenant("t"), &key, wrong_sha, chunks(&[b"ab", b"c"])).await.expect_err("sha");
+        assert!(err.to_string().contains("sha256"), "{err}");
+        let wrong_size = Expected {
+            size_bytes: Some(2),
+            sha256: None,
+        };
+        let err = store.upload(&tenant("t"), &key, wrong_size, chunks(&[b"ab", b"c"])).await.expect_err("size");
+        assert!(err.to_string().contains("declared 2"), "{err}");
+        assert!(matches!(store.stat(&tenant("t"), &key).await, Err(StoreError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_good_upload_reports_its_checksum_and_reads_back() {
+        let store = MediaStore::open("memory://roundtrip-test", &[]).expect("open");
+        let key = ObjectKey::parse("ok.bin").expect("key");
+        let expected = Expected {
+            size_bytes: Some(3),
+            sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into()),
+        };
+        let stored = store.upload(&tenant("t"), &key, expected, chunks(&[b"a", b"bc"])).await.expect("upload");
+        assert_eq!(stored.size_bytes, 3);
+        let bytes: Vec<Bytes> = store
+            .download(&tenant("t"), &key)
+            .await
+            .expect("download")
+            .map(|chunk| chunk.expect("chunk"))
+            .collect()
+            .await;
+        assert_eq!(bytes.concat(), b"abc");
+    }
 }

@@ -1,1 +1,101 @@
-//! placeholder
+//! Test harness for reelmesh's integration tests.
+//!
+//! [`TestCluster`] runs the real services in-process against a real
+//! nats-server on a free port with its own store directory (both removed on
+//! drop); [`WebhookReceiver`] is a real HTTP server that records what it is
+//! sent; [`clips`] generates media with GStreamer test sources.
+
+pub mod clips;
+pub mod webhook;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reelmesh_cli::{ClusterConfig, DevCluster, ReelmeshClient};
+use reelmesh_nats::{names, server::NatsServer};
+use reelmesh_runtime::ApiKeys;
+
+pub use webhook::{ReceivedWebhook, WebhookReceiver, verify_signature};
+
+/// API keys of the two tenants every test cluster knows.
+pub const KEY_A: &str = "key-tenant-a";
+pub const KEY_B: &str = "key-tenant-b";
+
+#[derive(Debug)]
+pub struct TestCluster {
+    pub cluster: DevCluster,
+    pub store_url: String,
+}
+
+impl TestCluster {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a cluster after letting the test adjust its config.
+    pub async fn start_with(adjust: impl FnOnce(&mut ClusterConfig)) -> anyhow::Result<Self> {
+        init_test_logging();
+        let nats = NatsServer::start_temporary()?;
+        let store_url = unique_memory_store();
+        let mut config = ClusterConfig::ephemeral(&store_url);
+        config.gateway.api_keys = test_api_keys();
+        config.notify.first_retry_secs = 1;
+        config.notify.max_retry_secs = 2;
+        adjust(&mut config);
+        let cluster = DevCluster::start(nats, config).await?;
+        Ok(TestCluster { cluster, store_url })
+    }
+
+    pub async fn client(&self, api_key: &str) -> anyhow::Result<ReelmeshClient> {
+        ReelmeshClient::connect(&self.cluster.endpoint(), api_key).await
+    }
+
+    /// Waits until no work item is queued or held by a worker, i.e. every
+    /// job handed to render has been finished with.
+    pub async fn wait_until_work_settled(&self) -> anyhow::Result<()> {
+        let client = async_nats::connect(self.cluster.nats.url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_consumer_from_stream(names::RENDER_CONSUMER, names::WORK_STREAM)
+                .await?;
+            let info = consumer.info().await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "work did not settle: {info:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.cluster.gateway_addr
+    }
+}
+
+fn test_api_keys() -> ApiKeys {
+    ApiKeys(
+        [(KEY_A, "tenant-a"), (KEY_B, "tenant-b")]
+            .into_iter()
+            .map(|(key, tenant)| (key.to_string(), tenant.to_string()))
+            .collect(),
+    )
+}
+
+/// The in-memory store is shared by name within the process; a name per
+/// cluster keeps tests in one binary apart.
+fn unique_memory_store() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("memory://test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Service logs go through the test harness's capture, so a failing test
+/// shows what the services did (`RUST_LOG` adjusts the level).
+fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

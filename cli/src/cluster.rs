@@ -1,0 +1,136 @@
+//! All of reelmesh in one process: gateway, render and notify on their own
+//! loopback ports, sharing one NATS server and one store URL. `reelmesh dev`
+//! and the integration tests both run this, each with its own config.
+
+use std::{net::SocketAddr, time::Duration};
+
+use reelmesh_gateway::GatewayConfig;
+use reelmesh_nats::server::NatsServer;
+use reelmesh_notify::NotifyConfig;
+use reelmesh_render::RenderConfig;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+/// The configs of the services a cluster runs. Their `nats_url` is replaced
+/// by the cluster's NATS server; their `listen` addresses are used as given
+/// (port 0 picks a free port).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    pub gateway: GatewayConfig,
+    pub render: RenderConfig,
+    pub notify: NotifyConfig,
+}
+
+impl ClusterConfig {
+    /// Every service on a free loopback port, storing media at `store_url`.
+    pub fn ephemeral(store_url: &str) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = ClusterConfig::default();
+        config.gateway.listen = any_port;
+        config.render.listen = any_port;
+        config.notify.listen = any_port;
+        config.gateway.store_url = store_url.to_string();
+        config.render.store_url = store_url.to_string();
+        config
+    }
+}
+
+#[derive(Debug)]
+pub struct DevCluster {
+    pub nats: NatsServer,
+    pub gateway_addr: SocketAddr,
+    pub render_addr: SocketAddr,
+    pub notify_addr: SocketAddr,
+    shutdown: CancellationToken,
+    services: JoinSet<anyhow::Result<()>>,
+}
+
+impl DevCluster {
+    /// Starts the services against `nats` and returns once each answers its
+    /// gRPC health check with SERVING.
+    pub async fn start(nats: NatsServer, mut config: ClusterConfig) -> anyhow::Result<Self> {
+        let nats_url = nats.url();
+        config.gateway.nats_url = nats_url.clone();
+        config.render.nats_url = nats_url.clone();
+        config.notify.nats_url = nats_url;
+        let shutdown = CancellationToken::new();
+        let mut services = JoinSet::new();
+
+        let listener = TcpListener::bind(config.gateway.listen).await?;
+        let gateway_addr = listener.local_addr()?;
+        services.spawn(reelmesh_gateway::run(config.gateway, listener, shutdown.child_token()));
+        let listener = TcpListener::bind(config.render.listen).await?;
+        let render_addr = listener.local_addr()?;
+        services.spawn(reelmesh_render::run(config.render, listener, shutdown.child_token()));
+        let listener = TcpListener::bind(config.notify.listen).await?;
+        let notify_addr = listener.local_addr()?;
+        services.spawn(reelmesh_notify::run(config.notify, listener, shutdown.child_token()));
+
+        let mut cluster = DevCluster {
+            nats,
+            gateway_addr,
+            render_addr,
+            notify_addr,
+            shutdown,
+            services,
+        };
+        for addr in [gateway_addr, render_addr, notify_addr] {
+            cluster.wait_until_serving(addr).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.gateway_addr)
+    }
+
+    /// Waits for one service's health check. The listener is bound before
+    /// the service starts, so the call simply waits for the server; a
+    /// service that fails to start ends its task, which is reported instead.
+    async fn wait_until_serving(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let check = async {
+            let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest { service: String::new() })
+                .await?
+                .into_inner()
+                .status();
+            anyhow::ensure!(status == ServingStatus::Serving, "{addr} reports {status:?}");
+            Ok(())
+        };
+        tokio::select! {
+            ready = tokio::time::timeout(Duration::from_secs(60), check) => {
+                ready.map_err(|_| anyhow::anyhow!("{addr} did not become healthy in 60 s"))?
+            }
+            Some(ended) = self.services.join_next() => {
+                ended??;
+                anyhow::bail!("a service stopped during start-up")
+            }
+        }
+    }
+
+    /// Stops every service and waits for them (in-flight renders finish).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        while let Some(ended) = self.services.join_next().await {
+            ended??;
+        }
+        Ok(())
+    }
+
+    /// Resolves when a service stops by itself (an error, or shutdown).
+    pub async fn stopped(&mut self) -> Option<anyhow::Result<()>> {
+        self.services
+            .join_next()
+            .await
+            .map(|ended| ended.map_err(anyhow::Error::from).and_then(|result| result))
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,36 @@
+//! Media helpers for reelmesh built on GStreamer: probing inputs, transcoding
+//! them to H.264/AAC MP4 (optionally trimmed), and generating synthetic clips
+//! for tests and demos. All entry points are blocking; run them on a worker
+//! thread (e.g. `spawn_blocking`) when called from async code.
+
+pub mod pipeline;
+pub mod probe;
+pub mod testsrc;
+
+pub use pipeline::{CancelFlag, TranscodeRequest, init, transcode_mp4};
+pub use probe::{AudioInfo, MediaInfo, VideoInfo, probe};
+pub use testsrc::{TestClip, write_test_clip};
+
+/// Errors from probing, transcoding and clip generation.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The input is missing, unreadable, corrupt, truncated or undecodable.
+    #[error("input {input}: {reason}")]
+    BadInput { input: String, reason: String },
+    /// GStreamer itself failed (missing plugin, encoder or muxer error, I/O on the output).
+    #[error("pipeline error: {0}")]
+    Pipeline(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("no progress for {0:?}")]
+    Stalled(std::time::Duration),
+}
+
+impl MediaError {
+    pub(crate) fn bad_input(input: &std::path::Path, reason: impl Into<String>) -> Self {
+        Self::BadInput {
+            input: input.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+}

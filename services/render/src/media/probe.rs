@@ -1,0 +1,275 @@
+//! Reads the container, duration and first audio/video stream parameters of a
+//! media file with GStreamer's Discoverer, and reduces GStreamer caps to the
+//! short codec and container names ("h264", "aac", "mp4", ...) used across
+//! reelmesh. Only headers are inspected: a file cut off after its index
+//! still probes fine and is caught by the transcoder instead.
+
+use std::path::Path;
+
+use gst::glib;
+use gstreamer as gst;
+use gstreamer_pbutils as pbutils;
+use pbutils::prelude::*;
+
+use crate::media::MediaError;
+
+/// Discoverer gives up on a file after this long.
+const PROBE_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaInfo {
+    /// 0.0 when the input declares no duration (e.g. a still image).
+    pub duration_seconds: f64,
+    pub container: String,
+    pub video: Option<VideoInfo>,
+    pub audio: Option<AudioInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoInfo {
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    /// 0.0 when the frame rate is variable or unknown.
+    pub fps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioInfo {
+    pub codec: String,
+    pub channels: u32,
+    pub sample_rate: u32,
+}
+
+/// Probes `path`; any unreadable, unrecognised or stream-less file is
+/// reported as [`MediaError::BadInput`] naming the path.
+pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
+    crate::media::pipeline::init()?;
+    let bad = |reason: String| MediaError::bad_input(path, reason);
+    // Discoverer wants a URI, and URIs must be absolute.
+    let absolute = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+    let uri = glib::filename_to_uri(&absolute, None).map_err(|e| bad(e.to_string()))?;
+    let discoverer = pbutils::Discoverer::new(PROBE_TIMEOUT)
+        .map_err(|e| MediaError::Pipeline(format!("discoverer: {e}")))?;
+    let info = discoverer
+        .discover_uri(&uri)
+        .map_err(|e| bad(e.message().to_string()))?;
+    check_result(&info).map_err(bad)?;
+
+    let video = info.video_streams().first().map(video_info);
+    let audio = info.audio_streams().first().map(audio_info);
+    if video.is_none() && audio.is_none() {
+        return Err(bad("no audio or video stream".into()));
+    }
+    Ok(MediaInfo {
+        duration_seconds: info.duration().map_or(0.0, gst::ClockTime::seconds_f64),
+        container: container_name(&info),
+        video,
+        audio,
+    })
+}
+
+fn check_result(info: &pbutils::DiscovererInfo) -> Result<(), String> {
+    match info.result() {
+        pbutils::DiscovererResult::Ok => Ok(()),
+        pbutils::DiscovererResult::Timeout => Err(format!("probe timed out after {PROBE_TIMEOUT}")),
+        pbutils::DiscovererResult::MissingPlugins => Err(format!(
+            "no decoder available: {}",
+            info.missing_elements_installer_details().join(", ")
+        )),
+        other => Err(format!("probe failed: {other:?}")),
+    }
+}
+
+fn video_info(v: &pbutils::DiscovererVideoInfo) -> VideoInfo {
+    let rate = v.framerate();
+    let fps = if rate.numer() > 0 && rate.denom() > 0 {
+        f64::from(rate.numer()) / f64::from(rate.denom())
+    } else {
+        0.0
+    };
+    VideoInfo {
+        codec: codec_name(v.caps().as_ref()),
+        width: v.width(),
+        height: v.height(),
+        fps,
+    }
+}
+
+fn audio_info(a: &pbutils::DiscovererAudioInfo) -> AudioInfo {
+    AudioInfo {
+        codec: codec_name(a.caps().as_ref()),
+        channels: a.channels(),
+        sample_rate: a.sample_rate(),
+    }
+}
+
+/// Container of the file; for a bare elementary stream (no container) this
+/// is the codec name, much like ffprobe's format name for such files.
+fn container_name(info: &pbutils::DiscovererInfo) -> String {
+    let Some(top) = info.stream_info() else {
+        return "unknown".into();
+    };
+    let caps = top.caps();
+    if top.is::<pbutils::DiscovererContainerInfo>() {
+        container_name_from_caps(caps.as_ref())
+    } else {
+        codec_name(caps.as_ref())
+    }
+}
+
+fn container_name_from_caps(caps: Option<&gst::Caps>) -> String {
+    let Some(s) = caps.and_then(|c| c.structure(0)) else {
+        return "unknown".into();
+    };
+    let name = match s.name().as_str() {
+        // qtdemux's caps cover both; the variant tells ISO MP4 from Apple MOV.
+        "video/quicktime" => match s.get::<&str>("variant") {
+            Ok("iso" | "iso-fragmented") => "mp4",
+            Ok("3gpp") => "3gp",
+            _ => "quicktime",
+        },
+        "video/webm" | "audio/webm" => "webm",
+        "video/x-matroska" | "audio/x-matroska" => "matroska",
+        "video/mpegts" => "mpegts",
+        "video/mpeg" => "mpegps",
+        "video/x-msvideo" => "avi",
+        "application/ogg" | "audio/ogg" | "video/ogg" => "ogg",
+        "audio/x-wav" => "wav",
+        "video/x-flv" => "flv",
+        other => return short_name(other),
+    };
+    name.into()
+}
+
+/// Short codec name for stream caps, e.g. `audio/mpeg, mpegversion=4` -> "aac".
+fn codec_name(caps: Option<&gst::Caps>) -> String {
+    let Some(s) = caps.and_then(|c| c.structure(0)) else {
+        return "unknown".into();
+    };
+    let mpegversion = s.get::<i32>("mpegversion").ok();
+    let name = match s.name().as_str() {
+        "video/x-h264" => "h264",
+        "video/x-h265" => "h265",
+        "video/x-vp8" => "vp8",
+        "video/x-vp9" => "vp9",
+        "video/x-av1" => "av1",
+        "video/x-theora" => "theora",
+        "video/x-prores" => "prores",
+        "video/x-raw" => "rawvideo",
+        "image/jpeg" => "mjpeg",
+        "video/mpeg" => match mpegversion {
+            Some(4) => "mpeg4",
+            Some(2) => "mpeg2video",
+            _ => "mpeg1video",
+        },
+        "audio/mpeg" => mpeg_audio_name(mpegversion, s.get::<i32>("layer").ok()),
+        "audio/x-opus" => "opus",
+        "audio/x-vorbis" => "vorbis",
+        "audio/x-flac" => "flac",
+        "audio/x-ac3" => "ac3",
+        "audio/x-eac3" => "eac3",
+        "audio/x-alac" => "alac",
+        "audio/x-raw" => "pcm",
+        other => return short_name(other),
+    };
+    name.into()
+}
+
+fn mpeg_audio_name(mpegversion: Option<i32>, layer: Option<i32>) -> &'static str {
+    // MPEG-2 and MPEG-4 audio in GStreamer caps both mean AAC.
+    match (mpegversion, layer) {
+        (Some(2 | 4), _) => "aac",
+        (_, Some(1)) => "mp1",
+        (_, Some(2)) => "mp2",
+        _ => "mp3",
+    }
+}
+
+/// "video/x-foo" -> "foo", for caps nobody has mapped yet.
+fn short_name(caps_name: &str) -> String {
+    let subtype = caps_name.rsplit('/').next().unwrap_or(caps_name);
+    subtype.trim_start_matches("x-").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::testsrc::{TestClip, write_test_clip};
+
+    fn caps(s: &str) -> gst::Caps {
+        s.parse().expect("valid caps")
+    }
+
+    #[test]
+    fn codec_names_from_caps() {
+        crate::media::pipeline::init().expect("init");
+        let cases = [
+            ("video/x-h264, stream-format=avc", "h264"),
+            ("video/x-vp9", "vp9"),
+            ("video/mpeg, mpegversion=4", "mpeg4"),
+            ("audio/mpeg, mpegversion=4", "aac"),
+            ("audio/mpeg, mpegversion=1, layer=3", "mp3"),
+            ("audio/mpeg, mpegversion=1, layer=2", "mp2"),
+            ("audio/x-opus", "opus"),
+            ("video/x-dirac", "dirac"),
+        ];
+        for (c, want) in cases {
+            assert_eq!(codec_name(Some(&caps(c))), want, "{c}");
+        }
+    }
+
+    #[test]
+    fn container_names_from_caps() {
+        crate::media::pipeline::init().expect("init");
+        let cases = [
+            ("video/quicktime, variant=iso", "mp4"),
+            ("video/quicktime, variant=apple", "quicktime"),
+            ("video/quicktime", "quicktime"),
+            ("video/webm", "webm"),
+            ("video/x-matroska", "matroska"),
+        ];
+        for (c, want) in cases {
+            assert_eq!(container_name_from_caps(Some(&caps(c))), want, "{c}");
+        }
+    }
+
+    #[test]
+    fn probes_generated_clip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("clip.mp4");
+        let spec = TestClip {
+            seconds: 2.0,
+            ..TestClip::default()
+        };
+        write_test_clip(&spec, &path).expect("test clip");
+
+        let info = probe(&path).expect("probe");
+        assert_eq!(info.container, "mp4");
+        assert!((info.duration_seconds - 2.0).abs() < 0.1, "{info:?}");
+        let video = info.video.expect("video stream");
+        assert_eq!((video.codec.as_str(), video.width, video.height), ("h264", 320, 240));
+        assert!((video.fps - 30.0).abs() < 0.01, "{video:?}");
+        let audio = info.audio.expect("audio stream");
+        assert_eq!((audio.codec.as_str(), audio.channels, audio.sample_rate), ("aac", 2, 48000));
+    }
+
+    #[test]
+    fn garbage_is_bad_input_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("noise.mp4");
+        let noise: Vec<u8> = (0..64_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&path, noise).expect("write");
+
+        let err = probe(&path).expect_err("garbage must not probe");
+        assert!(matches!(err, MediaError::BadInput { .. }), "{err:?}");
+        assert!(err.to_string().contains("noise.mp4"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_bad_input() {
+        let err = probe(Path::new("/nonexistent/reelmesh.mp4")).expect_err("missing file");
+        assert!(matches!(err, MediaError::BadInput { .. }), "{err:?}");
+        assert!(err.to_string().contains("/nonexistent/reelmesh.mp4"), "{err}");
+    }
+}

@@ -1,0 +1,346 @@
+//! The render worker loop: take one job at a time per free slot, move it to
+//! RUNNING, render it, store the result and end the job exactly once.
+//!
+//! Work is pulled one message per free slot rather than streamed in batches:
+//! a prefetched message would sit in this worker's buffer with its ack timer
+//! running while another worker could have started it.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
+use futures::StreamExt as _;
+use reelmesh_nats::{EventKind, JobEvent, JobOutput, JobRecord, JobState, MediaSummary, Progress, Topology, WorkItem};
+use reelmesh_store::MediaStore;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    RenderConfig, RenderError,
+    media::{self, TranscodeRequest},
+    plan::RenderPlan,
+};
+
+/// How often progress may be published as an event.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often progress is written to the job record (GetJob pollers see it).
+const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct RenderWorker {
+    topology: Topology,
+    store: MediaStore,
+    config: Arc<RenderConfig>,
+}
+
+impl RenderWorker {
+    pub fn new(topology: Topology, store: MediaStore, config: RenderConfig) -> Self {
+        RenderWorker {
+            topology,
+            store,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Pulls and renders jobs until `shutdown`, then waits for the jobs in
+    /// hand to finish.
+    pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        while let Some(permit) = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            permit = slots.clone().acquire_owned() => permit.ok(),
+        } {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = next_message(&consumer) => message,
+            };
+            let Some(message) = message else { continue };
+            let worker = self.clone();
+            tokio::spawn(async move {
+                worker.handle(message).await;
+                drop(permit);
+            });
+        }
+        let _ = slots.acquire_many(self.config.concurrency.max(1) as u32).await;
+    }
+
+    async fn handle(&self, message: Message) {
+        let ack = match self.process(&message).await {
+            Ok(()) => AckKind::Ack,
+            Err(err) => {
+                // Only NATS or store outages get here; the job is still
+                // RUNNING and is picked up again after the delay.
+                tracing::warn!("job interrupted, will be redelivered: {err}");
+                AckKind::Nak(Some(Duration::from_secs(2)))
+            }
+        };
+        if let Err(err) = message.ack_with(ack).await {
+            tracing::warn!("could not ack work item: {err}");
+        }
+    }
+
+    /// Ok means the work item is finished with (rendered, failed for good,
+    /// or not ours to run); Err means try again later.
+    async fn process(&self, message: &Message) -> Result<(), RenderError> {
+        let item = WorkItem::decode(&message.payload)?;
+        let Some(job) = self.start(&item).await? else {
+            return Ok(());
+        };
+        let outcome = self.render(&job, message).await;
+        self.finish(&job, outcome).await
+    }
+
+    /// Moves the job to RUNNING. `None` when there is nothing to do: the
+    /// job is gone, already ended, or was cancelled while queued.
+    async fn start(&self, item: &WorkItem) -> Result<Option<JobRecord>, RenderError> {
+        let jobs = &self.topology.jobs;
+        let started = jobs
+            .modify(&item.tenant, &item.job_id, |job| match job.state {
+                JobState::Queued => Ok(job.move_to(JobState::Running).is_ok()),
+                _ => Ok(false),
+            })
+            .await;
+        let job = match started {
+            Ok(versioned) => versioned.record,
+            Err(reelmesh_nats::NatsError::JobNotFound(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        if job.state != JobState::Running {
+            return Ok(None);
+        }
+        self.publish(&job, EventKind::Started).await?;
+        tracing::info!(job = %job.id, tenant = %job.tenant, "render started");
+        Ok(Some(job))
+    }
+
+    async fn render(&self, job: &JobRecord, message: &Message) -> Result<JobOutput, RenderError> {
+        let plan = RenderPlan::for_job(&job.id, &job.spec)?;
+        let scratch = tempfile::Builder::new()
+            .prefix("reelmesh-render-")
+            .tempdir_in(&self.config.work_dir)?;
+        let input = scratch.path().join("input");
+        let output = scratch.path().join("output.mp4");
+        match self.store.download_to_file(&job.tenant, &plan.input, &input).await {
+            Err(reelmesh_store::StoreError::NotFound(_)) => {
+                return Err(RenderError::InputNotFound(plan.input.to_string()));
+            }
+            other => other?,
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (progress_tx, progress_rx) = watch::channel(0.0);
+        let watchers = CancellationToken::new();
+        tokio::spawn(self.clone().watch_for_cancel(job.clone(), cancel.clone(), watchers.clone()));
+        tokio::spawn(self.clone().report_progress(job.clone(), progress_rx, watchers.clone()));
+        let rendered = self
+            .run_pipeline(&plan, &input, &output, cancel, progress_tx, message)
+            .await;
+        watchers.cancel();
+        rendered.map_err(|err| RenderError::from_media(err, plan.input.as_str()))?;
+
+        let info = media::probe(&output).map_err(|err| RenderError::Pipeline(err.to_string()))?;
+        let size_bytes = self.store.upload_file(&job.tenant, &plan.output, &output).await?;
+        Ok(JobOutput {
+            key: plan.output.to_string(),
+            size_bytes,
+            media: summary(info),
+        })
+    }
+
+    /// Runs the blocking GStreamer pipeline on the blocking pool, telling
+    /// JetStream the job is alive while it runs.
+    async fn run_pipeline(
+        &self,
+        plan: &RenderPlan,
+        input: &std::path::Path,
+        output: &std::path::Path,
+        cancel: Arc<AtomicBool>,
+        progress: watch::Sender<f64>,
+        message: &Message,
+    ) -> Result<(), media::MediaError> {
+        let (input, output, range) = (input.to_path_buf(), output.to_path_buf(), plan.range);
+        let stall = self.config.stall_timeout();
+        let pipeline = tokio::task::spawn_blocking(move || {
+            let request = TranscodeRequest {
+                input: &input,
+                output: &output,
+                range,
+            };
+            media::transcode_mp4(&request, &cancel, stall, &mut |fraction| {
+                progress.send_if_modified(|current| {
+                    let changed = fraction > *current;
+                    *current = current.max(fraction);
+                    changed
+                });
+            })
+        });
+        tokio::pin!(pipeline);
+        let heartbeat = self.config.topology.work_ack_wait / 3;
+        loop {
+            tokio::select! {
+                result = &mut pipeline => {
+                    return result.unwrap_or_else(|err| Err(media::MediaError::Pipeline(err.to_string())));
+                }
+                _ = tokio::time::sleep(heartbeat) => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+
+    /// Sets `cancel` as soon as the job's record says CANCELLED.
+    async fn watch_for_cancel(self, job: JobRecord, cancel: Arc<AtomicBool>, done: CancellationToken) {
+        let Ok(updates) = self.topology.jobs.watch(&job.tenant, &job.id).await else {
+            return;
+        };
+        let mut updates = std::pin::pin!(updates);
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                update = updates.next() => match update {
+                    Some(record) if record.state == JobState::Cancelled => {
+                        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    Some(_) => continue,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Publishes progress events and record updates, throttled.
+    async fn report_progress(self, job: JobRecord, mut progress: watch::Receiver<f64>, done: CancellationToken) {
+        let mut last_event = Instant::now() - PROGRESS_EVERY;
+        let mut last_record = Instant::now();
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                changed = progress.changed() => if changed.is_err() { return },
+            }
+            let percent = (*progress.borrow_and_update() * 100.0).clamp(0.0, 100.0);
+            if last_event.elapsed() >= PROGRESS_EVERY {
+                last_event = Instant::now();
+                let kind = EventKind::Progress {
+                    stage: "render".into(),
+                    percent,
+                };
+                let _ = self.publish(&job, kind).await;
+            }
+            if last_record.elapsed() >= RECORD_PROGRESS_EVERY {
+                last_record = Instant::now();
+                let _ = self
+                    .topology
+                    .jobs
+                    .modify(&job.tenant, &job.id, |record| {
+                        if record.state != JobState::Running {
+                            return Ok(false);
+                        }
+                        record.progress = Some(Progress {
+                            stage: "render".into(),
+                            percent,
+                        });
+                        Ok(true)
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Ends the job: COMPLETED or FAILED by compare-and-set, then the
+    /// matching event. A job cancelled meanwhile stays cancelled and its
+    /// output is removed.
+    async fn finish(&self, job: &JobRecord, outcome: Result<JobOutput, RenderError>) -> Result<(), RenderError> {
+        let output = match outcome {
+            Ok(output) => output,
+            Err(RenderError::Cancelled) => {
+                tracing::info!(job = %job.id, "render cancelled");
+                return Ok(());
+            }
+            Err(err @ (RenderError::Nats(_) | RenderError::Store(_))) => return Err(err),
+            Err(err) => return self.fail(job, err.to_string()).await,
+        };
+        let completed = self
+            .topology
+            .jobs
+            .modify(&job.tenant, &job.id, |record| {
+                if record.state != JobState::Running {
+                    return Ok(false);
+                }
+                record.complete(output.clone())?;
+                Ok(true)
+            })
+            .await?;
+        if completed.record.state != JobState::Completed {
+            let key = reelmesh_store::ObjectKey::parse(&output.key).map_err(reelmesh_store::StoreError::from)?;
+            self.store.delete(&job.tenant, &key).await?;
+            return Ok(());
+        }
+        self.publish(job, EventKind::Completed { output }).await?;
+        tracing::info!(job = %job.id, "render completed");
+        Ok(())
+    }
+
+    async fn fail(&self, job: &JobRecord, error: String) -> Result<(), RenderError> {
+        tracing::warn!(job = %job.id, "render failed: {error}");
+        let failed = self
+            .topology
+            .jobs
+            .modify(&job.tenant, &job.id, |record| {
+                if record.state != JobState::Running {
+                    return Ok(false);
+                }
+                record.fail(error.clone())?;
+                Ok(true)
+            })
+            .await?;
+        tracing::debug!(job = %job.id, state = ?failed.record.state, "job record after failure");
+        if failed.record.state == JobState::Failed {
+            self.publish(job, EventKind::Failed { error }).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, job: &JobRecord, kind: EventKind) -> Result<u64, RenderError> {
+        let event = JobEvent::now(&job.tenant, &job.id, kind);
+        Ok(self.topology.events.publish(&event).await?)
+    }
+}
+
+/// One message, or `None` when none arrived within the poll window.
+async fn next_message(consumer: &PullConsumer) -> Option<Message> {
+    let mut batch = match consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+    {
+        Ok(batch) => batch,
+        Err(err) => {
+            tracing::warn!("work consumer: {err}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return None;
+        }
+    };
+    match batch.next().await {
+        Some(Ok(message)) => Some(message),
+        Some(Err(err)) => {
+            tracing::warn!("work consumer: {err}");
+            None
+        }
+        None => None,
+    }
+}
+
+fn summary(info: media::MediaInfo) -> MediaSummary {
+    MediaSummary {
+        duration_seconds: info.duration_seconds,
+        container: info.container,
+        video_codec: info.video.as_ref().map(|video| video.codec.clone()),
+        width: info.video.as_ref().map(|video| video.width),
+        height: info.video.as_ref().map(|video| video.height),
+        audio_codec: info.audio.map(|audio| audio.codec),
+    }
+}

@@ -1,0 +1,94 @@
+//! The NATS layer against a real nats-server: records by compare-and-set,
+//! events replayed then followed, work items deduplicated by job id.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use reelmesh_nats::{
+    EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, TopologyConfig, WorkItem, server::NatsServer,
+};
+use reelmesh_proto::v1::JobSpec;
+
+async fn topology() -> anyhow::Result<(NatsServer, Topology)> {
+    let server = NatsServer::start_temporary()?;
+    let topology = Topology::connect(&server.url(), &TopologyConfig::default()).await?;
+    Ok((server, topology))
+}
+
+fn tenant() -> reelmesh_nats::TenantId {
+    reelmesh_nats::TenantId::parse("acme").expect("tenant")
+}
+
+#[tokio::test]
+async fn events_are_replayed_then_followed() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let job = reelmesh_nats::JobId::new();
+    for kind in [EventKind::Queued, EventKind::Started] {
+        topology.events.publish(&JobEvent::now(&tenant(), &job, kind)).await?;
+    }
+    let follow = topology.events.follow(&tenant(), &job).await?;
+    let mut follow = Box::pin(follow);
+    let first = tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.expect("event")?;
+    assert_eq!(first.event.kind, EventKind::Queued);
+    let second = tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.expect("event")?;
+    assert_eq!(second.event.kind, EventKind::Started);
+    topology
+        .events
+        .publish(&JobEvent::now(&tenant(), &job, EventKind::Failed { error: "x".into() }))
+        .await?;
+    let live = tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.expect("event")?;
+    assert!(matches!(live.event.kind, EventKind::Failed { .. }));
+    assert!(first.sequence < second.sequence && second.sequence < live.sequence);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_terminal_event_is_dropped() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let job = reelmesh_nats::JobId::new();
+    let first = topology.events.publish(&JobEvent::now(&tenant(), &job, EventKind::Cancelled)).await?;
+    let second = topology
+        .events
+        .publish(&JobEvent::now(&tenant(), &job, EventKind::Failed { error: "late".into() }))
+        .await?;
+    assert_eq!(first, second, "the duplicate should be acknowledged with the original sequence");
+    Ok(())
+}
+
+#[tokio::test]
+async fn records_change_by_compare_and_set_and_terminal_is_final() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let record = JobRecord::new(tenant(), JobSpec::default());
+    topology.jobs.create(&record).await?;
+    assert!(matches!(topology.jobs.create(&record).await, Err(NatsError::JobExists(_))));
+
+    // Two writers race from the same revision: one wins, the other re-reads.
+    let stale = topology.jobs.get(&tenant(), &record.id).await?.expect("record");
+    topology.jobs.move_to(&tenant(), &record.id, JobState::Cancelled).await?;
+    let mut running = stale.record.clone();
+    running.move_to(JobState::Running)?;
+    let lost = topology.jobs.move_to(&tenant(), &record.id, JobState::Running).await;
+    assert!(matches!(lost, Err(NatsError::Transition(_))), "{lost:?}");
+    let now = topology.jobs.get(&tenant(), &record.id).await?.expect("record");
+    assert_eq!(now.record.state, JobState::Cancelled);
+    assert!(now.revision > stale.revision);
+
+    let listed = topology.jobs.list(&tenant()).await?;
+    assert_eq!(listed.len(), 1);
+    let other = reelmesh_nats::TenantId::parse("other").expect("tenant");
+    assert!(topology.jobs.list(&other).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_job_is_queued_once() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let item = WorkItem {
+        tenant: tenant(),
+        job_id: reelmesh_nats::JobId::new(),
+    };
+    topology.work.enqueue(&item).await?;
+    topology.work.enqueue(&item).await?;
+    assert_eq!(topology.work.depth().await?, 1);
+    Ok(())
+}
