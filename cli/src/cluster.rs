@@ -1,5 +1,5 @@
-//! All of reelmesh in one process: gateway, render and notify on their own
-//! loopback ports, sharing one NATS server and one store URL. `reelmesh dev`
+//! All of reelmesh in one process: gateway, store, render and notify on their
+//! own loopback ports, sharing one NATS server and one store URL. `reelmesh dev`
 //! and the integration tests both run this, each with its own config.
 
 use std::{net::SocketAddr, time::Duration};
@@ -8,6 +8,7 @@ use reelmesh_gateway::GatewayConfig;
 use reelmesh_nats::server::NatsServer;
 use reelmesh_notify::NotifyConfig;
 use reelmesh_render::RenderConfig;
+use reelmesh_store::StoreConfig;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -21,6 +22,7 @@ pub struct ClusterConfig {
     pub gateway: GatewayConfig,
     pub render: RenderConfig,
     pub notify: NotifyConfig,
+    pub store: StoreConfig,
 }
 
 impl ClusterConfig {
@@ -31,6 +33,8 @@ impl ClusterConfig {
         config.gateway.listen = any_port;
         config.render.listen = any_port;
         config.notify.listen = any_port;
+        config.store.listen = any_port;
+        config.store.url = store_url.to_string();
         config.gateway.store_url = store_url.to_string();
         config.render.store_url = store_url.to_string();
         config
@@ -43,6 +47,8 @@ pub struct DevCluster {
     pub gateway_addr: SocketAddr,
     pub render_addr: SocketAddr,
     pub notify_addr: SocketAddr,
+    /// The standalone Store API (the gateway serves the same one).
+    pub store_addr: SocketAddr,
     shutdown: CancellationToken,
     services: JoinSet<anyhow::Result<()>>,
 }
@@ -55,6 +61,8 @@ impl DevCluster {
         config.gateway.nats_url = nats_url.clone();
         config.render.nats_url = nats_url.clone();
         config.notify.nats_url = nats_url;
+        // The gateway's Store API and the standalone one accept the same keys.
+        config.store.api_keys = config.gateway.api_keys.clone();
         let shutdown = CancellationToken::new();
         let mut services = JoinSet::new();
 
@@ -67,16 +75,20 @@ impl DevCluster {
         let listener = TcpListener::bind(config.notify.listen).await?;
         let notify_addr = listener.local_addr()?;
         services.spawn(reelmesh_notify::run(config.notify, listener, shutdown.child_token()));
+        let listener = TcpListener::bind(config.store.listen).await?;
+        let store_addr = listener.local_addr()?;
+        services.spawn(reelmesh_store::run(config.store, listener, shutdown.child_token()));
 
         let mut cluster = DevCluster {
             nats,
             gateway_addr,
             render_addr,
             notify_addr,
+            store_addr,
             shutdown,
             services,
         };
-        for addr in [gateway_addr, render_addr, notify_addr] {
+        for addr in [gateway_addr, render_addr, notify_addr, store_addr] {
             cluster.wait_until_serving(addr).await?;
         }
         Ok(cluster)

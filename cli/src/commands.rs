@@ -97,8 +97,9 @@ async fn dev(data_dir: &Path, listen: std::net::SocketAddr, nats_port: u16) -> a
     let mut cluster = DevCluster::start(nats, config).await?;
     println!("reelmesh dev is up");
     println!("  gateway  {}  (API key: dev-key, tenant: dev)", cluster.endpoint());
+    println!("  store    {}  (standalone Store API; the gateway serves it too)", cluster.store_addr);
     println!("  nats     {}", cluster.nats.url());
-    println!("  store    {store_url}");
+    println!("  media    {store_url}");
     println!("  try: grpcurl -plaintext {} list", cluster.gateway_addr);
     let shutdown = reelmesh_runtime::shutdown_on_signal();
     tokio::select! {
@@ -110,7 +111,7 @@ async fn dev(data_dir: &Path, listen: std::net::SocketAddr, nats_port: u16) -> a
 async fn demo(endpoint: &str, api_key: &str, standalone: bool, output: &Path) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let cluster = if standalone {
-        println!("starting an all-in-one reelmesh (nats-server, gateway, render, notify) ...");
+        println!("starting an all-in-one reelmesh (nats-server, gateway, store, render, notify) ...");
         let nats = NatsServer::start_in(&scratch.path().join("nats"), 0)?;
         let store_url = format!("file://{}", scratch.path().join("store").display());
         Some(DevCluster::start(nats, ClusterConfig::ephemeral(&store_url)).await?)
@@ -123,12 +124,13 @@ async fn demo(endpoint: &str, api_key: &str, standalone: bool, output: &Path) ->
         .with_context(|| format!("cannot reach the gateway at {endpoint}"))?;
 
     let sample_file = scratch.path().join("sample.mp4");
-    sample(&sample_file, 6.0, 640, 360)?;
+    println!("generating a 10 s 1280x720 H.264/AAC sample clip ...");
+    sample(&sample_file, 10.0, 1280, 720)?;
     let stored = client.upload_file(&sample_file, "inputs/sample.mp4").await?;
     println!("uploaded {} ({} bytes)", stored.key, stored.size_bytes);
 
-    let job = client.submit(trim_spec("inputs/sample.mp4", 1.0, 4.0)).await?;
-    println!("submitted trim 1.0 s .. 4.0 s as job {} ({:?})", job.id, job.state());
+    let job = client.submit(trim_spec("inputs/sample.mp4", 2.0, 8.0)).await?;
+    println!("submitted trim 2.0 s .. 8.0 s as job {} ({:?})", job.id, job.state());
     follow(&mut client, &job.id).await?;
 
     let job = client.get(&job.id).await?;
@@ -161,7 +163,13 @@ async fn follow(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
         match event?.kind {
             Some(Kind::Queued(_)) => bar.set_message("queued"),
             Some(Kind::Started(_)) => bar.set_message("rendering"),
-            Some(Kind::Progress(progress)) => bar.set_position(progress.percent as u64),
+            Some(Kind::Progress(progress)) => {
+                bar.set_position(progress.percent as u64);
+                if bar.is_hidden() {
+                    // No terminal (a pipe, a CI log): one line per update instead.
+                    println!("  {:>5.1}% {}", progress.percent, progress.stage);
+                }
+            }
             Some(Kind::Completed(_)) => {
                 bar.set_position(100);
                 bar.finish_with_message("completed");
