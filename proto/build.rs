@@ -4,7 +4,10 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/reelmesh/v1/jobs.proto", "proto/reelmesh/v1/store.proto"];
+const PROTOS: &[&str] = &[
+    "proto/reelmesh/v1/jobs.proto",
+    "proto/reelmesh/v1/store.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

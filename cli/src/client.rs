@@ -25,7 +25,9 @@ pub struct BearerAuth(MetadataValue<tonic::metadata::Ascii>);
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -40,7 +42,9 @@ pub struct ReelmeshClient {
 
 impl ReelmeshClient {
     pub async fn connect(endpoint: &str, api_key: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(endpoint.to_string())?.connect().await?;
+        let channel = Channel::from_shared(endpoint.to_string())?
+            .connect()
+            .await?;
         Self::with_channel(channel, api_key)
     }
 
@@ -59,7 +63,11 @@ impl ReelmeshClient {
         self.upload_bytes(Bytes::from(content), key).await
     }
 
-    pub async fn upload_bytes(&mut self, content: Bytes, key: &str) -> anyhow::Result<pb::ObjectInfo> {
+    pub async fn upload_bytes(
+        &mut self,
+        content: Bytes,
+        key: &str,
+    ) -> anyhow::Result<pb::ObjectInfo> {
         let header = pb::UploadHeader {
             key: key.to_string(),
             size_bytes: Some(content.len() as u64),
@@ -76,14 +84,20 @@ impl ReelmeshClient {
             });
             offset = end;
         }
-        Ok(self.store.upload(futures::stream::iter(messages)).await?.into_inner())
+        Ok(self
+            .store
+            .upload(futures::stream::iter(messages))
+            .await?
+            .into_inner())
     }
 
     /// Downloads `key` into a local file, returning its size.
     pub async fn download_file(&mut self, key: &str, file: &Path) -> anyhow::Result<u64> {
         let mut chunks = self
             .store
-            .download(pb::DownloadRequest { key: key.to_string() })
+            .download(pb::DownloadRequest {
+                key: key.to_string(),
+            })
             .await?
             .into_inner();
         let mut out = tokio::fs::File::create(file).await?;
@@ -106,7 +120,10 @@ impl ReelmeshClient {
         Ok(self.jobs.get_job(request).await?.into_inner())
     }
 
-    pub async fn watch(&mut self, id: &str) -> Result<impl Stream<Item = Result<pb::JobEvent, Status>> + use<>, Status> {
+    pub async fn watch(
+        &mut self,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<pb::JobEvent, Status>> + use<>, Status> {
         let request = pb::WatchJobRequest { id: id.to_string() };
         Ok(self.jobs.watch_job(request).await?.into_inner().boxed())
     }

@@ -12,7 +12,9 @@ use reelmesh_store::StoreConfig;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// The configs of the services a cluster runs. Their `nats_url` is replaced
 /// by the cluster's NATS server; their `listen` addresses are used as given
@@ -68,16 +70,32 @@ impl DevCluster {
 
         let listener = TcpListener::bind(config.gateway.listen).await?;
         let gateway_addr = listener.local_addr()?;
-        services.spawn(reelmesh_gateway::run(config.gateway, listener, shutdown.child_token()));
+        services.spawn(reelmesh_gateway::run(
+            config.gateway,
+            listener,
+            shutdown.child_token(),
+        ));
         let listener = TcpListener::bind(config.render.listen).await?;
         let render_addr = listener.local_addr()?;
-        services.spawn(reelmesh_render::run(config.render, listener, shutdown.child_token()));
+        services.spawn(reelmesh_render::run(
+            config.render,
+            listener,
+            shutdown.child_token(),
+        ));
         let listener = TcpListener::bind(config.notify.listen).await?;
         let notify_addr = listener.local_addr()?;
-        services.spawn(reelmesh_notify::run(config.notify, listener, shutdown.child_token()));
+        services.spawn(reelmesh_notify::run(
+            config.notify,
+            listener,
+            shutdown.child_token(),
+        ));
         let listener = TcpListener::bind(config.store.listen).await?;
         let store_addr = listener.local_addr()?;
-        services.spawn(reelmesh_store::run(config.store, listener, shutdown.child_token()));
+        services.spawn(reelmesh_store::run(
+            config.store,
+            listener,
+            shutdown.child_token(),
+        ));
 
         let mut cluster = DevCluster {
             nats,
@@ -103,13 +121,20 @@ impl DevCluster {
     /// service that fails to start ends its task, which is reported instead.
     async fn wait_until_serving(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let check = async {
-            let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+            let channel = Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?;
             let status = HealthClient::new(channel)
-                .check(HealthCheckRequest { service: String::new() })
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await?
                 .into_inner()
                 .status();
-            anyhow::ensure!(status == ServingStatus::Serving, "{addr} reports {status:?}");
+            anyhow::ensure!(
+                status == ServingStatus::Serving,
+                "{addr} reports {status:?}"
+            );
             Ok(())
         };
         tokio::select! {

@@ -19,7 +19,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             nats_port,
         } => dev(&data_dir, listen, nats_port).await,
-        Command::Demo { standalone, output } => demo(&cli.endpoint, &cli.api_key, standalone, &output).await,
+        Command::Demo { standalone, output } => {
+            demo(&cli.endpoint, &cli.api_key, standalone, &output).await
+        }
         Command::Sample {
             out,
             seconds,
@@ -38,7 +40,10 @@ async fn client_command(endpoint: &str, api_key: &str, command: Command) -> anyh
     match command {
         Command::Upload { file, key } => {
             let info = client.upload_file(&file, &key).await?;
-            println!("stored {} ({} bytes, sha256 {})", info.key, info.size_bytes, info.sha256);
+            println!(
+                "stored {} ({} bytes, sha256 {})",
+                info.key, info.size_bytes, info.sha256
+            );
         }
         Command::Download { key, file } => {
             let size = client.download_file(&key, &file).await?;
@@ -52,7 +57,10 @@ async fn client_command(endpoint: &str, api_key: &str, command: Command) -> anyh
             watch,
         } => {
             let mut spec = trim_spec(&input, start, end);
-            spec.callback = callback.map(|url| pb::Callback { url, secret: String::new() });
+            spec.callback = callback.map(|url| pb::Callback {
+                url,
+                secret: String::new(),
+            });
             let job = client.submit(spec).await?;
             println!("job {} {:?}", job.id, job.state());
             if let Some(callback) = job.spec.as_ref().and_then(|spec| spec.callback.as_ref()) {
@@ -65,8 +73,10 @@ async fn client_command(endpoint: &str, api_key: &str, command: Command) -> anyh
         Command::Get { id } => print_job(&client.get(&id).await?),
         Command::List { state } => {
             let state = match state {
-                Some(name) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
-                    .with_context(|| format!("unknown state {name}"))?,
+                Some(name) => {
+                    pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
+                        .with_context(|| format!("unknown state {name}"))?
+                }
                 None => pb::JobState::Unspecified,
             };
             let request = pb::ListJobsRequest {
@@ -77,7 +87,13 @@ async fn client_command(endpoint: &str, api_key: &str, command: Command) -> anyh
                 println!("{}  {:?}", job.id, job.state());
             }
         }
-        Command::Cancel { id } => print_job(&client.jobs.cancel_job(pb::CancelJobRequest { id }).await?.into_inner()),
+        Command::Cancel { id } => print_job(
+            &client
+                .jobs
+                .cancel_job(pb::CancelJobRequest { id })
+                .await?
+                .into_inner(),
+        ),
         Command::Watch { id } => {
             follow(&mut client, &id).await?;
         }
@@ -96,8 +112,14 @@ async fn dev(data_dir: &Path, listen: std::net::SocketAddr, nats_port: u16) -> a
     config.render.work_dir = std::env::temp_dir();
     let mut cluster = DevCluster::start(nats, config).await?;
     println!("reelmesh dev is up");
-    println!("  gateway  {}  (API key: dev-key, tenant: dev)", cluster.endpoint());
-    println!("  store    {}  (standalone Store API; the gateway serves it too)", cluster.store_addr);
+    println!(
+        "  gateway  {}  (API key: dev-key, tenant: dev)",
+        cluster.endpoint()
+    );
+    println!(
+        "  store    {}  (standalone Store API; the gateway serves it too)",
+        cluster.store_addr
+    );
     println!("  nats     {}", cluster.nats.url());
     println!("  media    {store_url}");
     println!("  try: grpcurl -plaintext {} list", cluster.gateway_addr);
@@ -108,17 +130,26 @@ async fn dev(data_dir: &Path, listen: std::net::SocketAddr, nats_port: u16) -> a
     }
 }
 
-async fn demo(endpoint: &str, api_key: &str, standalone: bool, output: &Path) -> anyhow::Result<()> {
+async fn demo(
+    endpoint: &str,
+    api_key: &str,
+    standalone: bool,
+    output: &Path,
+) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let cluster = if standalone {
-        println!("starting an all-in-one reelmesh (nats-server, gateway, store, render, notify) ...");
+        println!(
+            "starting an all-in-one reelmesh (nats-server, gateway, store, render, notify) ..."
+        );
         let nats = NatsServer::start_in(&scratch.path().join("nats"), 0)?;
         let store_url = format!("file://{}", scratch.path().join("store").display());
         Some(DevCluster::start(nats, ClusterConfig::ephemeral(&store_url)).await?)
     } else {
         None
     };
-    let endpoint = cluster.as_ref().map_or(endpoint.to_string(), DevCluster::endpoint);
+    let endpoint = cluster
+        .as_ref()
+        .map_or(endpoint.to_string(), DevCluster::endpoint);
     let mut client = ReelmeshClient::connect(&endpoint, api_key)
         .await
         .with_context(|| format!("cannot reach the gateway at {endpoint}"))?;
@@ -126,11 +157,19 @@ async fn demo(endpoint: &str, api_key: &str, standalone: bool, output: &Path) ->
     let sample_file = scratch.path().join("sample.mp4");
     println!("generating a 10 s 1280x720 H.264/AAC sample clip ...");
     sample(&sample_file, 10.0, 1280, 720)?;
-    let stored = client.upload_file(&sample_file, "inputs/sample.mp4").await?;
+    let stored = client
+        .upload_file(&sample_file, "inputs/sample.mp4")
+        .await?;
     println!("uploaded {} ({} bytes)", stored.key, stored.size_bytes);
 
-    let job = client.submit(trim_spec("inputs/sample.mp4", 2.0, 8.0)).await?;
-    println!("submitted trim 2.0 s .. 8.0 s as job {} ({:?})", job.id, job.state());
+    let job = client
+        .submit(trim_spec("inputs/sample.mp4", 2.0, 8.0))
+        .await?;
+    println!(
+        "submitted trim 2.0 s .. 8.0 s as job {} ({:?})",
+        job.id,
+        job.state()
+    );
     follow(&mut client, &job.id).await?;
 
     let job = client.get(&job.id).await?;
@@ -156,7 +195,10 @@ async fn demo(endpoint: &str, api_key: &str, standalone: bool, output: &Path) ->
 /// Shows a job's events as a progress bar until its terminal event.
 async fn follow(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
     let bar = ProgressBar::new(100);
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg:12} [{bar:40}] {pos:>3}%")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:12} [{bar:40}] {pos:>3}%")?
+            .progress_chars("=> "),
+    );
     bar.enable_steady_tick(Duration::from_millis(100));
     let mut events = client.watch(id).await?;
     while let Some(event) = events.next().await {
@@ -197,7 +239,13 @@ fn print_job(job: &pb::Job) {
         let media = output.media.clone().unwrap_or_default();
         println!(
             "  output: {} ({} bytes, {:.2} s, {} {}x{}, {})",
-            output.key, output.size_bytes, media.duration_seconds, media.video_codec, media.width, media.height, media.audio_codec
+            output.key,
+            output.size_bytes,
+            media.duration_seconds,
+            media.video_codec,
+            media.width,
+            media.height,
+            media.audio_codec
         );
     }
 }

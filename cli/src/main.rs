@@ -8,13 +8,27 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "reelmesh", version, about = "Media jobs over gRPC, rendered with GStreamer")]
+#[command(
+    name = "reelmesh",
+    version,
+    about = "Media jobs over gRPC, rendered with GStreamer"
+)]
 struct Cli {
     /// Gateway address.
-    #[arg(long, global = true, env = "REELMESH_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "REELMESH_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     endpoint: String,
     /// API key sent as `authorization: Bearer <key>`.
-    #[arg(long, global = true, env = "REELMESH_API_KEY", default_value = "dev-key")]
+    #[arg(
+        long,
+        global = true,
+        env = "REELMESH_API_KEY",
+        default_value = "dev-key"
+    )]
     api_key: String,
     #[command(subcommand)]
     command: Command,
@@ -89,7 +103,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let _telemetry = matches!(cli.command, Command::Dev { .. }).then(|| reelmesh_runtime::init_telemetry("reelmesh-dev"));
+    let _telemetry = matches!(cli.command, Command::Dev { .. })
+        .then(|| reelmesh_runtime::init_telemetry("reelmesh-dev"));
     match commands::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

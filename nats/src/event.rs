@@ -4,7 +4,9 @@
 //! Watchers replay a job's subject from the start and then follow it live;
 //! notify consumes the terminal events of all jobs through a durable consumer.
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull, message::PublishMessage};
+use async_nats::jetstream::{
+    self, consumer::DeliverPolicy, consumer::pull, message::PublishMessage,
+};
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -99,7 +101,8 @@ impl EventLog {
     /// Publishes and waits for the stream's ack, so a returned event is durable.
     pub async fn publish(&self, event: &JobEvent) -> Result<u64, NatsError> {
         let subject = names::event_subject(&event.tenant, &event.job_id, event.kind.name());
-        let payload = serde_json::to_vec(event).map_err(|err| NatsError::Corrupt(err.to_string()))?;
+        let payload =
+            serde_json::to_vec(event).map_err(|err| NatsError::Corrupt(err.to_string()))?;
         let mut publish = PublishMessage::build().payload(payload.into());
         if let Some(id) = event.message_id() {
             publish = publish.message_id(id);
@@ -120,7 +123,8 @@ impl EventLog {
         &self,
         tenant: &TenantId,
         job: &JobId,
-    ) -> Result<impl Stream<Item = Result<SequencedEvent, NatsError>> + Send + 'static, NatsError> {
+    ) -> Result<impl Stream<Item = Result<SequencedEvent, NatsError>> + Send + 'static, NatsError>
+    {
         let stream = self
             .js
             .get_stream(names::EVENTS_STREAM)
@@ -139,7 +143,10 @@ impl EventLog {
         let messages = consumer.messages().await.map_err(NatsError::unavailable)?;
         Ok(messages.map(|message| {
             let message = message.map_err(NatsError::unavailable)?;
-            let sequence = message.info().map_err(NatsError::unavailable)?.stream_sequence;
+            let sequence = message
+                .info()
+                .map_err(NatsError::unavailable)?
+                .stream_sequence;
             let event = JobEvent::decode(&message.payload)?;
             Ok(SequencedEvent { sequence, event })
         }))
@@ -154,7 +161,13 @@ mod tests {
     fn events_serialise_with_a_type_tag() {
         let tenant = TenantId::parse("acme").expect("tenant");
         let job = JobId::new();
-        let event = JobEvent::now(&tenant, &job, EventKind::Failed { error: "bad input".into() });
+        let event = JobEvent::now(
+            &tenant,
+            &job,
+            EventKind::Failed {
+                error: "bad input".into(),
+            },
+        );
         let json: serde_json::Value = serde_json::to_value(&event).expect("encode");
         assert_eq!(json["type"], "failed");
         assert_eq!(json["error"], "bad input");
@@ -169,7 +182,14 @@ mod tests {
         let done = JobEvent::now(&tenant, &job, EventKind::Cancelled);
         let failed = JobEvent::now(&tenant, &job, EventKind::Failed { error: "x".into() });
         assert_eq!(done.message_id(), failed.message_id());
-        let progress = JobEvent::now(&tenant, &job, EventKind::Progress { stage: "render".into(), percent: 1.0 });
+        let progress = JobEvent::now(
+            &tenant,
+            &job,
+            EventKind::Progress {
+                stage: "render".into(),
+                percent: 1.0,
+            },
+        );
         assert_eq!(progress.message_id(), None);
     }
 }

@@ -15,6 +15,8 @@ pub mod work;
 
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
-pub use record::{JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary, Progress, TenantId};
+pub use record::{
+    JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary, Progress, TenantId,
+};
 pub use topology::{Topology, TopologyConfig};
 pub use work::{WorkItem, WorkQueue};

@@ -312,7 +312,12 @@ impl JobRecords {
     /// Reads, changes and writes back a record by compare-and-set, starting
     /// over when another writer changed it in between. `change` returns
     /// `Ok(false)` to leave the record as it is.
-    pub async fn modify<F>(&self, tenant: &TenantId, id: &JobId, mut change: F) -> Result<Versioned, NatsError>
+    pub async fn modify<F>(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        mut change: F,
+    ) -> Result<Versioned, NatsError>
     where
         F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
     {
@@ -325,7 +330,11 @@ impl JobRecords {
             if !change(&mut record)? {
                 return Ok(current);
             }
-            match self.kv.update(record.key(), record.encode()?, current.revision).await {
+            match self
+                .kv
+                .update(record.key(), record.encode()?, current.revision)
+                .await
+            {
                 Ok(revision) => return Ok(Versioned { record, revision }),
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(err) => return Err(NatsError::unavailable(err)),
@@ -334,7 +343,12 @@ impl JobRecords {
     }
 
     /// Moves a job to `next`, failing if the state machine forbids it.
-    pub async fn move_to(&self, tenant: &TenantId, id: &JobId, next: JobState) -> Result<Versioned, NatsError> {
+    pub async fn move_to(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        next: JobState,
+    ) -> Result<Versioned, NatsError> {
         self.modify(tenant, id, |record| {
             record
                 .move_to(next)

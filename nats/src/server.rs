@@ -40,7 +40,11 @@ impl NatsServer {
     /// lets the server pick a free one.
     pub fn start_in(store_dir: &Path, port: u16) -> Result<Self, NatsError> {
         let binary = find_binary()?;
-        let port_arg = if port == 0 { "-1".to_string() } else { port.to_string() };
+        let port_arg = if port == 0 {
+            "-1".to_string()
+        } else {
+            port.to_string()
+        };
         let mut child = Command::new(&binary)
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store_dir)
@@ -48,7 +52,10 @@ impl NatsServer {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|err| NatsError::Server(format!("cannot run {}: {err}", binary.display())))?;
-        let stderr = child.stderr.take().ok_or_else(|| NatsError::Server("no stderr".into()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| NatsError::Server("no stderr".into()))?;
         match wait_until_ready(stderr) {
             Ok(port) => Ok(NatsServer {
                 child,
@@ -118,7 +125,9 @@ fn wait_until_ready(stderr: std::process::ChildStderr) -> Result<u16, NatsError>
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(result) => result.map_err(NatsError::Server),
-        Err(_) => Err(NatsError::Server("nats-server did not become ready in 30 s".into())),
+        Err(_) => Err(NatsError::Server(
+            "nats-server did not become ready in 30 s".into(),
+        )),
     }
 }
 
@@ -154,7 +163,9 @@ fn find_binary() -> Result<PathBuf, NatsError> {
         .map(|dir| dir.join(".tools/venv/bin/nats-server"))
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| {
-            NatsError::Server("nats-server not found: run scripts/setup.sh or set REELMESH_NATS_SERVER".into())
+            NatsError::Server(
+                "nats-server not found: run scripts/setup.sh or set REELMESH_NATS_SERVER".into(),
+            )
         })
 }
 

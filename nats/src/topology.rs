@@ -81,7 +81,10 @@ impl Topology {
         Self::ensure(client, config).await
     }
 
-    pub async fn ensure(client: async_nats::Client, config: &TopologyConfig) -> Result<Self, NatsError> {
+    pub async fn ensure(
+        client: async_nats::Client,
+        config: &TopologyConfig,
+    ) -> Result<Self, NatsError> {
         let js = jetstream::new(client.clone());
         let storage = if config.in_memory {
             StorageType::Memory

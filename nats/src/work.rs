@@ -33,7 +33,8 @@ impl WorkQueue {
     /// Enqueues a job. The job id is the message id, so a retried publish
     /// within the stream's duplicate window does not queue the job twice.
     pub async fn enqueue(&self, item: &WorkItem) -> Result<(), NatsError> {
-        let payload = serde_json::to_vec(item).map_err(|err| NatsError::Corrupt(err.to_string()))?;
+        let payload =
+            serde_json::to_vec(item).map_err(|err| NatsError::Corrupt(err.to_string()))?;
         let publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(item.job_id.as_str());

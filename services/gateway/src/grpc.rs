@@ -3,7 +3,7 @@
 
 use futures::{StreamExt as _, stream::BoxStream};
 use reelmesh_nats::{EventKind, JobId, JobOutput, JobRecord, JobState, SequencedEvent};
-use reelmesh_proto::v1::{self as pb, jobs_server::Jobs, jobs_server::JobsServer, job_event};
+use reelmesh_proto::v1::{self as pb, job_event, jobs_server::Jobs, jobs_server::JobsServer};
 use reelmesh_runtime::{ApiKeyAuth, Tenant};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
@@ -20,7 +20,9 @@ pub struct JobsService<A> {
 
 impl<A> Clone for JobsService<A> {
     fn clone(&self) -> Self {
-        JobsService { api: self.api.clone() }
+        JobsService {
+            api: self.api.clone(),
+        }
     }
 }
 
@@ -44,7 +46,10 @@ fn job_id(id: &str) -> Result<JobId, Status> {
 
 #[tonic::async_trait]
 impl<A: JobsApi> Jobs for JobsService<A> {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let tenant = Tenant::of(&request)?;
         let spec = request
             .into_inner()
@@ -54,19 +59,27 @@ impl<A: JobsApi> Jobs for JobsService<A> {
         Ok(Response::new(job_to_proto(record)))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let tenant = Tenant::of(&request)?;
         let id = job_id(&request.get_ref().id)?;
         Ok(Response::new(job_to_proto(self.api.get(tenant, id).await?)))
     }
 
-    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let tenant = Tenant::of(&request)?;
         let request = request.into_inner();
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(JobId::parse(token).map_err(|_| {
-                GatewayError::InvalidArgument(format!("page_token {token:?} is not one ListJobs returned"))
+                GatewayError::InvalidArgument(format!(
+                    "page_token {token:?} is not one ListJobs returned"
+                ))
             })?),
         };
         let query = ListQuery {
@@ -81,15 +94,23 @@ impl<A: JobsApi> Jobs for JobsService<A> {
         }))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let tenant = Tenant::of(&request)?;
         let id = job_id(&request.get_ref().id)?;
-        Ok(Response::new(job_to_proto(self.api.cancel(tenant, id).await?)))
+        Ok(Response::new(job_to_proto(
+            self.api.cancel(tenant, id).await?,
+        )))
     }
 
     type WatchJobStream = BoxStream<'static, Result<pb::JobEvent, Status>>;
 
-    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         let tenant = Tenant::of(&request)?;
         let id = job_id(&request.get_ref().id)?;
         let events = self.api.watch(tenant, id).await?;
@@ -163,7 +184,9 @@ pub fn event_to_proto(sequenced: SequencedEvent) -> pb::JobEvent {
     let kind = match event.kind {
         EventKind::Queued => job_event::Kind::Queued(job_event::Queued {}),
         EventKind::Started => job_event::Kind::Started(job_event::Started {}),
-        EventKind::Progress { stage, percent } => job_event::Kind::Progress(pb::Progress { stage, percent }),
+        EventKind::Progress { stage, percent } => {
+            job_event::Kind::Progress(pb::Progress { stage, percent })
+        }
         EventKind::Completed { output } => job_event::Kind::Completed(job_event::Completed {
             output: Some(output_to_proto(output)),
         }),

@@ -7,7 +7,8 @@
 
 use futures::{Stream, StreamExt as _, future::BoxFuture, stream::BoxStream};
 use reelmesh_nats::{
-    EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, SequencedEvent, TenantId, Topology, WorkItem,
+    EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, SequencedEvent, TenantId, Topology,
+    WorkItem,
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -35,12 +36,25 @@ pub type EventStream = BoxStream<'static, Result<SequencedEvent, GatewayError>>;
 
 /// What the Jobs gRPC service asks of the job logic.
 pub trait JobsApi: Send + Sync + 'static {
-    fn submit(&self, tenant: TenantId, spec: JobSpec) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
+    fn submit(
+        &self,
+        tenant: TenantId,
+        spec: JobSpec,
+    ) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
     fn get(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
-    fn list(&self, tenant: TenantId, query: ListQuery) -> BoxFuture<'_, Result<JobPage, GatewayError>>;
-    fn cancel(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
+    fn list(
+        &self,
+        tenant: TenantId,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<JobPage, GatewayError>>;
+    fn cancel(&self, tenant: TenantId, id: JobId)
+    -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
     /// The job's history, then live events, ending after the terminal one.
-    fn watch(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<EventStream, GatewayError>>;
+    fn watch(
+        &self,
+        tenant: TenantId,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<EventStream, GatewayError>>;
 }
 
 /// [`JobsApi`] on NATS JetStream.
@@ -91,7 +105,11 @@ impl NatsJobs {
             })
             .await;
         if failed.is_ok() {
-            let event = JobEvent::now(&record.tenant, &record.id, EventKind::Failed { error: message });
+            let event = JobEvent::now(
+                &record.tenant,
+                &record.id,
+                EventKind::Failed { error: message },
+            );
             let _ = self.topology.events.publish(&event).await;
         }
     }
@@ -139,13 +157,19 @@ impl NatsJobs {
     async fn watch_job(&self, tenant: TenantId, id: JobId) -> Result<EventStream, GatewayError> {
         self.get_job(&tenant, &id).await?;
         let events = self.topology.events.follow(&tenant, &id).await?;
-        let events = events.map(|event| event.map_err(GatewayError::from)).boxed();
+        let events = events
+            .map(|event| event.map_err(GatewayError::from))
+            .boxed();
         Ok(until_terminal(events).boxed())
     }
 }
 
 impl JobsApi for NatsJobs {
-    fn submit(&self, tenant: TenantId, spec: JobSpec) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
+    fn submit(
+        &self,
+        tenant: TenantId,
+        spec: JobSpec,
+    ) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
         Box::pin(self.submit_job(tenant, spec))
     }
 
@@ -153,15 +177,27 @@ impl JobsApi for NatsJobs {
         Box::pin(async move { self.get_job(&tenant, &id).await })
     }
 
-    fn list(&self, tenant: TenantId, query: ListQuery) -> BoxFuture<'_, Result<JobPage, GatewayError>> {
+    fn list(
+        &self,
+        tenant: TenantId,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<JobPage, GatewayError>> {
         Box::pin(self.list_jobs(tenant, query))
     }
 
-    fn cancel(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
+    fn cancel(
+        &self,
+        tenant: TenantId,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
         Box::pin(self.cancel_job(tenant, id))
     }
 
-    fn watch(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<EventStream, GatewayError>> {
+    fn watch(
+        &self,
+        tenant: TenantId,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<EventStream, GatewayError>> {
         Box::pin(self.watch_job(tenant, id))
     }
 }

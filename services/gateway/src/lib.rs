@@ -22,13 +22,21 @@ pub use grpc::JobsService;
 pub use jobs::{JobsApi, NatsJobs};
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled.
-pub async fn run(config: GatewayConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let store = MediaStore::open(&config.store_url, &[])?;
     let (router, health) = reelmesh_runtime::grpc::router()?;
-    health.set_serving::<JobsServer<JobsService<NatsJobs>>>().await;
-    health.set_serving::<StoreServer<StoreService<MediaStore>>>().await;
+    health
+        .set_serving::<JobsServer<JobsService<NatsJobs>>>()
+        .await;
+    health
+        .set_serving::<StoreServer<StoreService<MediaStore>>>()
+        .await;
     let router = router
         .add_service(JobsService::new(NatsJobs::new(topology)).into_server(auth.clone()))
         .add_service(StoreService::new(store).into_server(auth));

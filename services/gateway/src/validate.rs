@@ -53,15 +53,21 @@ fn validate_range(start: f64, end: f64) -> Result<(), GatewayError> {
 }
 
 fn validate_callback(callback: &mut Callback) -> Result<(), GatewayError> {
-    let url = url::Url::parse(&callback.url)
-        .map_err(|err| GatewayError::InvalidArgument(format!("spec.callback.url {:?}: {err}", callback.url)))?;
+    let url = url::Url::parse(&callback.url).map_err(|err| {
+        GatewayError::InvalidArgument(format!("spec.callback.url {:?}: {err}", callback.url))
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return invalid(format!("spec.callback.url {:?}: must be http or https", callback.url));
+        return invalid(format!(
+            "spec.callback.url {:?}: must be http or https",
+            callback.url
+        ));
     }
     if callback.secret.is_empty() {
         callback.secret = new_webhook_secret();
     } else if !is_webhook_secret(&callback.secret) {
-        return invalid("spec.callback.secret: must be \"whsec_\" followed by base64 of 24-64 bytes");
+        return invalid(
+            "spec.callback.secret: must be \"whsec_\" followed by base64 of 24-64 bytes",
+        );
     }
     Ok(())
 }
@@ -70,7 +76,10 @@ fn validate_callback(callback: &mut Callback) -> Result<(), GatewayError> {
 fn new_webhook_secret() -> String {
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
 }
 
 fn is_webhook_secret(secret: &str) -> bool {
@@ -105,7 +114,10 @@ mod tests {
     #[test]
     fn a_reversed_range_names_both_fields() {
         let err = message(validate_spec(trim(4.0, 1.0)));
-        assert!(err.contains("end_seconds") && err.contains("start_seconds"), "{err}");
+        assert!(
+            err.contains("end_seconds") && err.contains("start_seconds"),
+            "{err}"
+        );
         assert!(validate_spec(trim(1.0, 4.0)).is_ok());
     }
 

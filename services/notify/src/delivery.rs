@@ -49,7 +49,10 @@ struct Data<'a> {
 
 impl WebhookDelivery {
     /// The delivery for `event`, or `None` if the job asked for no callback.
-    pub fn for_event(event: &JobEvent, job: &JobRecord) -> Result<Option<Self>, crate::signing::BadSecret> {
+    pub fn for_event(
+        event: &JobEvent,
+        job: &JobRecord,
+    ) -> Result<Option<Self>, crate::signing::BadSecret> {
         let Some(callback) = job.spec.callback.as_ref().filter(|c| !c.url.is_empty()) else {
             return Ok(None);
         };
@@ -79,7 +82,11 @@ impl WebhookDelivery {
     }
 
     /// POSTs once; any 2xx is success.
-    pub async fn send(&self, client: &reqwest::Client, timeout: Duration) -> Result<(), DeliveryError> {
+    pub async fn send(
+        &self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), DeliveryError> {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
         let signature = self.key.sign(&self.id, timestamp, &self.body);
         let response = client

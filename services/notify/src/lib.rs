@@ -20,18 +20,31 @@ pub use config::NotifyConfig;
 pub use delivery::{DeliveryError, WebhookDelivery};
 
 /// Consumes terminal events and serves gRPC health until `shutdown`.
-pub async fn run(config: NotifyConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: NotifyConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let consumer = topology.notify_consumer().await?;
     let (router, health) = reelmesh_runtime::grpc::router()?;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let server = tokio::spawn(reelmesh_runtime::grpc::serve(router, listener, shutdown.clone()));
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let server = tokio::spawn(reelmesh_runtime::grpc::serve(
+        router,
+        listener,
+        shutdown.clone(),
+    ));
     let notifier = Notifier {
         topology,
         http: reqwest::Client::builder().build()?,
         config,
     };
-    let mut messages = consumer.messages().await.map_err(|err| NatsError::Unavailable(err.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|err| NatsError::Unavailable(err.to_string()))?;
     tracing::info!("notify consuming terminal events");
     loop {
         let message = tokio::select! {
@@ -56,7 +69,11 @@ struct Notifier {
 
 impl Notifier {
     async fn handle(&self, message: Message) {
-        let attempts = message.info().map(|info| info.delivered).unwrap_or(1).max(1) as u32;
+        let attempts = message
+            .info()
+            .map(|info| info.delivered)
+            .unwrap_or(1)
+            .max(1) as u32;
         let outcome = self.deliver(&message).await;
         let ack = match outcome {
             Ok(()) => AckKind::Ack,

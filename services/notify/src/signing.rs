@@ -23,7 +23,10 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     pub fn from_secret(secret: &str) -> Result<Self, BadSecret> {
         let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-        STANDARD.decode(encoded).map(SigningKey).map_err(|_| BadSecret)
+        STANDARD
+            .decode(encoded)
+            .map(SigningKey)
+            .map_err(|_| BadSecret)
     }
 
     /// The value of the `webhook-signature` header.
@@ -46,7 +49,8 @@ mod tests {
     /// The example from the Standard Webhooks specification's test vectors.
     #[test]
     fn matches_the_specification_example() {
-        let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret");
+        let key =
+            SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret");
         let body = br#"{"test": 2432232314}"#;
         let signature = key.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
@@ -54,6 +58,9 @@ mod tests {
 
     #[test]
     fn rejects_a_secret_that_is_not_base64() {
-        assert_eq!(SigningKey::from_secret("whsec_not base64!").expect_err("bad"), BadSecret);
+        assert_eq!(
+            SigningKey::from_secret("whsec_not base64!").expect_err("bad"),
+            BadSecret
+        );
     }
 }

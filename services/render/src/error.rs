@@ -36,7 +36,9 @@ impl RenderError {
                 reason,
             },
             MediaError::Cancelled => RenderError::Cancelled,
-            MediaError::Stalled(after) => RenderError::Pipeline(format!("no progress for {after:?}")),
+            MediaError::Stalled(after) => {
+                RenderError::Pipeline(format!("no progress for {after:?}"))
+            }
             MediaError::Pipeline(message) => RenderError::Pipeline(message),
         }
     }

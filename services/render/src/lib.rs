@@ -20,16 +20,31 @@ pub use error::RenderError;
 pub use worker::RenderWorker;
 
 /// Renders jobs and serves gRPC health until `shutdown` is cancelled.
-pub async fn run(config: RenderConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: RenderConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     media::init()?;
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let store = MediaStore::open(&config.store_url, &[])?;
     let consumer = topology.work.render_consumer().await?;
     let (router, health) = reelmesh_runtime::grpc::router()?;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let server = tokio::spawn(reelmesh_runtime::grpc::serve(router, listener, shutdown.clone()));
-    tracing::info!(concurrency = config.concurrency, "render worker pulling jobs");
-    RenderWorker::new(topology, store, config).run(consumer, shutdown).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let server = tokio::spawn(reelmesh_runtime::grpc::serve(
+        router,
+        listener,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        concurrency = config.concurrency,
+        "render worker pulling jobs"
+    );
+    RenderWorker::new(topology, store, config)
+        .run(consumer, shutdown)
+        .await;
     server.await??;
     Ok(())
 }

@@ -20,7 +20,10 @@ pub struct RenderPlan {
 impl RenderPlan {
     pub fn for_job(job: &JobId, spec: &JobSpec) -> Result<Self, RenderError> {
         let (source, range) = match spec.operation.as_ref() {
-            Some(Operation::Trim(trim)) => (trim.input.as_ref(), Some((trim.start_seconds, trim.end_seconds))),
+            Some(Operation::Trim(trim)) => (
+                trim.input.as_ref(),
+                Some((trim.start_seconds, trim.end_seconds)),
+            ),
             Some(Operation::Transcode(transcode)) => (transcode.input.as_ref(), None),
             None => return Err(RenderError::Plan("the job has no operation".into())),
         };
@@ -34,13 +37,16 @@ impl RenderPlan {
 
 fn asset_key(source: Option<&Source>) -> Result<ObjectKey, RenderError> {
     match source.and_then(|source| source.kind.as_ref()) {
-        Some(Kind::Asset(key)) => ObjectKey::parse(key).map_err(|err| RenderError::Plan(err.to_string())),
+        Some(Kind::Asset(key)) => {
+            ObjectKey::parse(key).map_err(|err| RenderError::Plan(err.to_string()))
+        }
         None => Err(RenderError::Plan("the job has no input".into())),
     }
 }
 
 fn output_key(job: &JobId) -> Result<ObjectKey, RenderError> {
-    ObjectKey::parse(&format!("outputs/{job}.mp4")).map_err(|err| RenderError::Plan(err.to_string()))
+    ObjectKey::parse(&format!("outputs/{job}.mp4"))
+        .map_err(|err| RenderError::Plan(err.to_string()))
 }
 
 #[cfg(test)]

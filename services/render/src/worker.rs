@@ -12,7 +12,9 @@ use std::{
 
 use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
 use futures::StreamExt as _;
-use reelmesh_nats::{EventKind, JobEvent, JobOutput, JobRecord, JobState, MediaSummary, Progress, Topology, WorkItem};
+use reelmesh_nats::{
+    EventKind, JobEvent, JobOutput, JobRecord, JobState, MediaSummary, Progress, Topology, WorkItem,
+};
 use reelmesh_store::MediaStore;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,8 +25,11 @@ use crate::{
     plan::RenderPlan,
 };
 
-/// How often progress may be published as an event.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Progress events are published at most this often, and only when the
+/// percentage moved by at least [`PROGRESS_STEP`]: a job's history (which
+/// every watcher replays) stays near 100 progress events however long it runs.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+const PROGRESS_STEP: f64 = 1.0;
 /// How often progress is written to the job record (GetJob pollers see it).
 const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -63,7 +68,9 @@ impl RenderWorker {
                 drop(permit);
             });
         }
-        let _ = slots.acquire_many(self.config.concurrency.max(1) as u32).await;
+        let _ = slots
+            .acquire_many(self.config.concurrency.max(1) as u32)
+            .await;
     }
 
     async fn handle(&self, message: Message) {
@@ -122,7 +129,11 @@ impl RenderWorker {
             .tempdir_in(&self.config.work_dir)?;
         let input = scratch.path().join("input");
         let output = scratch.path().join("output.mp4");
-        match self.store.download_to_file(&job.tenant, &plan.input, &input).await {
+        match self
+            .store
+            .download_to_file(&job.tenant, &plan.input, &input)
+            .await
+        {
             Err(reelmesh_store::StoreError::NotFound(_)) => {
                 return Err(RenderError::InputNotFound(plan.input.to_string()));
             }
@@ -131,8 +142,14 @@ impl RenderWorker {
         let cancel = Arc::new(AtomicBool::new(false));
         let (progress_tx, progress_rx) = watch::channel(0.0);
         let watchers = CancellationToken::new();
-        tokio::spawn(self.clone().watch_for_cancel(job.clone(), cancel.clone(), watchers.clone()));
-        tokio::spawn(self.clone().report_progress(job.clone(), progress_rx, watchers.clone()));
+        tokio::spawn(
+            self.clone()
+                .watch_for_cancel(job.clone(), cancel.clone(), watchers.clone()),
+        );
+        tokio::spawn(
+            self.clone()
+                .report_progress(job.clone(), progress_rx, watchers.clone()),
+        );
         let rendered = self
             .run_pipeline(&plan, &input, &output, cancel, progress_tx, message)
             .await;
@@ -140,7 +157,10 @@ impl RenderWorker {
         rendered.map_err(|err| RenderError::from_media(err, plan.input.as_str()))?;
 
         let info = media::probe(&output).map_err(|err| RenderError::Pipeline(err.to_string()))?;
-        let size_bytes = self.store.upload_file(&job.tenant, &plan.output, &output).await?;
+        let size_bytes = self
+            .store
+            .upload_file(&job.tenant, &plan.output, &output)
+            .await?;
         Ok(JobOutput {
             key: plan.output.to_string(),
             size_bytes,
@@ -190,7 +210,12 @@ impl RenderWorker {
     }
 
     /// Sets `cancel` as soon as the job's record says CANCELLED.
-    async fn watch_for_cancel(self, job: JobRecord, cancel: Arc<AtomicBool>, done: CancellationToken) {
+    async fn watch_for_cancel(
+        self,
+        job: JobRecord,
+        cancel: Arc<AtomicBool>,
+        done: CancellationToken,
+    ) {
         let Ok(updates) = self.topology.jobs.watch(&job.tenant, &job.id).await else {
             return;
         };
@@ -211,8 +236,14 @@ impl RenderWorker {
     }
 
     /// Publishes progress events and record updates, throttled.
-    async fn report_progress(self, job: JobRecord, mut progress: watch::Receiver<f64>, done: CancellationToken) {
+    async fn report_progress(
+        self,
+        job: JobRecord,
+        mut progress: watch::Receiver<f64>,
+        done: CancellationToken,
+    ) {
         let mut last_event = Instant::now() - PROGRESS_EVERY;
+        let mut last_percent = f64::NEG_INFINITY;
         let mut last_record = Instant::now();
         loop {
             tokio::select! {
@@ -220,8 +251,9 @@ impl RenderWorker {
                 changed = progress.changed() => if changed.is_err() { return },
             }
             let percent = (*progress.borrow_and_update() * 100.0).clamp(0.0, 100.0);
-            if last_event.elapsed() >= PROGRESS_EVERY {
+            if last_event.elapsed() >= PROGRESS_EVERY && percent - last_percent >= PROGRESS_STEP {
                 last_event = Instant::now();
+                last_percent = percent;
                 let kind = EventKind::Progress {
                     stage: "render".into(),
                     percent,
@@ -251,7 +283,11 @@ impl RenderWorker {
     /// Ends the job: COMPLETED or FAILED by compare-and-set, then the
     /// matching event. A job cancelled meanwhile stays cancelled and its
     /// output is removed.
-    async fn finish(&self, job: &JobRecord, outcome: Result<JobOutput, RenderError>) -> Result<(), RenderError> {
+    async fn finish(
+        &self,
+        job: &JobRecord,
+        outcome: Result<JobOutput, RenderError>,
+    ) -> Result<(), RenderError> {
         let output = match outcome {
             Ok(output) => output,
             Err(RenderError::Cancelled) => {
@@ -273,7 +309,8 @@ impl RenderWorker {
             })
             .await?;
         if completed.record.state != JobState::Completed {
-            let key = reelmesh_store::ObjectKey::parse(&output.key).map_err(reelmesh_store::StoreError::from)?;
+            let key = reelmesh_store::ObjectKey::parse(&output.key)
+                .map_err(reelmesh_store::StoreError::from)?;
             self.store.delete(&job.tenant, &key).await?;
             return Ok(());
         }
@@ -295,7 +332,6 @@ impl RenderWorker {
                 Ok(true)
             })
             .await?;
-        tracing::debug!(job = %job.id, state = ?failed.record.state, "job record after failure");
         if failed.record.state == JobState::Failed {
             self.publish(job, EventKind::Failed { error }).await?;
         }

@@ -56,7 +56,9 @@ impl ApiKeyAuth {
         if keys.is_empty() {
             return Err("api_keys is empty: no client could call the service".into());
         }
-        Ok(ApiKeyAuth { keys: Arc::new(keys) })
+        Ok(ApiKeyAuth {
+            keys: Arc::new(keys),
+        })
     }
 
     fn tenant_for(&self, header: Option<&str>) -> Result<TenantId, Status> {

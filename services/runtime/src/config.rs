@@ -75,7 +75,13 @@ mod tests {
         let file = dir.join("reelmesh.toml");
         std::fs::write(&file, "[sample]\nworkers = 4\n[other]\nworkers = 9\n").expect("write");
         let loaded: Sample = load_config("sample", Some(&file)).expect("load");
-        assert_eq!(loaded, Sample { listen: String::new(), workers: 4 });
+        assert_eq!(
+            loaded,
+            Sample {
+                listen: String::new(),
+                workers: 4
+            }
+        );
 
         std::fs::write(&file, "[sample]\nworkers = \"many\"\n").expect("write");
         let err = load_config::<Sample>("sample", Some(&file)).expect_err("bad type");

@@ -43,7 +43,11 @@ pub fn router() -> Result<(TracedRouter, HealthReporter), tonic_reflection::serv
 }
 
 /// Serves until `shutdown` is cancelled, then lets in-flight calls finish.
-pub async fn serve(router: TracedRouter, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    router: TracedRouter,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await

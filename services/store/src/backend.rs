@@ -13,7 +13,8 @@ use std::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
-    ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter, memory::InMemory, path::Path, prefix::PrefixStore,
+    ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter, memory::InMemory,
+    path::Path, prefix::PrefixStore,
 };
 use reelmesh_nats::TenantId;
 use sha2::{Digest as _, Sha256};
@@ -52,7 +53,8 @@ impl MediaStore {
     /// memory://). Credentials come from the usual environment variables of
     /// each cloud (AWS_*, AZURE_*, GOOGLE_*) plus `options`.
     pub fn open(url: &str, options: &[(String, String)]) -> Result<Self, StoreError> {
-        let parsed = url::Url::parse(url).map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
         if parsed.scheme() == "memory" {
             return Ok(MediaStore {
                 backend: shared_memory_store(parsed.host_str().unwrap_or_default()),
@@ -65,7 +67,11 @@ impl MediaStore {
                 .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
         }
         let env = std::env::vars()
-            .filter(|(name, _)| ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| name.starts_with(p)))
+            .filter(|(name, _)| {
+                ["AWS_", "AZURE_", "GOOGLE_"]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+            })
             .map(|(name, value)| (name.to_ascii_lowercase(), value));
         let options = env.chain(options.iter().cloned());
         let (backend, prefix) = object_store::parse_url_opts(&parsed, options)
@@ -144,7 +150,11 @@ impl MediaStore {
         Ok(result.into_stream().map_err(StoreError::from).boxed())
     }
 
-    pub async fn stat(&self, tenant: &TenantId, key: &ObjectKey) -> Result<StoredObject, StoreError> {
+    pub async fn stat(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+    ) -> Result<StoredObject, StoreError> {
         let meta = self.backend.head(&key.location(tenant)).await?;
         Ok(StoredObject {
             key: key.to_string(),
@@ -161,9 +171,16 @@ impl MediaStore {
     }
 
     /// Copies an object to a local file (GStreamer reads files and seeks in them).
-    pub async fn download_to_file(&self, tenant: &TenantId, key: &ObjectKey, file: &FsPath) -> Result<u64, StoreError> {
+    pub async fn download_to_file(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        file: &FsPath,
+    ) -> Result<u64, StoreError> {
         let mut chunks = self.download(tenant, key).await?;
-        let mut out = tokio::fs::File::create(file).await.map_err(StoreError::Local)?;
+        let mut out = tokio::fs::File::create(file)
+            .await
+            .map_err(StoreError::Local)?;
         let mut size = 0u64;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -175,8 +192,15 @@ impl MediaStore {
     }
 
     /// Stores a local file under `key`, streaming it in parts.
-    pub async fn upload_file(&self, tenant: &TenantId, key: &ObjectKey, file: &FsPath) -> Result<u64, StoreError> {
-        let mut input = tokio::fs::File::open(file).await.map_err(StoreError::Local)?;
+    pub async fn upload_file(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        file: &FsPath,
+    ) -> Result<u64, StoreError> {
+        let mut input = tokio::fs::File::open(file)
+            .await
+            .map_err(StoreError::Local)?;
         let mut writer = BufWriter::new(Arc::clone(&self.backend), key.location(tenant));
         let copied = tokio::io::copy(&mut input, &mut writer).await;
         match copied {
@@ -216,13 +240,22 @@ fn shared_memory_store(name: &str) -> Arc<dyn ObjectStore> {
         .clone()
 }
 
-fn check_expected(key: &ObjectKey, expected: &Expected, size: u64, sha256: &str) -> Result<(), StoreError> {
+fn check_expected(
+    key: &ObjectKey,
+    expected: &Expected,
+    size: u64,
+    sha256: &str,
+) -> Result<(), StoreError> {
     if let Some(want) = expected.size_bytes.filter(|want| *want != size) {
         return Err(StoreError::Mismatch(format!(
             "upload of {key} has {size} bytes, the header declared {want}"
         )));
     }
-    if let Some(want) = expected.sha256.as_deref().filter(|want| !want.eq_ignore_ascii_case(sha256)) {
+    if let Some(want) = expected
+        .sha256
+        .as_deref()
+        .filter(|want| !want.eq_ignore_ascii_case(sha256))
+    {
         return Err(StoreError::Mismatch(format!(
             "upload of {key} has sha256 {sha256}, the header declared {want}"
         )));
@@ -238,8 +271,15 @@ mod tests {
         TenantId::parse(name).expect("tenant")
     }
 
-    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, StoreError>> + Unpin + Send {
-        futures::stream::iter(parts.iter().map(|part| Ok(Bytes::from_static(part))).collect::<Vec<_>>())
+    fn chunks(
+        parts: &[&'static [u8]],
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Unpin + Send {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|part| Ok(Bytes::from_static(part)))
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[tokio::test]
@@ -247,17 +287,31 @@ mod tests {
         let a = MediaStore::open("memory://shared-test", &[]).expect("open");
         let b = MediaStore::open("memory://shared-test", &[]).expect("open");
         let key = ObjectKey::parse("x.bin").expect("key");
-        a.upload(&tenant("t"), &key, Expected::default(), chunks(&[b"abc"])).await.expect("upload");
-        assert_eq!(b.stat(&tenant("t"), &key).await.expect("stat").size_bytes, 3);
+        a.upload(&tenant("t"), &key, Expected::default(), chunks(&[b"abc"]))
+            .await
+            .expect("upload");
+        assert_eq!(
+            b.stat(&tenant("t"), &key).await.expect("stat").size_bytes,
+            3
+        );
     }
 
     #[tokio::test]
     async fn tenants_do_not_see_each_other() {
         let store = MediaStore::open("memory://tenant-test", &[]).expect("open");
         let key = ObjectKey::parse("in.mp4").expect("key");
-        store.upload(&tenant("a"), &key, Expected::default(), chunks(&[b"data"])).await.expect("upload");
-        let err = store.stat(&tenant("b"), &key).await.expect_err("other tenant");
-        assert!(matches!(err, StoreError::NotFound(ref k) if k == "in.mp4"), "{err:?}");
+        store
+            .upload(&tenant("a"), &key, Expected::default(), chunks(&[b"data"]))
+            .await
+            .expect("upload");
+        let err = store
+            .stat(&tenant("b"), &key)
+            .await
+            .expect_err("other tenant");
+        assert!(
+            matches!(err, StoreError::NotFound(ref k) if k == "in.mp4"),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
@@ -268,15 +322,24 @@ mod tests {
             size_bytes: None,
             sha256: Some("00".repeat(32)),
         };
-        let err = store.upload(&tenant("t"), &key, wrong_sha, chunks(&[b"ab", b"c"])).await.expect_err("sha");
+        let err = store
+            .upload(&tenant("t"), &key, wrong_sha, chunks(&[b"ab", b"c"]))
+            .await
+            .expect_err("sha");
         assert!(err.to_string().contains("sha256"), "{err}");
         let wrong_size = Expected {
             size_bytes: Some(2),
             sha256: None,
         };
-        let err = store.upload(&tenant("t"), &key, wrong_size, chunks(&[b"ab", b"c"])).await.expect_err("size");
+        let err = store
+            .upload(&tenant("t"), &key, wrong_size, chunks(&[b"ab", b"c"]))
+            .await
+            .expect_err("size");
         assert!(err.to_string().contains("declared 2"), "{err}");
-        assert!(matches!(store.stat(&tenant("t"), &key).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.stat(&tenant("t"), &key).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -287,7 +350,10 @@ mod tests {
             size_bytes: Some(3),
             sha256: Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into()),
         };
-        let stored = store.upload(&tenant("t"), &key, expected, chunks(&[b"a", b"bc"])).await.expect("upload");
+        let stored = store
+            .upload(&tenant("t"), &key, expected, chunks(&[b"a", b"bc"]))
+            .await
+            .expect("upload");
         assert_eq!(stored.size_bytes, 3);
         let bytes: Vec<Bytes> = store
             .download(&tenant("t"), &key)

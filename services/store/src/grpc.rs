@@ -34,7 +34,11 @@ pub trait StoreApi: Send + Sync + 'static {
         tenant: &TenantId,
         key: &ObjectKey,
     ) -> impl Future<Output = Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>> + Send;
-    fn stat(&self, tenant: &TenantId, key: &ObjectKey) -> impl Future<Output = Result<StoredObject, StoreError>> + Send;
+    fn stat(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send;
 }
 
 impl StoreApi for MediaStore {
@@ -74,21 +78,32 @@ impl<A: StoreApi> StoreService<A> {
     }
 
     /// The service wrapped in API-key auth, ready to mount on a router.
-    pub fn into_server(self, auth: ApiKeyAuth) -> InterceptedService<StoreServer<Self>, ApiKeyAuth> {
+    pub fn into_server(
+        self,
+        auth: ApiKeyAuth,
+    ) -> InterceptedService<StoreServer<Self>, ApiKeyAuth> {
         StoreServer::with_interceptor(self, auth)
     }
 }
 
 #[tonic::async_trait]
 impl<A: StoreApi> Store for StoreService<A> {
-    async fn upload(&self, request: Request<Streaming<UploadRequest>>) -> Result<Response<ObjectInfo>, Status> {
+    async fn upload(
+        &self,
+        request: Request<Streaming<UploadRequest>>,
+    ) -> Result<Response<ObjectInfo>, Status> {
         let tenant = Tenant::of(&request)?;
         let mut messages = request.into_inner();
         let header = match messages.message().await? {
             Some(UploadRequest {
                 part: Some(Part::Header(header)),
             }) => header,
-            _ => return Err(StoreError::InvalidArgument("the first Upload message must be a header".into()).into()),
+            _ => {
+                return Err(StoreError::InvalidArgument(
+                    "the first Upload message must be a header".into(),
+                )
+                .into());
+            }
         };
         let key = ObjectKey::parse(&header.key).map_err(StoreError::from)?;
         let expected = Expected {
@@ -115,7 +130,10 @@ impl<A: StoreApi> Store for StoreService<A> {
 
     type DownloadStream = BoxStream<'static, Result<DownloadChunk, Status>>;
 
-    async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
+    async fn download(
+        &self,
+        request: Request<DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
         let tenant = Tenant::of(&request)?;
         let key = ObjectKey::parse(&request.get_ref().key).map_err(StoreError::from)?;
         let chunks = self.api.download(&tenant, &key).await?;
@@ -170,12 +188,16 @@ mod tests {
 
     #[tokio::test]
     async fn coalesce_regroups_without_losing_bytes() {
-        let input: Vec<Result<Bytes, StoreError>> = (0..10).map(|i| Ok(Bytes::from(vec![i as u8; 3]))).collect();
+        let input: Vec<Result<Bytes, StoreError>> =
+            (0..10).map(|i| Ok(Bytes::from(vec![i as u8; 3]))).collect();
         let out: Vec<Bytes> = coalesce(futures::stream::iter(input), 8)
             .map(|chunk| chunk.expect("chunk"))
             .collect()
             .await;
-        assert_eq!(out.iter().map(Bytes::len).collect::<Vec<_>>(), vec![8, 8, 8, 6]);
+        assert_eq!(
+            out.iter().map(Bytes::len).collect::<Vec<_>>(),
+            vec![8, 8, 8, 6]
+        );
         let joined: Vec<u8> = out.concat();
         assert_eq!(joined.len(), 30);
         assert_eq!(joined[29], 9);

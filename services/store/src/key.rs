@@ -75,15 +75,27 @@ mod tests {
     fn ordinary_keys_are_accepted_and_prefixed() {
         let key = ObjectKey::parse("inputs/clip one.mp4").expect("valid");
         let tenant = TenantId::parse("acme").expect("tenant");
-        assert_eq!(key.location(&tenant).as_ref(), "tenants/acme/inputs/clip one.mp4");
+        assert_eq!(
+            key.location(&tenant).as_ref(),
+            "tenants/acme/inputs/clip one.mp4"
+        );
     }
 
     #[test]
     fn escaping_or_odd_keys_are_refused() {
         let long = "a".repeat(MAX_KEY_BYTES + 1);
         for bad in [
-            "", "/etc/passwd", "../other/x", "a/../../b", "a\\..\\b", "a//b", "./a", "a/", "tab\there",
-            "nul\0", long.as_str(),
+            "",
+            "/etc/passwd",
+            "../other/x",
+            "a/../../b",
+            "a\\..\\b",
+            "a//b",
+            "./a",
+            "a/",
+            "tab\there",
+            "nul\0",
+            long.as_str(),
         ] {
             assert!(ObjectKey::parse(bad).is_err(), "{bad:?} should be refused");
         }

@@ -21,7 +21,11 @@ pub use grpc::StoreService;
 pub use key::{KeyError, ObjectKey};
 
 /// Serves the Store API on `listener` until `shutdown` is cancelled.
-pub async fn run(config: StoreConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: StoreConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = MediaStore::open(&config.url, &[])?;
     let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
     let (router, health) = reelmesh_runtime::grpc::router()?;

@@ -63,7 +63,10 @@ impl TestCluster {
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(());
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "work did not settle: {info:?}");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "work did not settle: {info:?}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
@@ -86,7 +89,11 @@ fn test_api_keys() -> ApiKeys {
 /// cluster keeps tests in one binary apart.
 fn unique_memory_store() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("memory://test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "memory://test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Service logs go through the test harness's capture, so a failing test

@@ -30,7 +30,10 @@ pub struct ReceivedWebhook {
 
 impl ReceivedWebhook {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -63,7 +66,9 @@ impl WebhookReceiver {
             attempts: attempts.clone(),
             fail_first,
         };
-        let app = Router::new().route("/hook", post(receive)).with_state(state);
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {
@@ -108,7 +113,10 @@ async fn receive(State(state): State<Receiver>, headers: HeaderMap, body: Bytes)
 /// Standard Webhooks spec does: any `v1,` signature in the space-separated
 /// header may match.
 pub fn verify_signature(secret: &str, webhook: &ReceivedWebhook) -> bool {
-    let Some(key) = secret.strip_prefix("whsec_").and_then(|k| STANDARD.decode(k).ok()) else {
+    let Some(key) = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| STANDARD.decode(k).ok())
+    else {
         return false;
     };
     let signed = format!(

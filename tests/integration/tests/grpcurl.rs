@@ -14,7 +14,9 @@ fn grpcurl() -> Command {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<String> {
-    let output = command.output().map_err(|err| anyhow::anyhow!("cannot run grpcurl ({err}); run scripts/setup.sh"))?;
+    let output = command
+        .output()
+        .map_err(|err| anyhow::anyhow!("cannot run grpcurl ({err}); run scripts/setup.sh"))?;
     anyhow::ensure!(
         output.status.success(),
         "grpcurl failed: {}",
@@ -28,25 +30,54 @@ async fn grpcurl_lists_services_and_submits_a_job_through_reflection() -> anyhow
     let cluster = TestCluster::start().await?;
     let addr = cluster.gateway_addr().to_string();
 
-    let listed = tokio::task::block_in_place(|| run(grpcurl().args(["-plaintext", &addr, "list"])))?;
-    for service in ["reelmesh.v1.Jobs", "reelmesh.v1.Store", "grpc.health.v1.Health"] {
-        assert!(listed.lines().any(|line| line == service), "{service} missing from:\n{listed}");
+    let listed =
+        tokio::task::block_in_place(|| run(grpcurl().args(["-plaintext", &addr, "list"])))?;
+    for service in [
+        "reelmesh.v1.Jobs",
+        "reelmesh.v1.Store",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            listed.lines().any(|line| line == service),
+            "{service} missing from:\n{listed}"
+        );
     }
 
-    let described = tokio::task::block_in_place(|| run(grpcurl().args(["-plaintext", &addr, "describe", "reelmesh.v1.Trim"])))?;
+    let described = tokio::task::block_in_place(|| {
+        run(grpcurl().args(["-plaintext", &addr, "describe", "reelmesh.v1.Trim"]))
+    })?;
     assert!(described.contains("end_seconds"), "{described}");
 
     let request = r#"{"spec": {"trim": {"input": {"asset": "inputs/clip.mp4"}, "start_seconds": 1, "end_seconds": 4}}}"#;
     let header = format!("authorization: Bearer {KEY_A}");
     let submitted = tokio::task::block_in_place(|| {
-        run(grpcurl().args(["-plaintext", "-H", &header, "-d", request, &addr, "reelmesh.v1.Jobs/SubmitJob"]))
+        run(grpcurl().args([
+            "-plaintext",
+            "-H",
+            &header,
+            "-d",
+            request,
+            &addr,
+            "reelmesh.v1.Jobs/SubmitJob",
+        ]))
     })?;
     let job: serde_json::Value = serde_json::from_str(&submitted)?;
     assert_eq!(job["state"], "JOB_STATE_QUEUED", "{submitted}");
-    assert!(job["id"].as_str().is_some_and(|id| id.len() == 32), "{submitted}");
+    assert!(
+        job["id"].as_str().is_some_and(|id| id.len() == 32),
+        "{submitted}"
+    );
 
     let unauthenticated = tokio::task::block_in_place(|| {
-        grpcurl().args(["-plaintext", "-d", request, &addr, "reelmesh.v1.Jobs/SubmitJob"]).output()
+        grpcurl()
+            .args([
+                "-plaintext",
+                "-d",
+                request,
+                &addr,
+                "reelmesh.v1.Jobs/SubmitJob",
+            ])
+            .output()
     })?;
     assert!(!unauthenticated.status.success());
     assert!(String::from_utf8_lossy(&unauthenticated.stderr).contains("Unauthenticated"));

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use reelmesh_nats::{
-    EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, TopologyConfig, WorkItem, server::NatsServer,
+    EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, TopologyConfig, WorkItem,
+    server::NatsServer,
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -24,19 +25,32 @@ async fn events_are_replayed_then_followed() -> anyhow::Result<()> {
     let (_server, topology) = topology().await?;
     let job = reelmesh_nats::JobId::new();
     for kind in [EventKind::Queued, EventKind::Started] {
-        topology.events.publish(&JobEvent::now(&tenant(), &job, kind)).await?;
+        topology
+            .events
+            .publish(&JobEvent::now(&tenant(), &job, kind))
+            .await?;
     }
     let follow = topology.events.follow(&tenant(), &job).await?;
     let mut follow = Box::pin(follow);
-    let first = tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.expect("event")?;
+    let first = tokio::time::timeout(Duration::from_secs(5), follow.next())
+        .await?
+        .expect("event")?;
     assert_eq!(first.event.kind, EventKind::Queued);
-    let second = tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.expect("event")?;
+    let second = tokio::time::timeout(Duration::from_secs(5), follow.next())
+        .await?
+        .expect("event")?;
     assert_eq!(second.event.kind, EventKind::Started);
     topology
         .events
-        .publish(&JobEvent::now(&tenant(), &job, EventKind::Failed { error: "x".into() }))
+        .publish(&JobEvent::now(
+            &tenant(),
+            &job,
+            EventKind::Failed { error: "x".into() },
+        ))
         .await?;
-    let live = tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.expect("event")?;
+    let live = tokio::time::timeout(Duration::from_secs(5), follow.next())
+        .await?
+        .expect("event")?;
     assert!(matches!(live.event.kind, EventKind::Failed { .. }));
     assert!(first.sequence < second.sequence && second.sequence < live.sequence);
     Ok(())
@@ -46,12 +60,24 @@ async fn events_are_replayed_then_followed() -> anyhow::Result<()> {
 async fn a_second_terminal_event_is_dropped() -> anyhow::Result<()> {
     let (_server, topology) = topology().await?;
     let job = reelmesh_nats::JobId::new();
-    let first = topology.events.publish(&JobEvent::now(&tenant(), &job, EventKind::Cancelled)).await?;
+    let first = topology
+        .events
+        .publish(&JobEvent::now(&tenant(), &job, EventKind::Cancelled))
+        .await?;
     let second = topology
         .events
-        .publish(&JobEvent::now(&tenant(), &job, EventKind::Failed { error: "late".into() }))
+        .publish(&JobEvent::now(
+            &tenant(),
+            &job,
+            EventKind::Failed {
+                error: "late".into(),
+            },
+        ))
         .await?;
-    assert_eq!(first, second, "the duplicate should be acknowledged with the original sequence");
+    assert_eq!(
+        first, second,
+        "the duplicate should be acknowledged with the original sequence"
+    );
     Ok(())
 }
 
@@ -60,16 +86,31 @@ async fn records_change_by_compare_and_set_and_terminal_is_final() -> anyhow::Re
     let (_server, topology) = topology().await?;
     let record = JobRecord::new(tenant(), JobSpec::default());
     topology.jobs.create(&record).await?;
-    assert!(matches!(topology.jobs.create(&record).await, Err(NatsError::JobExists(_))));
+    assert!(matches!(
+        topology.jobs.create(&record).await,
+        Err(NatsError::JobExists(_))
+    ));
 
     // Two writers race from the same revision: one wins, the other re-reads.
-    let stale = topology.jobs.get(&tenant(), &record.id).await?.expect("record");
-    topology.jobs.move_to(&tenant(), &record.id, JobState::Cancelled).await?;
-    let mut running = stale.record.clone();
-    running.move_to(JobState::Running)?;
-    let lost = topology.jobs.move_to(&tenant(), &record.id, JobState::Running).await;
+    let stale = topology
+        .jobs
+        .get(&tenant(), &record.id)
+        .await?
+        .expect("record");
+    topology
+        .jobs
+        .move_to(&tenant(), &record.id, JobState::Cancelled)
+        .await?;
+    let lost = topology
+        .jobs
+        .move_to(&tenant(), &record.id, JobState::Running)
+        .await;
     assert!(matches!(lost, Err(NatsError::Transition(_))), "{lost:?}");
-    let now = topology.jobs.get(&tenant(), &record.id).await?.expect("record");
+    let now = topology
+        .jobs
+        .get(&tenant(), &record.id)
+        .await?
+        .expect("record");
     assert_eq!(now.record.state, JobState::Cancelled);
     assert!(now.revision > stale.revision);
 

@@ -44,22 +44,11 @@ pub struct AudioInfo {
 /// Probes `path`; any unreadable, unrecognised or stream-less file is
 /// reported as [`MediaError::BadInput`] naming the path.
 pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
-    crate::media::pipeline::init()?;
-    let bad = |reason: String| MediaError::bad_input(path, reason);
-    // Discoverer wants a URI, and URIs must be absolute.
-    let absolute = path.canonicalize().map_err(|e| bad(e.to_string()))?;
-    let uri = glib::filename_to_uri(&absolute, None).map_err(|e| bad(e.to_string()))?;
-    let discoverer = pbutils::Discoverer::new(PROBE_TIMEOUT)
-        .map_err(|e| MediaError::Pipeline(format!("discoverer: {e}")))?;
-    let info = discoverer
-        .discover_uri(&uri)
-        .map_err(|e| bad(e.message().to_string()))?;
-    check_result(&info).map_err(bad)?;
-
+    let info = discover(path)?;
     let video = info.video_streams().first().map(video_info);
     let audio = info.audio_streams().first().map(audio_info);
     if video.is_none() && audio.is_none() {
-        return Err(bad("no audio or video stream".into()));
+        return Err(MediaError::bad_input(path, "no audio or video stream"));
     }
     Ok(MediaInfo {
         duration_seconds: info.duration().map_or(0.0, gst::ClockTime::seconds_f64),
@@ -69,10 +58,28 @@ pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
     })
 }
 
+fn discover(path: &Path) -> Result<pbutils::DiscovererInfo, MediaError> {
+    crate::media::pipeline::init()?;
+    let bad = |reason: String| MediaError::bad_input(path, reason);
+    // Discoverer wants a URI, and file URIs must be absolute.
+    let absolute = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+    let uri = glib::filename_to_uri(&absolute, None).map_err(|e| bad(e.to_string()))?;
+    let discoverer = pbutils::Discoverer::new(PROBE_TIMEOUT)
+        .map_err(|e| MediaError::Pipeline(format!("discoverer: {e}")))?;
+    let info = discoverer
+        .discover_uri(&uri)
+        .map_err(|e| bad(e.message().to_string()))?;
+    check_result(&info).map_err(bad)?;
+    Ok(info)
+}
+
 fn check_result(info: &pbutils::DiscovererInfo) -> Result<(), String> {
     match info.result() {
         pbutils::DiscovererResult::Ok => Ok(()),
-        pbutils::DiscovererResult::Timeout => Err(format!("probe timed out after {PROBE_TIMEOUT}")),
+        pbutils::DiscovererResult::Timeout => Err(format!(
+            "probe timed out after {}s",
+            PROBE_TIMEOUT.seconds()
+        )),
         pbutils::DiscovererResult::MissingPlugins => Err(format!(
             "no decoder available: {}",
             info.missing_elements_installer_details().join(", ")
@@ -107,15 +114,28 @@ fn audio_info(a: &pbutils::DiscovererAudioInfo) -> AudioInfo {
 /// Container of the file; for a bare elementary stream (no container) this
 /// is the codec name, much like ffprobe's format name for such files.
 fn container_name(info: &pbutils::DiscovererInfo) -> String {
-    let Some(top) = info.stream_info() else {
-        return "unknown".into();
-    };
-    let caps = top.caps();
-    if top.is::<pbutils::DiscovererContainerInfo>() {
-        container_name_from_caps(caps.as_ref())
-    } else {
-        codec_name(caps.as_ref())
+    let mut next = info.stream_info();
+    while let Some(stream) = next {
+        let caps = stream.caps();
+        // ID3/APE tags wrap a stream (e.g. MP3) without being a container.
+        if is_tag_wrapper(caps.as_ref()) {
+            next = stream.next();
+        } else if stream.is::<pbutils::DiscovererContainerInfo>() {
+            return container_name_from_caps(caps.as_ref());
+        } else {
+            return codec_name(caps.as_ref());
+        }
     }
+    "unknown".into()
+}
+
+fn is_tag_wrapper(caps: Option<&gst::Caps>) -> bool {
+    caps.and_then(|c| c.structure(0)).is_some_and(|s| {
+        matches!(
+            s.name().as_str(),
+            "application/x-id3" | "application/x-apetag"
+        )
+    })
 }
 
 fn container_name_from_caps(caps: Option<&gst::Caps>) -> String {
@@ -195,7 +215,7 @@ fn short_name(caps_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::testsrc::{TestClip, write_test_clip};
+    use crate::media::testsrc::{TestClip, fixtures};
 
     fn caps(s: &str) -> gst::Caps {
         s.parse().expect("valid caps")
@@ -237,29 +257,28 @@ mod tests {
     #[test]
     fn probes_generated_clip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("clip.mp4");
-        let spec = TestClip {
-            seconds: 2.0,
-            ..TestClip::default()
-        };
-        write_test_clip(&spec, &path).expect("test clip");
+        let path = fixtures::clip(dir.path(), "clip.mp4", &TestClip::default());
 
         let info = probe(&path).expect("probe");
         assert_eq!(info.container, "mp4");
         assert!((info.duration_seconds - 2.0).abs() < 0.1, "{info:?}");
         let video = info.video.expect("video stream");
-        assert_eq!((video.codec.as_str(), video.width, video.height), ("h264", 320, 240));
+        assert_eq!(
+            (video.codec.as_str(), video.width, video.height),
+            ("h264", 320, 240)
+        );
         assert!((video.fps - 30.0).abs() < 0.01, "{video:?}");
         let audio = info.audio.expect("audio stream");
-        assert_eq!((audio.codec.as_str(), audio.channels, audio.sample_rate), ("aac", 2, 48000));
+        assert_eq!(
+            (audio.codec.as_str(), audio.channels, audio.sample_rate),
+            ("aac", 2, 48000)
+        );
     }
 
     #[test]
     fn garbage_is_bad_input_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("noise.mp4");
-        let noise: Vec<u8> = (0..64_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        std::fs::write(&path, noise).expect("write");
+        let path = fixtures::noise(dir.path(), "noise.mp4", 64_000);
 
         let err = probe(&path).expect_err("garbage must not probe");
         assert!(matches!(err, MediaError::BadInput { .. }), "{err:?}");
@@ -270,6 +289,9 @@ mod tests {
     fn missing_file_is_bad_input() {
         let err = probe(Path::new("/nonexistent/reelmesh.mp4")).expect_err("missing file");
         assert!(matches!(err, MediaError::BadInput { .. }), "{err:?}");
-        assert!(err.to_string().contains("/nonexistent/reelmesh.mp4"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/reelmesh.mp4"),
+            "{err}"
+        );
     }
 }

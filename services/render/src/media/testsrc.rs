@@ -10,11 +10,13 @@ use gst::prelude::*;
 use gstreamer as gst;
 
 use crate::media::MediaError;
-use crate::media::pipeline::{link_to_mux, make, mux_queue};
+use crate::media::pipeline::{element, link_to_mux, make, mux_queue};
 
 const AUDIO_RATE: i32 = 48_000;
 /// 10 ms audio buffers keep the audio length within 10 ms of the request.
 const AUDIO_BUFFERS_PER_SECOND: f64 = 100.0;
+/// Test clips longer than this are almost certainly a mistake.
+const MAX_SECONDS: f64 = 3600.0;
 
 /// Parameters of a generated clip.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,12 +62,12 @@ pub fn write_test_clip(spec: &TestClip, output: &Path) -> Result<(), MediaError>
 fn validate(spec: &TestClip) -> Result<(), MediaError> {
     // x264 needs even dimensions for 4:2:0 video.
     let ok = spec.seconds > 0.0
-        && spec.seconds.is_finite()
+        && spec.seconds <= MAX_SECONDS
         && spec.fps > 0
         && spec.width >= 16
         && spec.height >= 16
-        && spec.width % 2 == 0
-        && spec.height % 2 == 0;
+        && spec.width.is_multiple_of(2)
+        && spec.height.is_multiple_of(2);
     if ok {
         Ok(())
     } else {
@@ -89,7 +91,9 @@ fn build(pipeline: &gst::Pipeline, spec: &TestClip, location: &str) -> Result<()
 }
 
 fn add_chain(pipeline: &gst::Pipeline, chain: &[gst::Element]) -> Result<(), MediaError> {
-    pipeline.add_many(chain).map_err(|e| MediaError::Pipeline(e.to_string()))?;
+    pipeline
+        .add_many(chain)
+        .map_err(|e| MediaError::Pipeline(e.to_string()))?;
     gst::Element::link_many(chain).map_err(|e| MediaError::Pipeline(e.to_string()))
 }
 
@@ -98,7 +102,7 @@ fn to_i32(value: u32) -> i32 {
 }
 
 fn video_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
-    let frames = (spec.seconds * f64::from(spec.fps)).round() as i32;
+    let frames = (spec.seconds * f64::from(spec.fps)).round().max(1.0) as i32;
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", "I420")
         .field("width", to_i32(spec.width))
@@ -125,7 +129,7 @@ fn video_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
 }
 
 fn audio_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
-    let buffers = (spec.seconds * AUDIO_BUFFERS_PER_SECOND).round() as i32;
+    let buffers = (spec.seconds * AUDIO_BUFFERS_PER_SECOND).round().max(1.0) as i32;
     let samples = (f64::from(AUDIO_RATE) / AUDIO_BUFFERS_PER_SECOND) as i32;
     let caps = gst::Caps::builder("audio/x-raw")
         .field("rate", AUDIO_RATE)
@@ -139,8 +143,8 @@ fn audio_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
                 .property("freq", 440.0f64),
         )?,
         make(gst::ElementFactory::make("capsfilter").property("caps", caps))?,
-        make(gst::ElementFactory::make("audioconvert"))?,
-        make(gst::ElementFactory::make("avenc_aac"))?,
+        element("audioconvert")?,
+        element("avenc_aac")?,
         mux_queue()?,
     ])
 }
@@ -168,6 +172,36 @@ fn run_to_eos(pipeline: &gst::Pipeline, spec: &TestClip) -> Result<(), MediaErro
     }
 }
 
+/// Fixtures shared by the crate's tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::path::{Path, PathBuf};
+
+    use super::{TestClip, write_test_clip};
+
+    pub(crate) fn clip(dir: &Path, name: &str, spec: &TestClip) -> PathBuf {
+        let path = dir.join(name);
+        write_test_clip(spec, &path).expect("test clip");
+        path
+    }
+
+    /// Deterministic pseudo-random bytes: no container signature anywhere.
+    pub(crate) fn noise(dir: &Path, name: &str, len: usize) -> PathBuf {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()[0]
+            })
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write noise");
+        path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,9 +222,9 @@ mod tests {
 
         let info = probe(&path).expect("probe");
         assert!(info.audio.is_none(), "{info:?}");
+        assert!((info.duration_seconds - 1.0).abs() < 0.1, "{info:?}");
         let video = info.video.expect("video");
         assert_eq!((video.width, video.height), (160, 120));
-        assert!((info.duration_seconds - 1.0).abs() < 0.1, "{info:?}");
     }
 
     #[test]
