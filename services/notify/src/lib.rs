@@ -27,15 +27,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let consumer = topology.notify_consumer().await?;
-    let (router, health) = reelmesh_runtime::grpc::router()?;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let server = tokio::spawn(reelmesh_runtime::grpc::serve(
-        router,
-        listener,
-        shutdown.clone(),
-    ));
+    let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
     let notifier = Notifier {
         topology,
         http: reqwest::Client::builder().build()?,

@@ -29,15 +29,7 @@ pub async fn run(
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let store = MediaStore::open(&config.store_url, &[])?;
     let consumer = topology.work.render_consumer().await?;
-    let (router, health) = reelmesh_runtime::grpc::router()?;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let server = tokio::spawn(reelmesh_runtime::grpc::serve(
-        router,
-        listener,
-        shutdown.clone(),
-    ));
+    let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
     tracing::info!(
         concurrency = config.concurrency,
         "render worker pulling jobs"

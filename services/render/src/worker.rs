@@ -297,18 +297,11 @@ impl RenderWorker {
             Err(err @ (RenderError::Nats(_) | RenderError::Store(_))) => return Err(err),
             Err(err) => return self.fail(job, err.to_string()).await,
         };
-        let completed = self
-            .topology
-            .jobs
-            .modify(&job.tenant, &job.id, |record| {
-                if record.state != JobState::Running {
-                    return Ok(false);
-                }
-                record.complete(output.clone())?;
-                Ok(true)
-            })
-            .await?;
-        if completed.record.state != JobState::Completed {
+        if !self
+            .end_running(job, |record| record.complete(output.clone()))
+            .await?
+        {
+            // Cancelled while we rendered: the cancel stands, the output goes.
             let key = reelmesh_store::ObjectKey::parse(&output.key)
                 .map_err(reelmesh_store::StoreError::from)?;
             self.store.delete(&job.tenant, &key).await?;
@@ -321,21 +314,33 @@ impl RenderWorker {
 
     async fn fail(&self, job: &JobRecord, error: String) -> Result<(), RenderError> {
         tracing::warn!(job = %job.id, "render failed: {error}");
-        let failed = self
-            .topology
-            .jobs
-            .modify(&job.tenant, &job.id, |record| {
-                if record.state != JobState::Running {
-                    return Ok(false);
-                }
-                record.fail(error.clone())?;
-                Ok(true)
-            })
-            .await?;
-        if failed.record.state == JobState::Failed {
+        if self
+            .end_running(job, |record| record.fail(error.clone()))
+            .await?
+        {
             self.publish(job, EventKind::Failed { error }).await?;
         }
         Ok(())
+    }
+
+    /// Applies `end` by compare-and-set if the job is still RUNNING; true when
+    /// this call ended it (and so owns publishing the terminal event).
+    async fn end_running<F>(&self, job: &JobRecord, end: F) -> Result<bool, RenderError>
+    where
+        F: Fn(&mut JobRecord) -> Result<(), reelmesh_nats::record::TransitionError>,
+    {
+        let mut ended = false;
+        self.topology
+            .jobs
+            .modify(&job.tenant, &job.id, |record| {
+                ended = record.state == JobState::Running;
+                if ended {
+                    end(record)?;
+                }
+                Ok(ended)
+            })
+            .await?;
+        Ok(ended)
     }
 
     async fn publish(&self, job: &JobRecord, kind: EventKind) -> Result<u64, RenderError> {

@@ -52,3 +52,19 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
 }
+
+/// For services whose only gRPC surface is health (render, notify): serves
+/// it in the background, reporting SERVING, until `shutdown`.
+pub async fn spawn_health_server(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tonic_reflection::server::Error,
+> {
+    let (router, health) = router()?;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    Ok(tokio::spawn(serve(router, listener, shutdown)))
+}
