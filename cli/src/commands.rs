@@ -192,7 +192,9 @@ async fn demo(
     Ok(())
 }
 
-/// Shows a job's events as a progress bar until its terminal event.
+/// Shows a job's events as a progress bar until its terminal event, then
+/// how long the job took from its queued to its terminal event (the
+/// server's own timestamps, so client start-up and network are left out).
 async fn follow(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
     let bar = ProgressBar::new(100);
     bar.set_style(
@@ -201,9 +203,23 @@ async fn follow(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
     );
     bar.enable_steady_tick(Duration::from_millis(100));
     let mut events = client.watch(id).await?;
+    let mut queued_at = None;
     while let Some(event) = events.next().await {
-        match event?.kind {
-            Some(Kind::Queued(_)) => bar.set_message("queued"),
+        let event = event?;
+        let at = event
+            .at
+            .map(|at| at.seconds as f64 + f64::from(at.nanos) / 1e9);
+        let ended = |state: &str| match (queued_at, at) {
+            (Some(start), Some(end)) => {
+                println!("finished in {:.3} s (queued -> {state})", end - start)
+            }
+            _ => println!("finished (queued -> {state})"),
+        };
+        match event.kind {
+            Some(Kind::Queued(_)) => {
+                queued_at = at;
+                bar.set_message("queued");
+            }
             Some(Kind::Started(_)) => bar.set_message("rendering"),
             Some(Kind::Progress(progress)) => {
                 bar.set_position(progress.percent as u64);
@@ -215,13 +231,16 @@ async fn follow(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
             Some(Kind::Completed(_)) => {
                 bar.set_position(100);
                 bar.finish_with_message("completed");
+                ended("completed");
             }
             Some(Kind::Failed(failed)) => {
                 bar.abandon_with_message("failed");
+                ended("failed");
                 anyhow::bail!("job {id} failed: {}", failed.error);
             }
             Some(Kind::Cancelled(_)) => {
                 bar.abandon_with_message("cancelled");
+                ended("cancelled");
                 anyhow::bail!("job {id} was cancelled");
             }
             None => {}

@@ -152,10 +152,17 @@ pub struct Progress {
 /// What a completed job produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobOutput {
-    /// Store key relative to the tenant.
+    /// Store key relative to the tenant: the main result (the first image
+    /// for thumbnails).
     pub key: String,
     pub size_bytes: u64,
     pub media: MediaSummary,
+    /// Every object the job wrote, in order.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Whether streams were copied rather than re-encoded.
+    #[serde(default)]
+    pub copied: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

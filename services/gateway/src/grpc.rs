@@ -160,6 +160,8 @@ pub fn output_to_proto(output: JobOutput) -> pb::JobOutput {
             height: media.height.unwrap_or_default(),
             audio_codec: media.audio_codec.unwrap_or_default(),
         }),
+        keys: output.keys,
+        copied: output.copied,
     }
 }
 

@@ -1,24 +1,37 @@
 //! Checks a submitted job spec before anything is stored, so a bad request
 //! is refused with INVALID_ARGUMENT naming the field and leaves no trace.
+//!
+//! Merge fields are expanded here, once: the stored spec is what render
+//! runs, and a `{{name}}` with no value is refused instead of rendered.
 
 use base64::Engine as _;
 use rand::RngCore as _;
-use reelmesh_proto::v1::{Callback, JobSpec, Source, job_spec::Operation, source::Kind};
+use reelmesh_proto::v1::{
+    Callback, Container, CopyMode, JobSpec, Source, TextOverlay, job_spec::Operation, source::Kind,
+};
 use reelmesh_store::ObjectKey;
 
 use crate::GatewayError;
 
+/// Most inputs one concat may join, and most images one thumbnail job makes.
+pub const MAX_INPUTS: usize = 100;
+pub const MAX_THUMBNAILS: usize = 100;
+
+type Checked<T = ()> = Result<T, GatewayError>;
+
 /// Validates `spec` and fills in what the server decides (a callback secret
-/// when the client gave none).
-pub fn validate_spec(mut spec: JobSpec) -> Result<JobSpec, GatewayError> {
-    match spec.operation.as_ref() {
-        None => return invalid("spec.operation: set one of trim, transcode"),
-        Some(Operation::Trim(trim)) => {
-            validate_source(trim.input.as_ref(), "spec.trim.input")?;
-            validate_range(trim.start_seconds, trim.end_seconds)?;
-        }
-        Some(Operation::Transcode(transcode)) => {
-            validate_source(transcode.input.as_ref(), "spec.transcode.input")?;
+/// when the client gave none, merge fields in overlay texts).
+pub fn validate_spec(mut spec: JobSpec) -> Checked<JobSpec> {
+    let kind = operation_kind(&spec)?;
+    check_output(&spec, kind)?;
+    check_copy(&spec, kind)?;
+    if let Some(Operation::AddText(add_text)) = spec.operation.as_mut() {
+        for (i, overlay) in add_text.overlays.iter_mut().enumerate() {
+            overlay.text = expand_fields(
+                &overlay.text,
+                &spec.fields,
+                &format!("spec.add_text.overlays[{i}].text"),
+            )?;
         }
     }
     if let Some(callback) = spec.callback.as_mut() {
@@ -27,11 +40,75 @@ pub fn validate_spec(mut spec: JobSpec) -> Result<JobSpec, GatewayError> {
     Ok(spec)
 }
 
-fn invalid<T>(message: impl Into<String>) -> Result<T, GatewayError> {
+/// What an operation produces, which decides the outputs it may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Produces {
+    Video { always_reencodes: bool },
+    Audio,
+    Images,
+}
+
+fn invalid<T>(message: impl Into<String>) -> Checked<T> {
     Err(GatewayError::InvalidArgument(message.into()))
 }
 
-fn validate_source(source: Option<&Source>, field: &str) -> Result<(), GatewayError> {
+fn operation_kind(spec: &JobSpec) -> Checked<Produces> {
+    match spec.operation.as_ref() {
+        None => invalid(
+            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail",
+        ),
+        Some(Operation::Trim(trim)) => {
+            check_source(trim.input.as_ref(), "spec.trim.input")?;
+            check_range(trim.start_seconds, trim.end_seconds)?;
+            Ok(Produces::Video {
+                always_reencodes: false,
+            })
+        }
+        Some(Operation::Transcode(transcode)) => {
+            check_source(transcode.input.as_ref(), "spec.transcode.input")?;
+            Ok(Produces::Video {
+                always_reencodes: true,
+            })
+        }
+        Some(Operation::Concat(concat)) => {
+            if !(2..=MAX_INPUTS).contains(&concat.inputs.len()) {
+                return invalid(format!(
+                    "spec.concat.inputs: give 2 to {MAX_INPUTS} inputs, got {}",
+                    concat.inputs.len()
+                ));
+            }
+            for (i, input) in concat.inputs.iter().enumerate() {
+                check_source(Some(input), &format!("spec.concat.inputs[{i}]"))?;
+            }
+            Ok(Produces::Video {
+                always_reencodes: false,
+            })
+        }
+        Some(Operation::AddText(add_text)) => {
+            check_source(add_text.input.as_ref(), "spec.add_text.input")?;
+            if add_text.overlays.is_empty() {
+                return invalid("spec.add_text.overlays: at least one overlay is required");
+            }
+            for (i, overlay) in add_text.overlays.iter().enumerate() {
+                check_overlay(overlay, &format!("spec.add_text.overlays[{i}]"))?;
+            }
+            Ok(Produces::Video {
+                always_reencodes: true,
+            })
+        }
+        Some(Operation::ExtractAudio(extract)) => {
+            check_source(extract.input.as_ref(), "spec.extract_audio.input")?;
+            Ok(Produces::Audio)
+        }
+        Some(Operation::Thumbnail(thumbnail)) => {
+            check_source(thumbnail.input.as_ref(), "spec.thumbnail.input")?;
+            check_times(&thumbnail.times_seconds)?;
+            Ok(Produces::Images)
+        }
+    }
+}
+
+fn check_source(source: Option<&Source>, field: &str) -> Checked {
     match source.and_then(|source| source.kind.as_ref()) {
         None => invalid(format!("{field}: an input is required (set asset)")),
         Some(Kind::Asset(key)) => ObjectKey::parse(key)
@@ -40,7 +117,7 @@ fn validate_source(source: Option<&Source>, field: &str) -> Result<(), GatewayEr
     }
 }
 
-fn validate_range(start: f64, end: f64) -> Result<(), GatewayError> {
+fn check_range(start: f64, end: f64) -> Checked {
     if !start.is_finite() || start < 0.0 {
         return invalid(format!("spec.trim.start_seconds must be >= 0, got {start}"));
     }
@@ -52,7 +129,120 @@ fn validate_range(start: f64, end: f64) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn validate_callback(callback: &mut Callback) -> Result<(), GatewayError> {
+fn check_times(times: &[f64]) -> Checked {
+    if times.is_empty() || times.len() > MAX_THUMBNAILS {
+        return invalid(format!(
+            "spec.thumbnail.times_seconds: give 1 to {MAX_THUMBNAILS} times, got {}",
+            times.len()
+        ));
+    }
+    match times.iter().position(|t| !t.is_finite() || *t < 0.0) {
+        Some(i) => invalid(format!("spec.thumbnail.times_seconds[{i}] must be >= 0")),
+        None => Ok(()),
+    }
+}
+
+fn check_overlay(overlay: &TextOverlay, field: &str) -> Checked {
+    if overlay.text.trim().is_empty() {
+        return invalid(format!("{field}.text: must not be empty"));
+    }
+    for (name, color) in [("color", &overlay.color), ("box_color", &overlay.box_color)] {
+        if !color.is_empty() && reelmesh_proto::parse_color(color).is_none() {
+            return invalid(format!(
+                "{field}.{name} {color:?}: use #RRGGBB or #RRGGBBAA"
+            ));
+        }
+    }
+    if overlay.end_seconds != 0.0 && overlay.end_seconds <= overlay.start_seconds {
+        return invalid(format!(
+            "{field}.end_seconds must be 0 (to the end) or after start_seconds"
+        ));
+    }
+    if !(0.0..=1.0).contains(&overlay.x) || !(0.0..=1.0).contains(&overlay.y) {
+        return invalid(format!(
+            "{field}.x and .y are fractions of the frame, 0 to 1"
+        ));
+    }
+    Ok(())
+}
+
+fn check_output(spec: &JobSpec, produces: Produces) -> Checked {
+    let container = spec
+        .output
+        .as_ref()
+        .map_or(Container::Unspecified, |o| o.container());
+    let allowed = match (produces, container) {
+        (_, Container::Unspecified) => true,
+        (Produces::Video { .. }, c) => c == Container::Mp4,
+        (Produces::Audio, c) => matches!(c, Container::M4a | Container::Opus | Container::Mp3),
+        (Produces::Images, c) => matches!(c, Container::Jpg | Container::Png),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        invalid(format!(
+            "spec.output.container: {} does not fit this operation ({})",
+            container.as_str_name(),
+            match produces {
+                Produces::Video { .. } => "video: CONTAINER_MP4",
+                Produces::Audio => "audio: CONTAINER_M4A, CONTAINER_OPUS or CONTAINER_MP3",
+                Produces::Images => "images: CONTAINER_JPG or CONTAINER_PNG",
+            }
+        ))
+    }
+}
+
+/// COPY_MODE_REQUIRED on an operation that always encodes can never
+/// succeed: say so now instead of failing the job later.
+fn check_copy(spec: &JobSpec, produces: Produces) -> Checked {
+    if spec.copy() != CopyMode::Required {
+        return Ok(());
+    }
+    let container = spec
+        .output
+        .as_ref()
+        .map_or(Container::Unspecified, |o| o.container());
+    let always_encodes = match produces {
+        Produces::Video { always_reencodes } => always_reencodes,
+        Produces::Audio => matches!(container, Container::Opus | Container::Mp3),
+        Produces::Images => true,
+    };
+    if always_encodes {
+        invalid(
+            "spec.copy: COPY_MODE_REQUIRED is impossible for this operation and output, which always encode",
+        )
+    } else {
+        Ok(())
+    }
+}
+
+/// Replaces every `{{name}}` with `fields[name]`.
+fn expand_fields(
+    text: &str,
+    fields: &std::collections::HashMap<String, String>,
+    field: &str,
+) -> Checked<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let Some(close) = rest[open..].find("}}") else {
+            break;
+        };
+        let name = rest[open + 2..open + close].trim();
+        let value = fields.get(name).ok_or_else(|| {
+            GatewayError::InvalidArgument(format!(
+                "{field}: no value for merge field {{{{{name}}}}} in spec.fields"
+            ))
+        })?;
+        out.push_str(&rest[..open]);
+        out.push_str(value);
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn validate_callback(callback: &mut Callback) -> Checked {
     let url = url::Url::parse(&callback.url).map_err(|err| {
         GatewayError::InvalidArgument(format!("spec.callback.url {:?}: {err}", callback.url))
     })?;
@@ -92,22 +282,30 @@ fn is_webhook_secret(secret: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reelmesh_proto::v1::Trim;
+    use reelmesh_proto::v1::{AddText, Concat, ExtractAudio, OutputSpec, Thumbnail, Trim};
 
-    fn trim(start: f64, end: f64) -> JobSpec {
+    fn asset(key: &str) -> Source {
+        Source {
+            kind: Some(Kind::Asset(key.into())),
+        }
+    }
+
+    fn spec(operation: Operation) -> JobSpec {
         JobSpec {
-            operation: Some(Operation::Trim(Trim {
-                input: Some(Source {
-                    kind: Some(Kind::Asset("in.mp4".into())),
-                }),
-                start_seconds: start,
-                end_seconds: end,
-            })),
+            operation: Some(operation),
             ..Default::default()
         }
     }
 
-    fn message(result: Result<JobSpec, GatewayError>) -> String {
+    fn trim(start: f64, end: f64) -> JobSpec {
+        spec(Operation::Trim(Trim {
+            input: Some(asset("in.mp4")),
+            start_seconds: start,
+            end_seconds: end,
+        }))
+    }
+
+    fn message(result: Checked<JobSpec>) -> String {
         result.expect_err("should be refused").to_string()
     }
 
@@ -124,24 +322,107 @@ mod tests {
     #[test]
     fn missing_operation_and_bad_keys_are_refused() {
         assert!(message(validate_spec(JobSpec::default())).contains("spec.operation"));
-        let mut spec = trim(0.0, 1.0);
-        if let Some(Operation::Trim(trim)) = spec.operation.as_mut() {
-            trim.input = Some(Source {
-                kind: Some(Kind::Asset("../etc/passwd".into())),
-            });
+        let mut bad = trim(0.0, 1.0);
+        if let Some(Operation::Trim(trim)) = bad.operation.as_mut() {
+            trim.input = Some(asset("../etc/passwd"));
         }
-        assert!(message(validate_spec(spec)).contains("spec.trim.input.asset"));
+        assert!(message(validate_spec(bad)).contains("spec.trim.input.asset"));
+    }
+
+    #[test]
+    fn concat_needs_two_valid_inputs_and_names_the_bad_one() {
+        let one = spec(Operation::Concat(Concat {
+            inputs: vec![asset("a.mp4")],
+        }));
+        assert!(message(validate_spec(one)).contains("spec.concat.inputs"));
+        let bad = spec(Operation::Concat(Concat {
+            inputs: vec![asset("a.mp4"), asset("/abs.mp4")],
+        }));
+        assert!(message(validate_spec(bad)).contains("spec.concat.inputs[1]"));
+    }
+
+    #[test]
+    fn merge_fields_are_expanded_and_unknown_ones_refused() {
+        let overlay = |text: &str| TextOverlay {
+            text: text.into(),
+            ..Default::default()
+        };
+        let mut with_fields = spec(Operation::AddText(AddText {
+            input: Some(asset("a.mp4")),
+            overlays: vec![overlay("Hello {{city}}, {{ temp }}°C")],
+        }));
+        with_fields.fields = [("city", "Oslo"), ("temp", "21")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let expanded = validate_spec(with_fields.clone()).expect("valid");
+        let Some(Operation::AddText(add_text)) = expanded.operation else {
+            panic!("operation changed")
+        };
+        assert_eq!(add_text.overlays[0].text, "Hello Oslo, 21°C");
+
+        with_fields.fields.remove("temp");
+        let err = message(validate_spec(with_fields));
+        assert!(
+            err.contains("{{temp}}") && err.contains("overlays[0].text"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn colors_positions_and_windows_are_checked() {
+        let bad_color = spec(Operation::AddText(AddText {
+            input: Some(asset("a.mp4")),
+            overlays: vec![TextOverlay {
+                text: "x".into(),
+                color: "red".into(),
+                ..Default::default()
+            }],
+        }));
+        assert!(message(validate_spec(bad_color)).contains("overlays[0].color"));
+    }
+
+    #[test]
+    fn outputs_must_fit_the_operation() {
+        let mut audio = spec(Operation::ExtractAudio(ExtractAudio {
+            input: Some(asset("a.mp4")),
+        }));
+        audio.output = Some(OutputSpec {
+            container: Container::Jpg as i32,
+            ..Default::default()
+        });
+        assert!(message(validate_spec(audio.clone())).contains("spec.output.container"));
+        audio.output = Some(OutputSpec {
+            container: Container::Opus as i32,
+            ..Default::default()
+        });
+        assert!(validate_spec(audio.clone()).is_ok());
+        audio.copy = CopyMode::Required as i32;
+        assert!(message(validate_spec(audio)).contains("spec.copy"));
+    }
+
+    #[test]
+    fn thumbnails_need_sane_times() {
+        let thumbs = |times: Vec<f64>| {
+            spec(Operation::Thumbnail(Thumbnail {
+                input: Some(asset("a.mp4")),
+                times_seconds: times,
+            }))
+        };
+        assert!(message(validate_spec(thumbs(vec![]))).contains("times_seconds"));
+        assert!(message(validate_spec(thumbs(vec![1.0, -2.0]))).contains("times_seconds[1]"));
+        assert!(validate_spec(thumbs(vec![0.0, 2.5])).is_ok());
     }
 
     #[test]
     fn callbacks_get_a_secret_and_bad_ones_are_refused() {
-        let mut spec = trim(0.0, 1.0);
-        spec.callback = Some(Callback {
+        let mut with_callback = trim(0.0, 1.0);
+        with_callback.callback = Some(Callback {
             url: "http://127.0.0.1:9/hook".into(),
             secret: String::new(),
         });
-        let spec = validate_spec(spec).expect("valid");
-        let secret = spec.callback.expect("callback").secret;
+        let checked = validate_spec(with_callback).expect("valid");
+        let secret = checked.callback.expect("callback").secret;
         assert!(is_webhook_secret(&secret), "{secret}");
 
         let mut bad = trim(0.0, 1.0);

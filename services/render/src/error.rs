@@ -1,7 +1,9 @@
 //! Why a render failed, split by what the worker should do about it.
 
 use reelmesh_nats::NatsError;
-use reelmesh_store::StoreError;
+use std::path::PathBuf;
+
+use reelmesh_store::{ObjectKey, StoreError};
 
 use crate::media::MediaError;
 
@@ -27,12 +29,22 @@ pub enum RenderError {
     Local(#[from] std::io::Error),
 }
 
+/// An input asset and its copy in scratch space.
+#[derive(Debug, Clone)]
+pub struct LocalInput {
+    pub key: ObjectKey,
+    pub path: PathBuf,
+}
+
 impl RenderError {
     /// Maps a media error, naming the asset instead of our scratch file.
-    pub fn from_media(err: MediaError, asset: &str) -> Self {
+    pub fn from_media(err: MediaError, inputs: &[LocalInput]) -> Self {
         match err {
-            MediaError::BadInput { reason, .. } => RenderError::BadInput {
-                asset: asset.to_string(),
+            MediaError::BadInput { input, reason } => RenderError::BadInput {
+                asset: inputs
+                    .iter()
+                    .find(|local| local.path.as_os_str() == input.as_str())
+                    .map_or(input, |local| local.key.to_string()),
                 reason,
             },
             MediaError::Cancelled => RenderError::Cancelled,

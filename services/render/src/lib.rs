@@ -5,6 +5,7 @@
 //! It also serves gRPC health so orchestrators can probe it.
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod media;
 pub mod plan;

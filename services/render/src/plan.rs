@@ -1,37 +1,186 @@
-//! Turns a job spec into a [`RenderPlan`]: which input, which part of it, and
-//! where the result goes. The gateway has already validated the spec; this
-//! only refuses what it cannot render.
+//! Turns a job spec into a [`RenderPlan`]: what work to do on which inputs,
+//! whether streams may be copied, and which store keys the results go to.
+//!
+//! The gateway has already validated the spec (and expanded merge fields);
+//! planning is pure, so every decision here is unit-tested without media.
 
 use reelmesh_nats::JobId;
-use reelmesh_proto::v1::{JobSpec, Source, job_spec::Operation, source::Kind};
+use reelmesh_proto::v1::{
+    self as pb, Container, CopyMode, JobSpec, Source, job_spec::Operation, source::Kind,
+};
 use reelmesh_store::ObjectKey;
 
 use crate::RenderError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderPlan {
-    pub input: ObjectKey,
-    /// Seconds to keep; `None` keeps everything.
-    pub range: Option<(f64, f64)>,
-    /// Store key of the result.
+    pub work: Work,
+    pub copy: CopyMode,
+    /// Store key of the (first) result.
     pub output: ObjectKey,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Decode (or copy, for a keyframe-aligned trim), optionally cut and
+    /// draw text, encode H.264/AAC MP4. Serves trim, transcode and add_text.
+    Transcode {
+        input: ObjectKey,
+        range: Option<(f64, f64)>,
+        overlays: Vec<Overlay>,
+    },
+    Concat {
+        inputs: Vec<ObjectKey>,
+    },
+    ExtractAudio {
+        input: ObjectKey,
+        format: AudioFormat,
+        bitrate_kbps: Option<u32>,
+    },
+    Thumbnails {
+        input: ObjectKey,
+        times: Vec<f64>,
+        format: ImageFormat,
+        width: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioFormat {
+    M4a,
+    Opus,
+    Mp3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+}
+
+/// A text overlay with defaults applied and colours decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overlay {
+    pub text: String,
+    pub font: String,
+    pub size_px: u32,
+    pub color_rgba: u32,
+    pub position: pb::Position,
+    /// With `Position::Custom`: top-left corner as fractions of the frame.
+    pub xy: (f64, f64),
+    pub start_seconds: f64,
+    pub end_seconds: Option<f64>,
+    pub box_rgba: Option<u32>,
+}
+
+impl Work {
+    /// The inputs to fetch, in the order the work uses them.
+    pub fn inputs(&self) -> Vec<&ObjectKey> {
+        match self {
+            Work::Concat { inputs } => inputs.iter().collect(),
+            Work::Transcode { input, .. }
+            | Work::ExtractAudio { input, .. }
+            | Work::Thumbnails { input, .. } => {
+                vec![input]
+            }
+        }
+    }
+
+    /// File extension of the result.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Work::Transcode { .. } | Work::Concat { .. } => "mp4",
+            Work::ExtractAudio { format, .. } => match format {
+                AudioFormat::M4a => "m4a",
+                AudioFormat::Opus => "opus",
+                AudioFormat::Mp3 => "mp3",
+            },
+            Work::Thumbnails { format, .. } => match format {
+                ImageFormat::Jpeg => "jpg",
+                ImageFormat::Png => "png",
+            },
+        }
+    }
 }
 
 impl RenderPlan {
     pub fn for_job(job: &JobId, spec: &JobSpec) -> Result<Self, RenderError> {
-        let (source, range) = match spec.operation.as_ref() {
-            Some(Operation::Trim(trim)) => (
-                trim.input.as_ref(),
-                Some((trim.start_seconds, trim.end_seconds)),
-            ),
-            Some(Operation::Transcode(transcode)) => (transcode.input.as_ref(), None),
+        let output = spec.output.unwrap_or_default();
+        let work = match spec.operation.as_ref() {
+            Some(Operation::Trim(trim)) => Work::Transcode {
+                input: asset_key(trim.input.as_ref())?,
+                range: Some((trim.start_seconds, trim.end_seconds)),
+                overlays: Vec::new(),
+            },
+            Some(Operation::Transcode(transcode)) => Work::Transcode {
+                input: asset_key(transcode.input.as_ref())?,
+                range: None,
+                overlays: Vec::new(),
+            },
+            Some(Operation::AddText(add_text)) => Work::Transcode {
+                input: asset_key(add_text.input.as_ref())?,
+                range: None,
+                overlays: add_text
+                    .overlays
+                    .iter()
+                    .map(overlay)
+                    .collect::<Result<_, _>>()?,
+            },
+            Some(Operation::Concat(concat)) => Work::Concat {
+                inputs: concat
+                    .inputs
+                    .iter()
+                    .map(|s| asset_key(Some(s)))
+                    .collect::<Result<_, _>>()?,
+            },
+            Some(Operation::ExtractAudio(extract)) => Work::ExtractAudio {
+                input: asset_key(extract.input.as_ref())?,
+                format: match output.container() {
+                    Container::Opus => AudioFormat::Opus,
+                    Container::Mp3 => AudioFormat::Mp3,
+                    _ => AudioFormat::M4a,
+                },
+                bitrate_kbps: Some(output.audio_bitrate_kbps).filter(|kbps| *kbps > 0),
+            },
+            Some(Operation::Thumbnail(thumbnail)) => Work::Thumbnails {
+                input: asset_key(thumbnail.input.as_ref())?,
+                times: thumbnail.times_seconds.clone(),
+                format: match output.container() {
+                    Container::Png => ImageFormat::Png,
+                    _ => ImageFormat::Jpeg,
+                },
+                width: Some(output.width).filter(|width| *width > 0),
+            },
             None => return Err(RenderError::Plan("the job has no operation".into())),
         };
+        let output = output_key(&format!("outputs/{job}.{}", work.extension()))?;
         Ok(RenderPlan {
-            input: asset_key(source)?,
-            range,
-            output: output_key(job)?,
+            work,
+            copy: spec.copy(),
+            output,
         })
+    }
+
+    /// Store key of the `index`th image of a thumbnail job.
+    pub fn thumbnail_key(
+        job: &JobId,
+        index: usize,
+        extension: &str,
+    ) -> Result<ObjectKey, RenderError> {
+        output_key(&format!("outputs/{job}/thumb-{index:03}.{extension}"))
+    }
+}
+
+/// Whether to copy streams, given what the inputs allow (`possible` says
+/// why not when they do not).
+pub fn decide_copy(mode: CopyMode, possible: Result<(), String>) -> Result<bool, RenderError> {
+    match (mode, possible) {
+        (CopyMode::Never, _) => Ok(false),
+        (CopyMode::Auto, possible) => Ok(possible.is_ok()),
+        (CopyMode::Required, Ok(())) => Ok(true),
+        (CopyMode::Required, Err(why)) => Err(RenderError::Plan(format!(
+            "copy mode is REQUIRED but the streams cannot be copied: {why}"
+        ))),
     }
 }
 
@@ -44,32 +193,193 @@ fn asset_key(source: Option<&Source>) -> Result<ObjectKey, RenderError> {
     }
 }
 
-fn output_key(job: &JobId) -> Result<ObjectKey, RenderError> {
-    ObjectKey::parse(&format!("outputs/{job}.mp4"))
-        .map_err(|err| RenderError::Plan(err.to_string()))
+fn output_key(key: &str) -> Result<ObjectKey, RenderError> {
+    ObjectKey::parse(key).map_err(|err| RenderError::Plan(err.to_string()))
+}
+
+const DEFAULT_FONT: &str = "Sans";
+const DEFAULT_TEXT_SIZE: u32 = 48;
+const WHITE: u32 = 0xffff_ffff;
+
+fn overlay(spec: &pb::TextOverlay) -> Result<Overlay, RenderError> {
+    let color = |text: &str| {
+        reelmesh_proto::parse_color(text)
+            .ok_or_else(|| RenderError::Plan(format!("bad colour {text:?}")))
+    };
+    Ok(Overlay {
+        text: spec.text.clone(),
+        font: Some(spec.font.clone())
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| DEFAULT_FONT.into()),
+        size_px: Some(spec.size)
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_TEXT_SIZE),
+        color_rgba: if spec.color.is_empty() {
+            WHITE
+        } else {
+            color(&spec.color)?
+        },
+        position: spec.position(),
+        xy: (spec.x, spec.y),
+        start_seconds: spec.start_seconds,
+        end_seconds: Some(spec.end_seconds).filter(|end| *end > 0.0),
+        box_rgba: if spec.box_color.is_empty() {
+            None
+        } else {
+            Some(color(&spec.box_color)?)
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reelmesh_proto::v1::Trim;
+    use reelmesh_proto::v1::{
+        AddText, Concat, ExtractAudio, OutputSpec, TextOverlay, Thumbnail, Trim,
+    };
+
+    fn asset(key: &str) -> Source {
+        Source {
+            kind: Some(Kind::Asset(key.into())),
+        }
+    }
+
+    fn plan(operation: Operation, output: Option<OutputSpec>) -> RenderPlan {
+        let spec = JobSpec {
+            operation: Some(operation),
+            output,
+            ..Default::default()
+        };
+        RenderPlan::for_job(&JobId::new(), &spec).expect("plan")
+    }
 
     #[test]
     fn a_trim_plans_its_range_and_an_output_per_job() {
         let job = JobId::new();
         let spec = JobSpec {
             operation: Some(Operation::Trim(Trim {
-                input: Some(Source {
-                    kind: Some(Kind::Asset("inputs/a.mp4".into())),
-                }),
+                input: Some(asset("inputs/a.mp4")),
                 start_seconds: 1.0,
                 end_seconds: 4.0,
             })),
             ..Default::default()
         };
         let plan = RenderPlan::for_job(&job, &spec).expect("plan");
-        assert_eq!(plan.input.as_str(), "inputs/a.mp4");
-        assert_eq!(plan.range, Some((1.0, 4.0)));
+        let Work::Transcode { input, range, .. } = &plan.work else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(input.as_str(), "inputs/a.mp4");
+        assert_eq!(*range, Some((1.0, 4.0)));
         assert_eq!(plan.output.as_str(), format!("outputs/{job}.mp4"));
+        assert_eq!(plan.copy, CopyMode::Auto);
+    }
+
+    #[test]
+    fn concat_keeps_input_order() {
+        let plan = plan(
+            Operation::Concat(Concat {
+                inputs: vec![asset("b.mp4"), asset("a.mp4"), asset("c.mp4")],
+            }),
+            None,
+        );
+        let keys: Vec<&str> = plan.work.inputs().iter().map(|k| k.as_str()).collect();
+        assert_eq!(keys, vec!["b.mp4", "a.mp4", "c.mp4"]);
+    }
+
+    #[test]
+    fn audio_and_image_outputs_follow_the_container() {
+        let audio = plan(
+            Operation::ExtractAudio(ExtractAudio {
+                input: Some(asset("a.mp4")),
+            }),
+            Some(OutputSpec {
+                container: Container::Opus as i32,
+                audio_bitrate_kbps: 96,
+                ..Default::default()
+            }),
+        );
+        assert!(matches!(
+            audio.work,
+            Work::ExtractAudio {
+                format: AudioFormat::Opus,
+                bitrate_kbps: Some(96),
+                ..
+            }
+        ));
+        assert!(audio.output.as_str().ends_with(".opus"));
+        let default_audio = plan(
+            Operation::ExtractAudio(ExtractAudio {
+                input: Some(asset("a.mp4")),
+            }),
+            None,
+        );
+        assert!(default_audio.output.as_str().ends_with(".m4a"));
+
+        let thumbs = plan(
+            Operation::Thumbnail(Thumbnail {
+                input: Some(asset("a.mp4")),
+                times_seconds: vec![1.0, 2.0],
+            }),
+            Some(OutputSpec {
+                container: Container::Png as i32,
+                width: 320,
+                ..Default::default()
+            }),
+        );
+        assert!(matches!(
+            thumbs.work,
+            Work::Thumbnails {
+                format: ImageFormat::Png,
+                width: Some(320),
+                ..
+            }
+        ));
+        let key = RenderPlan::thumbnail_key(&JobId::new(), 7, "png").expect("key");
+        assert!(key.as_str().ends_with("/thumb-007.png"));
+    }
+
+    #[test]
+    fn overlays_get_defaults_and_decoded_colours() {
+        let plan = plan(
+            Operation::AddText(AddText {
+                input: Some(asset("a.mp4")),
+                overlays: vec![TextOverlay {
+                    text: "Hi".into(),
+                    box_color: "#00000080".into(),
+                    end_seconds: 3.0,
+                    ..Default::default()
+                }],
+            }),
+            None,
+        );
+        let Work::Transcode {
+            overlays,
+            range: None,
+            ..
+        } = plan.work
+        else {
+            panic!("add_text plans a whole-file transcode")
+        };
+        let overlay = &overlays[0];
+        assert_eq!(
+            (overlay.font.as_str(), overlay.size_px, overlay.color_rgba),
+            ("Sans", 48, WHITE)
+        );
+        assert_eq!(overlay.box_rgba, Some(0x0000_0080));
+        assert_eq!(overlay.end_seconds, Some(3.0));
+        assert_eq!(overlay.position, pb::Position::BottomCenter);
+    }
+
+    #[test]
+    fn copy_decisions_follow_the_mode() {
+        let impossible = || Err("inputs differ in resolution".to_string());
+        assert!(decide_copy(CopyMode::Auto, Ok(())).expect("auto"));
+        assert!(!decide_copy(CopyMode::Auto, impossible()).expect("auto"));
+        assert!(!decide_copy(CopyMode::Never, Ok(())).expect("never"));
+        let err = decide_copy(CopyMode::Required, impossible()).expect_err("required");
+        assert!(
+            err.to_string().contains("inputs differ in resolution"),
+            "{err}"
+        );
     }
 }

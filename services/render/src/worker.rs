@@ -6,6 +6,7 @@
 //! running while another worker could have started it.
 
 use std::{
+    path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
@@ -21,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     RenderConfig, RenderError,
-    media::{self, TranscodeRequest},
-    plan::RenderPlan,
+    engine::{self, Control, Rendered},
+    error::LocalInput,
+    media,
+    plan::{RenderPlan, Work},
 };
 
 /// Progress events are published at most this often, and only when the
@@ -127,18 +130,7 @@ impl RenderWorker {
         let scratch = tempfile::Builder::new()
             .prefix("reelmesh-render-")
             .tempdir_in(&self.config.work_dir)?;
-        let input = scratch.path().join("input");
-        let output = scratch.path().join("output.mp4");
-        match self
-            .store
-            .download_to_file(&job.tenant, &plan.input, &input)
-            .await
-        {
-            Err(reelmesh_store::StoreError::NotFound(_)) => {
-                return Err(RenderError::InputNotFound(plan.input.to_string()));
-            }
-            other => other?,
-        };
+        let inputs = self.fetch_inputs(job, &plan, scratch.path()).await?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (progress_tx, progress_rx) = watch::channel(0.0);
         let watchers = CancellationToken::new();
@@ -151,55 +143,105 @@ impl RenderWorker {
                 .report_progress(job.clone(), progress_rx, watchers.clone()),
         );
         let rendered = self
-            .run_pipeline(&plan, &input, &output, cancel, progress_tx, message)
+            .run_engine(&plan, &inputs, scratch.path(), cancel, progress_tx, message)
             .await;
         watchers.cancel();
-        rendered.map_err(|err| RenderError::from_media(err, plan.input.as_str()))?;
+        let rendered = rendered.map_err(|err| RenderError::from_media(err, &inputs))?;
+        self.store_outputs(job, &plan, rendered).await
+    }
 
-        let info = media::probe(&output).map_err(|err| RenderError::Pipeline(err.to_string()))?;
-        let size_bytes = self
-            .store
-            .upload_file(&job.tenant, &plan.output, &output)
-            .await?;
+    /// Copies every input into scratch space, naming a missing one.
+    async fn fetch_inputs(
+        &self,
+        job: &JobRecord,
+        plan: &RenderPlan,
+        scratch: &std::path::Path,
+    ) -> Result<Vec<LocalInput>, RenderError> {
+        let mut local = Vec::new();
+        for (index, key) in plan.work.inputs().into_iter().enumerate() {
+            let path = scratch.join(format!("input-{index}"));
+            match self.store.download_to_file(&job.tenant, key, &path).await {
+                Err(reelmesh_store::StoreError::NotFound(_)) => {
+                    return Err(RenderError::InputNotFound(key.to_string()));
+                }
+                other => other?,
+            };
+            local.push(LocalInput {
+                key: key.clone(),
+                path,
+            });
+        }
+        Ok(local)
+    }
+
+    /// Uploads what the render produced and describes it.
+    async fn store_outputs(
+        &self,
+        job: &JobRecord,
+        plan: &RenderPlan,
+        rendered: Rendered,
+    ) -> Result<JobOutput, RenderError> {
+        let media = media::probe(&rendered.files[0])
+            .map_err(|err| RenderError::Pipeline(err.to_string()))?;
+        let mut keys = Vec::new();
+        let mut size_bytes = 0;
+        for (index, file) in rendered.files.iter().enumerate() {
+            let key = match plan.work {
+                Work::Thumbnails { .. } => {
+                    RenderPlan::thumbnail_key(&job.id, index, plan.work.extension())?
+                }
+                _ => plan.output.clone(),
+            };
+            let size = self.store.upload_file(&job.tenant, &key, file).await?;
+            if index == 0 {
+                size_bytes = size;
+            }
+            keys.push(key.to_string());
+        }
         Ok(JobOutput {
-            key: plan.output.to_string(),
+            key: keys[0].clone(),
             size_bytes,
-            media: summary(info),
+            media: summary(media),
+            keys,
+            copied: rendered.copied,
         })
     }
 
-    /// Runs the blocking GStreamer pipeline on the blocking pool, telling
-    /// JetStream the job is alive while it runs.
-    async fn run_pipeline(
+    /// Runs the blocking render on the blocking pool, telling JetStream the
+    /// job is alive while it runs.
+    async fn run_engine(
         &self,
         plan: &RenderPlan,
-        input: &std::path::Path,
-        output: &std::path::Path,
+        inputs: &[LocalInput],
+        scratch: &std::path::Path,
         cancel: Arc<AtomicBool>,
         progress: watch::Sender<f64>,
         message: &Message,
-    ) -> Result<(), media::MediaError> {
-        let (input, output, range) = (input.to_path_buf(), output.to_path_buf(), plan.range);
-        let stall = self.config.stall_timeout();
-        let pipeline = tokio::task::spawn_blocking(move || {
-            let request = TranscodeRequest {
-                input: &input,
-                output: &output,
-                range,
-            };
-            media::transcode_mp4(&request, &cancel, stall, &mut |fraction| {
+    ) -> Result<Rendered, media::MediaError> {
+        let plan = plan.clone();
+        let paths: Vec<PathBuf> = inputs.iter().map(|input| input.path.clone()).collect();
+        let scratch = scratch.to_path_buf();
+        let stall_timeout = self.config.stall_timeout();
+        let engine = tokio::task::spawn_blocking(move || {
+            let mut on_progress = |fraction: f64| {
                 progress.send_if_modified(|current| {
                     let changed = fraction > *current;
                     *current = current.max(fraction);
                     changed
                 });
-            })
+            };
+            let control = Control {
+                cancel: &cancel,
+                stall_timeout,
+                on_progress: &mut on_progress,
+            };
+            engine::execute(&plan, &paths, &scratch, control)
         });
-        tokio::pin!(pipeline);
+        tokio::pin!(engine);
         let heartbeat = self.config.topology.work_ack_wait / 3;
         loop {
             tokio::select! {
-                result = &mut pipeline => {
+                result = &mut engine => {
                     return result.unwrap_or_else(|err| Err(media::MediaError::Pipeline(err.to_string())));
                 }
                 _ = tokio::time::sleep(heartbeat) => {
