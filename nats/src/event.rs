@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{JobId, JobOutput, NatsError, TenantId, names};
+use crate::{JobId, JobOutput, NatsError, Progress, TenantId, names};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
@@ -28,7 +28,7 @@ pub struct JobEvent {
 pub enum EventKind {
     Queued,
     Started,
-    Progress { stage: String, percent: f64 },
+    Progress(Progress),
     Completed { output: JobOutput },
     Failed { error: String },
     Cancelled,
@@ -40,7 +40,7 @@ impl EventKind {
         match self {
             EventKind::Queued => "queued",
             EventKind::Started => "started",
-            EventKind::Progress { .. } => "progress",
+            EventKind::Progress(_) => "progress",
             EventKind::Completed { .. } => "completed",
             EventKind::Failed { .. } => "failed",
             EventKind::Cancelled => "cancelled",
@@ -73,7 +73,7 @@ impl JobEvent {
     /// job, so a writer retrying after a lost ack cannot end a job twice.
     fn message_id(&self) -> Option<String> {
         match &self.kind {
-            EventKind::Progress { .. } => None,
+            EventKind::Progress(_) => None,
             kind if kind.is_terminal() => Some(format!("{}.terminal", self.job_id)),
             kind => Some(format!("{}.{}", self.job_id, kind.name())),
         }
@@ -185,10 +185,11 @@ mod tests {
         let progress = JobEvent::now(
             &tenant,
             &job,
-            EventKind::Progress {
+            EventKind::Progress(Progress {
                 stage: "render".into(),
                 percent: 1.0,
-            },
+                eta_seconds: None,
+            }),
         );
         assert_eq!(progress.message_id(), None);
     }

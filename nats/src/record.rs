@@ -147,6 +147,9 @@ pub struct TransitionError {
 pub struct Progress {
     pub stage: String,
     pub percent: f64,
+    /// Estimated seconds until the stage ends, once there is enough to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
 }
 
 /// What a completed job produced.
@@ -237,6 +240,7 @@ impl JobRecord {
         self.progress = Some(Progress {
             stage: "done".into(),
             percent: 100.0,
+            eta_seconds: Some(0.0),
         });
         self.output = Some(output);
         Ok(())

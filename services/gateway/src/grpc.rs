@@ -165,15 +165,20 @@ pub fn output_to_proto(output: JobOutput) -> pb::JobOutput {
     }
 }
 
+fn progress_to_proto(progress: reelmesh_nats::Progress) -> pb::Progress {
+    pb::Progress {
+        stage: progress.stage,
+        percent: progress.percent,
+        eta_seconds: progress.eta_seconds.unwrap_or_default(),
+    }
+}
+
 pub fn job_to_proto(record: JobRecord) -> pb::Job {
     pb::Job {
         id: record.id.into(),
         state: state_to_proto(record.state) as i32,
         spec: Some(record.spec),
-        progress: record.progress.map(|progress| pb::Progress {
-            stage: progress.stage,
-            percent: progress.percent,
-        }),
+        progress: record.progress.map(progress_to_proto),
         error: record.error.unwrap_or_default(),
         output: record.output.map(output_to_proto),
         created_at: Some(timestamp(record.created_at)),
@@ -186,9 +191,7 @@ pub fn event_to_proto(sequenced: SequencedEvent) -> pb::JobEvent {
     let kind = match event.kind {
         EventKind::Queued => job_event::Kind::Queued(job_event::Queued {}),
         EventKind::Started => job_event::Kind::Started(job_event::Started {}),
-        EventKind::Progress { stage, percent } => {
-            job_event::Kind::Progress(pb::Progress { stage, percent })
-        }
+        EventKind::Progress(progress) => job_event::Kind::Progress(progress_to_proto(progress)),
         EventKind::Completed { output } => job_event::Kind::Completed(job_event::Completed {
             output: Some(output_to_proto(output)),
         }),

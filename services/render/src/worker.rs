@@ -281,26 +281,27 @@ impl RenderWorker {
     async fn report_progress(
         self,
         job: JobRecord,
-        mut progress: watch::Receiver<f64>,
+        mut fraction: watch::Receiver<f64>,
         done: CancellationToken,
     ) {
+        let started = Instant::now();
         let mut last_event = Instant::now() - PROGRESS_EVERY;
         let mut last_percent = f64::NEG_INFINITY;
         let mut last_record = Instant::now();
         loop {
             tokio::select! {
                 _ = done.cancelled() => return,
-                changed = progress.changed() => if changed.is_err() { return },
+                changed = fraction.changed() => if changed.is_err() { return },
             }
-            let percent = (*progress.borrow_and_update() * 100.0).clamp(0.0, 100.0);
-            if last_event.elapsed() >= PROGRESS_EVERY && percent - last_percent >= PROGRESS_STEP {
+            let progress = render_progress(*fraction.borrow_and_update(), started.elapsed());
+            if last_event.elapsed() >= PROGRESS_EVERY
+                && progress.percent - last_percent >= PROGRESS_STEP
+            {
                 last_event = Instant::now();
-                last_percent = percent;
-                let kind = EventKind::Progress {
-                    stage: "render".into(),
-                    percent,
-                };
-                let _ = self.publish(&job, kind).await;
+                last_percent = progress.percent;
+                let _ = self
+                    .publish(&job, EventKind::Progress(progress.clone()))
+                    .await;
             }
             if last_record.elapsed() >= RECORD_PROGRESS_EVERY {
                 last_record = Instant::now();
@@ -308,14 +309,11 @@ impl RenderWorker {
                     .topology
                     .jobs
                     .modify(&job.tenant, &job.id, |record| {
-                        if record.state != JobState::Running {
-                            return Ok(false);
+                        let running = record.state == JobState::Running;
+                        if running {
+                            record.progress = Some(progress.clone());
                         }
-                        record.progress = Some(Progress {
-                            stage: "render".into(),
-                            percent,
-                        });
-                        Ok(true)
+                        Ok(running)
                     })
                     .await;
             }
@@ -417,6 +415,19 @@ async fn next_message(consumer: &PullConsumer) -> Option<Message> {
     }
 }
 
+/// Progress of the render stage, with an ETA from the rate so far once a
+/// few percent are done (earlier estimates swing too much to be useful).
+fn render_progress(fraction: f64, elapsed: Duration) -> Progress {
+    let fraction = fraction.clamp(0.0, 1.0);
+    let eta_seconds =
+        (fraction >= 0.03).then(|| elapsed.as_secs_f64() * (1.0 - fraction) / fraction);
+    Progress {
+        stage: "render".into(),
+        percent: fraction * 100.0,
+        eta_seconds,
+    }
+}
+
 fn summary(info: media::MediaInfo) -> MediaSummary {
     MediaSummary {
         duration_seconds: info.duration_seconds,
@@ -425,5 +436,23 @@ fn summary(info: media::MediaInfo) -> MediaSummary {
         width: info.video.as_ref().map(|video| video.width),
         height: info.video.as_ref().map(|video| video.height),
         audio_codec: info.audio.map(|audio| audio.codec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_follows_the_rate_so_far() {
+        let early = render_progress(0.01, Duration::from_secs(1));
+        assert_eq!(early.eta_seconds, None);
+        let half = render_progress(0.5, Duration::from_secs(4));
+        assert_eq!(half.percent, 50.0);
+        assert!((half.eta_seconds.expect("eta") - 4.0).abs() < 1e-9);
+        assert_eq!(
+            render_progress(1.0, Duration::from_secs(4)).eta_seconds,
+            Some(0.0)
+        );
     }
 }
