@@ -6,6 +6,8 @@ use reelmesh_nats::TopologyConfig;
 use reelmesh_runtime::{ApiKeys, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::validate::JobLimits;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GatewayConfig {
@@ -15,6 +17,7 @@ pub struct GatewayConfig {
     pub store_url: String,
     pub api_keys: ApiKeys,
     pub topology: TopologyConfig,
+    pub limits: JobLimits,
 }
 
 impl Default for GatewayConfig {
@@ -25,6 +28,7 @@ impl Default for GatewayConfig {
             store_url: reelmesh_store::config::default_store_url(),
             api_keys: ApiKeys::default(),
             topology: TopologyConfig::default(),
+            limits: JobLimits::default(),
         }
     }
 }

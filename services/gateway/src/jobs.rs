@@ -12,7 +12,10 @@ use reelmesh_nats::{
 };
 use reelmesh_proto::v1::JobSpec;
 
-use crate::{GatewayError, validate::validate_spec};
+use crate::{
+    GatewayError,
+    validate::{JobLimits, validate_spec},
+};
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
@@ -61,15 +64,16 @@ pub trait JobsApi: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct NatsJobs {
     topology: Topology,
+    limits: JobLimits,
 }
 
 impl NatsJobs {
-    pub fn new(topology: Topology) -> Self {
-        NatsJobs { topology }
+    pub fn new(topology: Topology, limits: JobLimits) -> Self {
+        NatsJobs { topology, limits }
     }
 
     async fn submit_job(&self, tenant: TenantId, spec: JobSpec) -> Result<JobRecord, GatewayError> {
-        let spec = validate_spec(spec)?;
+        let spec = validate_spec(spec, &self.limits)?;
         let record = JobRecord::new(tenant, spec);
         self.topology.jobs.create(&record).await?;
         let queued = JobEvent::now(&record.tenant, &record.id, EventKind::Queued);

@@ -38,7 +38,9 @@ pub async fn run(
         .set_serving::<StoreServer<StoreService<MediaStore>>>()
         .await;
     let router = router
-        .add_service(JobsService::new(NatsJobs::new(topology)).into_server(auth.clone()))
+        .add_service(
+            JobsService::new(NatsJobs::new(topology, config.limits)).into_server(auth.clone()),
+        )
         .add_service(StoreService::new(store).into_server(auth));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     reelmesh_runtime::grpc::serve(router, listener, shutdown).await?;

@@ -13,16 +13,34 @@ use reelmesh_store::ObjectKey;
 
 use crate::GatewayError;
 
-/// Most inputs one concat may join, and most images one thumbnail job makes.
-pub const MAX_INPUTS: usize = 100;
-pub const MAX_THUMBNAILS: usize = 100;
+/// What one job may ask for; beyond it, SubmitJob answers INVALID_ARGUMENT.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct JobLimits {
+    /// Most inputs one concat may join.
+    pub max_inputs: usize,
+    /// Most images one thumbnail job may take.
+    pub max_thumbnails: usize,
+    /// Longest media a job may ask for by time (a trim's range, a thumbnail's time).
+    pub max_seconds: f64,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_inputs: 100,
+            max_thumbnails: 100,
+            max_seconds: 4.0 * 3600.0,
+        }
+    }
+}
 
 type Checked<T = ()> = Result<T, GatewayError>;
 
 /// Validates `spec` and fills in what the server decides (a callback secret
 /// when the client gave none, merge fields in overlay texts).
-pub fn validate_spec(mut spec: JobSpec) -> Checked<JobSpec> {
-    let kind = operation_kind(&spec)?;
+pub fn validate_spec(mut spec: JobSpec, limits: &JobLimits) -> Checked<JobSpec> {
+    let kind = operation_kind(&spec, limits)?;
     check_output(&spec, kind)?;
     check_copy(&spec, kind)?;
     if let Some(Operation::AddText(add_text)) = spec.operation.as_mut() {
@@ -52,14 +70,14 @@ fn invalid<T>(message: impl Into<String>) -> Checked<T> {
     Err(GatewayError::InvalidArgument(message.into()))
 }
 
-fn operation_kind(spec: &JobSpec) -> Checked<Produces> {
+fn operation_kind(spec: &JobSpec, limits: &JobLimits) -> Checked<Produces> {
     match spec.operation.as_ref() {
         None => invalid(
             "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail",
         ),
         Some(Operation::Trim(trim)) => {
             check_source(trim.input.as_ref(), "spec.trim.input")?;
-            check_range(trim.start_seconds, trim.end_seconds)?;
+            check_range(trim.start_seconds, trim.end_seconds, limits)?;
             Ok(Produces::Video {
                 always_reencodes: false,
             })
@@ -71,9 +89,10 @@ fn operation_kind(spec: &JobSpec) -> Checked<Produces> {
             })
         }
         Some(Operation::Concat(concat)) => {
-            if !(2..=MAX_INPUTS).contains(&concat.inputs.len()) {
+            if !(2..=limits.max_inputs).contains(&concat.inputs.len()) {
                 return invalid(format!(
-                    "spec.concat.inputs: give 2 to {MAX_INPUTS} inputs, got {}",
+                    "spec.concat.inputs: give 2 to {} inputs, got {}",
+                    limits.max_inputs,
                     concat.inputs.len()
                 ));
             }
@@ -102,7 +121,7 @@ fn operation_kind(spec: &JobSpec) -> Checked<Produces> {
         }
         Some(Operation::Thumbnail(thumbnail)) => {
             check_source(thumbnail.input.as_ref(), "spec.thumbnail.input")?;
-            check_times(&thumbnail.times_seconds)?;
+            check_times(&thumbnail.times_seconds, limits)?;
             Ok(Produces::Images)
         }
     }
@@ -117,7 +136,7 @@ fn check_source(source: Option<&Source>, field: &str) -> Checked {
     }
 }
 
-fn check_range(start: f64, end: f64) -> Checked {
+fn check_range(start: f64, end: f64, limits: &JobLimits) -> Checked {
     if !start.is_finite() || start < 0.0 {
         return invalid(format!("spec.trim.start_seconds must be >= 0, got {start}"));
     }
@@ -126,18 +145,29 @@ fn check_range(start: f64, end: f64) -> Checked {
             "spec.trim.end_seconds ({end}) must be greater than start_seconds ({start})"
         ));
     }
+    if end > limits.max_seconds {
+        return invalid(format!(
+            "spec.trim.end_seconds ({end}) is beyond this server's limit of {} s",
+            limits.max_seconds
+        ));
+    }
     Ok(())
 }
 
-fn check_times(times: &[f64]) -> Checked {
-    if times.is_empty() || times.len() > MAX_THUMBNAILS {
+fn check_times(times: &[f64], limits: &JobLimits) -> Checked {
+    if times.is_empty() || times.len() > limits.max_thumbnails {
         return invalid(format!(
-            "spec.thumbnail.times_seconds: give 1 to {MAX_THUMBNAILS} times, got {}",
+            "spec.thumbnail.times_seconds: give 1 to {} times, got {}",
+            limits.max_thumbnails,
             times.len()
         ));
     }
-    match times.iter().position(|t| !t.is_finite() || *t < 0.0) {
-        Some(i) => invalid(format!("spec.thumbnail.times_seconds[{i}] must be >= 0")),
+    let out_of_range = |t: &f64| !t.is_finite() || *t < 0.0 || *t > limits.max_seconds;
+    match times.iter().position(out_of_range) {
+        Some(i) => invalid(format!(
+            "spec.thumbnail.times_seconds[{i}] must be between 0 and {} s",
+            limits.max_seconds
+        )),
         None => Ok(()),
     }
 }
@@ -305,28 +335,32 @@ mod tests {
         }))
     }
 
+    fn validate_spec_test(spec: JobSpec) -> Checked<JobSpec> {
+        validate_spec(spec, &JobLimits::default())
+    }
+
     fn message(result: Checked<JobSpec>) -> String {
         result.expect_err("should be refused").to_string()
     }
 
     #[test]
     fn a_reversed_range_names_both_fields() {
-        let err = message(validate_spec(trim(4.0, 1.0)));
+        let err = message(validate_spec_test(trim(4.0, 1.0)));
         assert!(
             err.contains("end_seconds") && err.contains("start_seconds"),
             "{err}"
         );
-        assert!(validate_spec(trim(1.0, 4.0)).is_ok());
+        assert!(validate_spec_test(trim(1.0, 4.0)).is_ok());
     }
 
     #[test]
     fn missing_operation_and_bad_keys_are_refused() {
-        assert!(message(validate_spec(JobSpec::default())).contains("spec.operation"));
+        assert!(message(validate_spec_test(JobSpec::default())).contains("spec.operation"));
         let mut bad = trim(0.0, 1.0);
         if let Some(Operation::Trim(trim)) = bad.operation.as_mut() {
             trim.input = Some(asset("../etc/passwd"));
         }
-        assert!(message(validate_spec(bad)).contains("spec.trim.input.asset"));
+        assert!(message(validate_spec_test(bad)).contains("spec.trim.input.asset"));
     }
 
     #[test]
@@ -334,11 +368,11 @@ mod tests {
         let one = spec(Operation::Concat(Concat {
             inputs: vec![asset("a.mp4")],
         }));
-        assert!(message(validate_spec(one)).contains("spec.concat.inputs"));
+        assert!(message(validate_spec_test(one)).contains("spec.concat.inputs"));
         let bad = spec(Operation::Concat(Concat {
             inputs: vec![asset("a.mp4"), asset("/abs.mp4")],
         }));
-        assert!(message(validate_spec(bad)).contains("spec.concat.inputs[1]"));
+        assert!(message(validate_spec_test(bad)).contains("spec.concat.inputs[1]"));
     }
 
     #[test]
@@ -355,14 +389,14 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let expanded = validate_spec(with_fields.clone()).expect("valid");
+        let expanded = validate_spec_test(with_fields.clone()).expect("valid");
         let Some(Operation::AddText(add_text)) = expanded.operation else {
             panic!("operation changed")
         };
         assert_eq!(add_text.overlays[0].text, "Hello Oslo, 21°C");
 
         with_fields.fields.remove("temp");
-        let err = message(validate_spec(with_fields));
+        let err = message(validate_spec_test(with_fields));
         assert!(
             err.contains("{{temp}}") && err.contains("overlays[0].text"),
             "{err}"
@@ -379,7 +413,7 @@ mod tests {
                 ..Default::default()
             }],
         }));
-        assert!(message(validate_spec(bad_color)).contains("overlays[0].color"));
+        assert!(message(validate_spec_test(bad_color)).contains("overlays[0].color"));
     }
 
     #[test]
@@ -391,14 +425,29 @@ mod tests {
             container: Container::Jpg as i32,
             ..Default::default()
         });
-        assert!(message(validate_spec(audio.clone())).contains("spec.output.container"));
+        assert!(message(validate_spec_test(audio.clone())).contains("spec.output.container"));
         audio.output = Some(OutputSpec {
             container: Container::Opus as i32,
             ..Default::default()
         });
-        assert!(validate_spec(audio.clone()).is_ok());
+        assert!(validate_spec_test(audio.clone()).is_ok());
         audio.copy = CopyMode::Required as i32;
-        assert!(message(validate_spec(audio)).contains("spec.copy"));
+        assert!(message(validate_spec_test(audio)).contains("spec.copy"));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = JobLimits {
+            max_inputs: 2,
+            max_thumbnails: 1,
+            max_seconds: 60.0,
+        };
+        let three = spec(Operation::Concat(Concat {
+            inputs: vec![asset("a.mp4"), asset("b.mp4"), asset("c.mp4")],
+        }));
+        assert!(message(validate_spec(three, &limits)).contains("give 2 to 2 inputs"));
+        assert!(message(validate_spec(trim(10.0, 61.0), &limits)).contains("limit of 60 s"));
+        assert!(validate_spec(trim(10.0, 60.0), &limits).is_ok());
     }
 
     #[test]
@@ -409,9 +458,9 @@ mod tests {
                 times_seconds: times,
             }))
         };
-        assert!(message(validate_spec(thumbs(vec![]))).contains("times_seconds"));
-        assert!(message(validate_spec(thumbs(vec![1.0, -2.0]))).contains("times_seconds[1]"));
-        assert!(validate_spec(thumbs(vec![0.0, 2.5])).is_ok());
+        assert!(message(validate_spec_test(thumbs(vec![]))).contains("times_seconds"));
+        assert!(message(validate_spec_test(thumbs(vec![1.0, -2.0]))).contains("times_seconds[1]"));
+        assert!(validate_spec_test(thumbs(vec![0.0, 2.5])).is_ok());
     }
 
     #[test]
@@ -421,7 +470,7 @@ mod tests {
             url: "http://127.0.0.1:9/hook".into(),
             secret: String::new(),
         });
-        let checked = validate_spec(with_callback).expect("valid");
+        let checked = validate_spec_test(with_callback).expect("valid");
         let secret = checked.callback.expect("callback").secret;
         assert!(is_webhook_secret(&secret), "{secret}");
 
@@ -430,6 +479,6 @@ mod tests {
             url: "ftp://x".into(),
             secret: String::new(),
         });
-        assert!(message(validate_spec(bad)).contains("spec.callback.url"));
+        assert!(message(validate_spec_test(bad)).contains("spec.callback.url"));
     }
 }

@@ -14,18 +14,22 @@ pub fn six_second_clip() -> &'static Path {
     &CLIP.get_or_init(|| make(6.0, 320, 240)).1
 }
 
-/// Writes a fresh clip into its own temporary directory.
+/// Writes a fresh 30 fps clip with audio into its own temporary directory.
 pub fn make(seconds: f64, width: u32, height: u32) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("clip.mp4");
-    media::init().expect("gstreamer init");
-    let clip = TestClip {
+    make_clip(&TestClip {
         seconds,
         width,
         height,
         fps: 30,
         audio: true,
-    };
-    media::write_test_clip(&clip, &path).expect("generate test clip");
+    })
+}
+
+/// Writes a fresh clip of any shape into its own temporary directory.
+pub fn make_clip(clip: &TestClip) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("clip.mp4");
+    media::init().expect("gstreamer init");
+    media::write_test_clip(clip, &path).expect("generate test clip");
     (dir, path)
 }

@@ -1,0 +1,268 @@
+//! Every media operation through the whole service, on generated media: the
+//! stored result is checked by GStreamer's discoverer (duration, codecs,
+//! streams, size), and copy paths report that nothing was re-encoded.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use reelmesh_cli::{ReelmeshClient, client::asset_source};
+use reelmesh_integration_tests::{KEY_A, TestCluster, clips};
+use reelmesh_proto::v1::{self as pb, job_spec::Operation};
+use reelmesh_render::media::{self, MediaInfo, TestClip};
+
+/// Submits `spec`, follows it to its end and returns the final job.
+async fn run(client: &mut ReelmeshClient, spec: pb::JobSpec) -> anyhow::Result<pb::Job> {
+    let job = client.submit(spec).await?;
+    let events = client.watch(&job.id).await?;
+    tokio::time::timeout(Duration::from_secs(90), events.for_each(|_| async {})).await?;
+    Ok(client.get(&job.id).await?)
+}
+
+/// Downloads output `key` and probes it.
+async fn probe_output(client: &mut ReelmeshClient, key: &str) -> anyhow::Result<MediaInfo> {
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join(key.rsplit('/').next().unwrap_or("out"));
+    client.download_file(key, &local).await?;
+    Ok(media::probe(&local)?)
+}
+
+fn completed(job: &pb::Job) -> pb::JobOutput {
+    assert_eq!(
+        job.state(),
+        pb::JobState::Completed,
+        "job failed: {}",
+        job.error
+    );
+    job.output.clone().expect("a completed job has an output")
+}
+
+fn spec(operation: Operation) -> pb::JobSpec {
+    pb::JobSpec {
+        operation: Some(operation),
+        ..Default::default()
+    }
+}
+
+fn concat(keys: &[&str], copy: pb::CopyMode) -> pb::JobSpec {
+    pb::JobSpec {
+        copy: copy as i32,
+        ..spec(Operation::Concat(pb::Concat {
+            inputs: keys.iter().map(|key| asset_source(key)).collect(),
+        }))
+    }
+}
+
+async fn upload_clip(client: &mut ReelmeshClient, clip: TestClip, key: &str) -> anyhow::Result<()> {
+    let (_dir, path) = clips::make_clip(&clip);
+    client.upload_file(&path, key).await?;
+    Ok(())
+}
+
+fn clip(seconds: f64, width: u32, height: u32, fps: u32, audio: bool) -> TestClip {
+    TestClip {
+        seconds,
+        width,
+        height,
+        fps,
+        audio,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatible_clips_concatenate_by_stream_copy() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    for key in ["in/a.mp4", "in/b.mp4", "in/c.mp4"] {
+        upload_clip(&mut client, clip(2.0, 320, 240, 30, true), key).await?;
+    }
+    let job = run(
+        &mut client,
+        concat(&["in/a.mp4", "in/b.mp4", "in/c.mp4"], pb::CopyMode::Auto),
+    )
+    .await?;
+    let output = completed(&job);
+    assert!(
+        output.copied,
+        "compatible inputs should be copied, not re-encoded"
+    );
+    let info = probe_output(&mut client, &output.key).await?;
+    assert!(
+        (info.duration_seconds - 6.0).abs() <= 0.1,
+        "duration {}",
+        info.duration_seconds
+    );
+    assert_eq!(info.video.map(|v| v.codec), Some("h264".into()));
+    assert_eq!(info.audio.map(|a| a.codec), Some("aac".into()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_clips_are_normalised_or_refused_when_copy_is_required() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    upload_clip(&mut client, clip(2.0, 320, 240, 30, true), "in/small.mp4").await?;
+    upload_clip(
+        &mut client,
+        clip(2.0, 640, 360, 25, false),
+        "in/wide-silent.mp4",
+    )
+    .await?;
+    let inputs = ["in/small.mp4", "in/wide-silent.mp4"];
+
+    let required = run(&mut client, concat(&inputs, pb::CopyMode::Required)).await?;
+    assert_eq!(required.state(), pb::JobState::Failed);
+    assert!(
+        required.error.contains("cannot be copied"),
+        "{}",
+        required.error
+    );
+
+    let job = run(&mut client, concat(&inputs, pb::CopyMode::Auto)).await?;
+    let output = completed(&job);
+    assert!(!output.copied);
+    let info = probe_output(&mut client, &output.key).await?;
+    assert!(
+        (info.duration_seconds - 4.0).abs() <= 0.15,
+        "duration {}",
+        info.duration_seconds
+    );
+    assert!(
+        info.audio.is_some(),
+        "the clip without audio gets silence, so audio runs throughout"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_aligned_trim_is_copied_and_an_unaligned_one_is_exact() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let trim = |start, end| {
+        spec(Operation::Trim(pb::Trim {
+            input: Some(asset_source("in/clip.mp4")),
+            start_seconds: start,
+            end_seconds: end,
+        }))
+    };
+    // Test clips have a keyframe every 2 s.
+    let aligned = completed(&run(&mut client, trim(2.0, 4.0)).await?);
+    assert!(aligned.copied, "a cut on keyframes needs no re-encode");
+    let info = probe_output(&mut client, &aligned.key).await?;
+    assert!(
+        (info.duration_seconds - 2.0).abs() <= 0.1,
+        "duration {}",
+        info.duration_seconds
+    );
+
+    let exact = completed(&run(&mut client, trim(1.5, 3.0)).await?);
+    assert!(!exact.copied);
+    let info = probe_output(&mut client, &exact.key).await?;
+    assert!(
+        (info.duration_seconds - 1.5).abs() <= 0.1,
+        "duration {}",
+        info.duration_seconds
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_is_burned_in_with_merge_fields() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let mut job_spec = spec(Operation::AddText(pb::AddText {
+        input: Some(asset_source("in/clip.mp4")),
+        overlays: vec![pb::TextOverlay {
+            text: "{{city}} {{temp}}".into(),
+            box_color: "#000000a0".into(),
+            ..Default::default()
+        }],
+    }));
+    job_spec.fields = [("city", "Oslo"), ("temp", "21°C")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let job = run(&mut client, job_spec).await?;
+    let Some(Operation::AddText(stored)) = job.spec.as_ref().and_then(|s| s.operation.clone())
+    else {
+        panic!("spec lost")
+    };
+    assert_eq!(stored.overlays[0].text, "Oslo 21°C");
+    let output = completed(&job);
+    let info = probe_output(&mut client, &output.key).await?;
+    assert!((info.duration_seconds - 6.0).abs() <= 0.1);
+    assert_eq!(info.video.map(|v| (v.width, v.height)), Some((320, 240)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_is_extracted_to_opus_and_copied_to_m4a() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let extract = |container: pb::Container| pb::JobSpec {
+        output: Some(pb::OutputSpec {
+            container: container as i32,
+            ..Default::default()
+        }),
+        ..spec(Operation::ExtractAudio(pb::ExtractAudio {
+            input: Some(asset_source("in/clip.mp4")),
+        }))
+    };
+    let opus = completed(&run(&mut client, extract(pb::Container::Opus)).await?);
+    assert!(opus.key.ends_with(".opus"));
+    let info = probe_output(&mut client, &opus.key).await?;
+    assert!(info.video.is_none());
+    assert_eq!(info.audio.map(|a| a.codec), Some("opus".into()));
+    assert!((info.duration_seconds - 6.0).abs() <= 0.1);
+
+    let m4a = completed(&run(&mut client, extract(pb::Container::M4a)).await?);
+    assert!(m4a.copied, "AAC goes into M4A without re-encoding");
+    let info = probe_output(&mut client, &m4a.key).await?;
+    assert_eq!(info.audio.map(|a| a.codec), Some("aac".into()));
+
+    upload_clip(&mut client, clip(1.0, 160, 120, 30, false), "in/silent.mp4").await?;
+    let mut silent = extract(pb::Container::Opus);
+    if let Some(Operation::ExtractAudio(op)) = silent.operation.as_mut() {
+        op.input = Some(asset_source("in/silent.mp4"));
+    }
+    let failed = run(&mut client, silent).await?;
+    assert_eq!(failed.state(), pb::JobState::Failed);
+    assert!(failed.error.contains("in/silent.mp4"), "{}", failed.error);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_are_taken_at_each_time() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let job_spec = pb::JobSpec {
+        output: Some(pb::OutputSpec {
+            container: pb::Container::Png as i32,
+            width: 160,
+            ..Default::default()
+        }),
+        ..spec(Operation::Thumbnail(pb::Thumbnail {
+            input: Some(asset_source("in/clip.mp4")),
+            times_seconds: vec![0.5, 3.0, 5.5],
+        }))
+    };
+    let output = completed(&run(&mut client, job_spec).await?);
+    assert_eq!(output.keys.len(), 3);
+    assert!(output.keys.iter().all(|key| key.ends_with(".png")));
+    for key in &output.keys {
+        let info = probe_output(&mut client, key).await?;
+        assert_eq!(info.video.map(|v| (v.width, v.height)), Some((160, 120)));
+    }
+    Ok(())
+}
