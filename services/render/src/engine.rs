@@ -1,12 +1,18 @@
 //! Runs a [`RenderPlan`] on local files: the one place where plan types meet
-//! the GStreamer media module. Blocking; the worker calls it on the blocking
-//! pool.
+//! the GStreamer media module, and where the copy-or-encode decision is made
+//! (it needs the inputs, so it cannot be made at submit).
+//!
+//! Blocking; the worker calls it on the blocking pool.
 
 use std::path::{Path, PathBuf};
 
+use reelmesh_proto::v1::CopyMode;
+
 use crate::{
-    media::{self, MediaError, TranscodeRequest},
-    plan::{RenderPlan, Work},
+    RenderError,
+    error::LocalInput,
+    media::{self, AudioFormat as MediaAudio, Control, MediaError, TranscodeRequest},
+    plan::{AudioFormat, RenderPlan, Work, decide_copy},
 };
 
 /// What a render produced: files in output order, and whether streams were
@@ -17,69 +23,141 @@ pub struct Rendered {
     pub copied: bool,
 }
 
-/// Cancel, watchdog and progress, shared by every operation.
-pub struct Control<'a> {
-    pub cancel: &'a media::CancelFlag,
-    pub stall_timeout: std::time::Duration,
-    pub on_progress: &'a mut dyn FnMut(f64),
-}
-
-impl std::fmt::Debug for Control<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control")
-            .field("stall_timeout", &self.stall_timeout)
-            .finish()
-    }
-}
+/// How far apart a cut and a keyframe may be for the cut to count as on it.
+const KEYFRAME_TOLERANCE: f64 = 0.001;
+/// AAC bitrate that forces a re-encode when copying is not wanted.
+const REENCODE_AAC_BITRATE: u32 = 128_000;
 
 /// Renders `plan` from `inputs` (local copies of `plan.work.inputs()`, same
 /// order) into files under `scratch`.
 pub fn execute(
     plan: &RenderPlan,
-    inputs: &[PathBuf],
+    inputs: &[LocalInput],
     scratch: &Path,
-    control: Control,
-) -> Result<Rendered, MediaError> {
+    control: &mut Control<'_>,
+) -> Result<Rendered, RenderError> {
     let output = scratch.join(format!("output.{}", plan.work.extension()));
-    match &plan.work {
+    let paths: Vec<&Path> = inputs.iter().map(|input| input.path.as_path()).collect();
+    let named = |err: MediaError| RenderError::from_media(err, inputs);
+    let copied = match &plan.work {
         Work::Transcode {
             range, overlays, ..
-        } if overlays.is_empty() => {
-            let request = TranscodeRequest {
-                input: first(inputs)?,
-                output: &output,
-                range: *range,
+        } => {
+            let copy = match range {
+                Some(range) if overlays.is_empty() => {
+                    decide_copy(plan.copy, trim_copyable(paths[0], *range))?
+                }
+                _ => false,
             };
-            media::transcode_mp4(
-                &request,
-                control.cancel,
-                control.stall_timeout,
-                control.on_progress,
-            )?;
-            Ok(Rendered {
-                files: vec![output],
-                copied: false,
-            })
+            if copy {
+                let range = range.unwrap_or_default();
+                media::trim_copy(paths[0], &output, range, control).map_err(named)?;
+            } else {
+                let request = TranscodeRequest {
+                    input: paths[0],
+                    output: &output,
+                    range: *range,
+                };
+                media::transcode(&request, control).map_err(named)?;
+            }
+            copy
         }
-        other => Err(MediaError::Pipeline(format!(
-            "this worker cannot render {} jobs yet",
-            work_name(other)
-        ))),
-    }
+        Work::Concat { .. } => {
+            let compatible = media::copy_compatible(&paths).map_err(named)?;
+            if !decide_copy(plan.copy, compatible)? {
+                return Err(RenderError::Plan(
+                    "these inputs need re-encoding to be joined, which this worker cannot do yet"
+                        .into(),
+                ));
+            }
+            media::concat(&paths, &output, control).map_err(named)?;
+            true
+        }
+        Work::ExtractAudio {
+            format,
+            bitrate_kbps,
+            ..
+        } => extract_audio(
+            paths[0],
+            &output,
+            *format,
+            *bitrate_kbps,
+            plan.copy,
+            control,
+        )
+        .map_err(named)?,
+        Work::Thumbnails { .. } => {
+            return Err(RenderError::Plan(
+                "this worker cannot take thumbnails yet".into(),
+            ));
+        }
+    };
+    Ok(Rendered {
+        files: vec![output],
+        copied,
+    })
 }
 
-fn first(inputs: &[PathBuf]) -> Result<&Path, MediaError> {
-    inputs
-        .first()
-        .map(PathBuf::as_path)
-        .ok_or_else(|| MediaError::Pipeline("no input".into()))
+/// A cut can be copied when it starts on a keyframe; the reason otherwise.
+fn trim_copyable(input: &Path, (start, _end): (f64, f64)) -> Result<(), String> {
+    let keyframes = media::keyframe_times(input).map_err(|err| err.to_string())?;
+    if keyframes
+        .iter()
+        .any(|k| (k - start).abs() <= KEYFRAME_TOLERANCE)
+    {
+        return Ok(());
+    }
+    let before = keyframes
+        .iter()
+        .rev()
+        .find(|k| **k < start)
+        .copied()
+        .unwrap_or(0.0);
+    let after = keyframes.iter().find(|k| **k > start);
+    Err(match after {
+        Some(after) => format!(
+            "the cut at {start:.3} s is between keyframes at {before:.3} s and {after:.3} s"
+        ),
+        None => format!("the cut at {start:.3} s is after the last keyframe at {before:.3} s"),
+    })
 }
 
-fn work_name(work: &Work) -> &'static str {
-    match work {
-        Work::Transcode { .. } => "text overlay",
-        Work::Concat { .. } => "concat",
-        Work::ExtractAudio { .. } => "extract_audio",
-        Work::Thumbnails { .. } => "thumbnail",
+/// Extracts audio; returns whether the AAC stream was copied into M4A.
+fn extract_audio(
+    input: &Path,
+    output: &Path,
+    format: AudioFormat,
+    bitrate_kbps: Option<u32>,
+    copy: CopyMode,
+    control: &mut Control<'_>,
+) -> Result<bool, MediaError> {
+    let bitrate = bitrate_kbps.map(|kbps| kbps * 1000);
+    let (media_format, copied) = match format {
+        AudioFormat::Opus => (MediaAudio::Opus, false),
+        AudioFormat::Mp3 => (MediaAudio::Mp3, false),
+        AudioFormat::M4a => {
+            let is_aac = media::probe(input)?
+                .audio
+                .is_some_and(|audio| audio.codec == "aac");
+            (
+                MediaAudio::M4a,
+                is_aac && bitrate.is_none() && copy != CopyMode::Never,
+            )
+        }
+    };
+    if copy == CopyMode::Required && !copied {
+        return Err(MediaError::BadInput {
+            input: input.display().to_string(),
+            reason: "copy mode is REQUIRED but the audio is not AAC, so it cannot be copied".into(),
+        });
     }
+    // The media module copies AAC whenever no bitrate is asked for; asking
+    // for one is how a re-encode is forced.
+    let bitrate = match format {
+        AudioFormat::M4a if copied => None,
+        AudioFormat::M4a => bitrate.or(Some(REENCODE_AAC_BITRATE)),
+        AudioFormat::Opus | AudioFormat::Mp3 => bitrate,
+    };
+    media::extract_audio(input, output, media_format, bitrate, control)?;
+    Ok(copied)
 }

@@ -6,7 +6,6 @@
 //! running while another worker could have started it.
 
 use std::{
-    path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
@@ -22,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     RenderConfig, RenderError,
-    engine::{self, Control, Rendered},
+    engine::{self, Rendered},
     error::LocalInput,
-    media,
+    media::{self, Control},
     plan::{RenderPlan, Work},
 };
 
@@ -146,8 +145,7 @@ impl RenderWorker {
             .run_engine(&plan, &inputs, scratch.path(), cancel, progress_tx, message)
             .await;
         watchers.cancel();
-        let rendered = rendered.map_err(|err| RenderError::from_media(err, &inputs))?;
-        self.store_outputs(job, &plan, rendered).await
+        self.store_outputs(job, &plan, rendered?).await
     }
 
     /// Copies every input into scratch space, naming a missing one.
@@ -217,9 +215,8 @@ impl RenderWorker {
         cancel: Arc<AtomicBool>,
         progress: watch::Sender<f64>,
         message: &Message,
-    ) -> Result<Rendered, media::MediaError> {
-        let plan = plan.clone();
-        let paths: Vec<PathBuf> = inputs.iter().map(|input| input.path.clone()).collect();
+    ) -> Result<Rendered, RenderError> {
+        let (plan, inputs) = (plan.clone(), inputs.to_vec());
         let scratch = scratch.to_path_buf();
         let stall_timeout = self.config.stall_timeout();
         let engine = tokio::task::spawn_blocking(move || {
@@ -230,19 +227,15 @@ impl RenderWorker {
                     changed
                 });
             };
-            let control = Control {
-                cancel: &cancel,
-                stall_timeout,
-                on_progress: &mut on_progress,
-            };
-            engine::execute(&plan, &paths, &scratch, control)
+            let mut control = Control::new(&cancel, stall_timeout, &mut on_progress);
+            engine::execute(&plan, &inputs, &scratch, &mut control)
         });
         tokio::pin!(engine);
         let heartbeat = self.config.topology.work_ack_wait / 3;
         loop {
             tokio::select! {
                 result = &mut engine => {
-                    return result.unwrap_or_else(|err| Err(media::MediaError::Pipeline(err.to_string())));
+                    return result.unwrap_or_else(|err| Err(RenderError::Pipeline(err.to_string())));
                 }
                 _ = tokio::time::sleep(heartbeat) => {
                     let _ = message.ack_with(AckKind::Progress).await;

@@ -1,15 +1,28 @@
 //! Media helpers for reelmesh built on GStreamer: probing inputs, transcoding
-//! them to H.264/AAC MP4 (optionally trimmed), and generating synthetic clips
-//! for tests and demos. All entry points are blocking; run them on a worker
-//! thread (e.g. `spawn_blocking`) when called from async code.
+//! them to H.264/AAC MP4 (optionally trimmed), lossless concatenation and
+//! trimming, audio extraction, and generating synthetic clips for tests and
+//! demos. All entry points are blocking and driven by one runner
+//! ([`runner`]); run them on a worker thread (e.g. `spawn_blocking`) when
+//! called from async code.
 
+pub mod audio;
+pub mod concat;
+pub(crate) mod elements;
 pub mod pipeline;
 pub mod probe;
+pub mod runner;
 pub mod testsrc;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod trim;
 
-pub use pipeline::{CancelFlag, TranscodeRequest, init, transcode_mp4};
+pub use audio::{AudioFormat, extract_audio};
+pub use concat::{concat, copy_compatible};
+pub use pipeline::{TranscodeRequest, transcode, transcode_mp4};
 pub use probe::{AudioInfo, MediaInfo, VideoInfo, probe};
+pub use runner::{CancelFlag, Control, init};
 pub use testsrc::{TestClip, write_test_clip};
+pub use trim::{keyframe_times, trim_copy};
 
 /// Errors from probing, transcoding and clip generation.
 #[derive(Debug, thiserror::Error)]

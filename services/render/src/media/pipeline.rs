@@ -1,29 +1,25 @@
 //! Blocking transcode of any input GStreamer can decode into H.264 + AAC in a
 //! fast-start MP4, optionally trimmed to a time range with a frame-accurate
-//! seek. The caller gets progress callbacks, can cancel from another thread,
-//! and is protected from wedged pipelines by a stall timeout.
+//! seek. The bus loop, cancellation, stall watchdog and progress live in
+//! [`crate::media::runner`]; this file only describes the graph.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use gst::glib;
 use gst::prelude::*;
 use gstreamer as gst;
 
-use crate::media::MediaError;
+pub use crate::media::runner::{CancelFlag, Control, init};
 
-/// Upper bound on how long cancellation and stalls go unnoticed.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Minimum spacing between two progress callbacks.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(150);
-/// How much encoded media may pile up in front of the muxer, per stream.
-const MUX_QUEUE_TIME: gst::ClockTime = gst::ClockTime::from_seconds(60);
-/// Streams ending this much before the declared end mean a truncated input.
-const TRUNCATION_TOLERANCE: gst::ClockTime = gst::ClockTime::from_seconds(1);
-/// Progress stays below this until the muxer has finalised the file.
-const MAX_PROGRESS_BEFORE_DONE: f64 = 0.99;
+use crate::media::MediaError;
+use crate::media::elements::{
+    Kind, add_live_chain, capsfilter, discard, element, ends, file_sink, file_source, link_to_mux,
+    mp4_mux, mux_queue, pipeline_error, static_pad,
+};
+use crate::media::runner::{self, Gate, Monitor, Session};
 
 /// What to transcode and where to write it.
 #[derive(Debug)]
@@ -34,335 +30,114 @@ pub struct TranscodeRequest<'a> {
     pub range: Option<(f64, f64)>,
 }
 
-/// Shared cancel flag; the caller sets it from another thread/task.
-pub type CancelFlag = Arc<AtomicBool>;
-
-/// Initialises GStreamer; cheap to call repeatedly.
-pub fn init() -> Result<(), MediaError> {
-    gst::init().map_err(|e| MediaError::Pipeline(format!("gstreamer init: {e}")))
-}
-
 /// Blocking: decodes `req.input`, trims it to `req.range` (frame accurate
 /// via an ACCURATE seek), encodes H.264 (x264enc, default settings) + AAC
 /// (avenc_aac) and writes a fast-start MP4 to `req.output`.
 ///
-/// Calls `on_progress` with non-decreasing fractions roughly every 150-200 ms,
-/// and with exactly 1.0 once the file is complete. `cancel` is checked every
-/// 50 ms; on cancel (and on any other error) the partial output is deleted.
-/// If no buffer flows anywhere in the pipeline for `stall_timeout`, the job
-/// is aborted with [`MediaError::Stalled`].
+/// Equivalent to [`transcode`] with a [`Control`] built from the arguments.
 pub fn transcode_mp4(
     req: &TranscodeRequest,
     cancel: &CancelFlag,
     stall_timeout: Duration,
     on_progress: &mut dyn FnMut(f64),
 ) -> Result<(), MediaError> {
-    init()?;
-    validate_range(req)?;
-    let watch = Watch {
-        cancel,
-        stall_timeout,
-    };
-    let job = Job::build(req)?;
-    let result = job.run(&watch, on_progress);
-    // Stopping the pipeline closes the output before it is deleted.
-    drop(job);
-    if result.is_err() {
-        remove_partial_output(req.output);
-    }
-    result
+    transcode(req, &mut Control::new(cancel, stall_timeout, on_progress))
 }
 
-/// Creates an element with default properties.
-pub(crate) fn element(factory: &str) -> Result<gst::Element, MediaError> {
-    make(gst::ElementFactory::make(factory))
+/// Blocking transcode steered by `control`; see [`transcode_mp4`].
+pub fn transcode(req: &TranscodeRequest, control: &mut Control<'_>) -> Result<(), MediaError> {
+    validate_range(req.input, req.range)?;
+    runner::run(control, |session| {
+        let job = Job::build(session, req)?;
+        job.run(session)
+    })
 }
 
-/// Builds an element, turning a missing plugin into a readable error.
-pub(crate) fn make(
-    builder: gst::element_factory::ElementBuilder<'_>,
-) -> Result<gst::Element, MediaError> {
-    builder
-        .build()
-        .map_err(|e| MediaError::Pipeline(e.to_string()))
-}
-
-/// Queue placed directly in front of a muxer input.
-///
-/// A muxer interleaves by timestamp, so it holds one stream back while it
-/// waits for the other. x264enc emits nothing until its lookahead is full
-/// (40+ frames at the default preset: seconds of media at low frame rates),
-/// and inputs are not always tightly interleaved. Meanwhile audio keeps
-/// coming; once a 1 s default queue is full the demuxer's single streaming
-/// thread blocks on it, video starves and nothing moves again (reproduced
-/// with qtdemux ! queue ! ... and one default queue on the audio branch).
-/// decodebin's multiqueue happens to grow and hide this today, but that is
-/// an implementation detail. Queuing encoded data costs little memory, so
-/// the limit is by time only, and generous.
-pub(crate) fn mux_queue() -> Result<gst::Element, MediaError> {
-    make(
-        gst::ElementFactory::make("queue")
-            .property("max-size-buffers", 0u32)
-            .property("max-size-bytes", 0u32)
-            .property("max-size-time", MUX_QUEUE_TIME.nseconds()),
-    )
-}
-
-/// Links the last element of `chain` to a new `template` pad of `mux`.
-///
-/// Pads are requested by template explicitly: a queue has ANY caps, so
-/// automatic linking could hand an audio chain a video pad.
-pub(crate) fn link_to_mux(
-    chain: &[gst::Element],
-    mux: &gst::Element,
-    template: &str,
-) -> Result<(), MediaError> {
-    let (_, last) = ends(chain)?;
-    let mux_pad = mux
-        .request_pad_simple(template)
-        .ok_or_else(|| MediaError::Pipeline(format!("{} has no {template} pad", mux.name())))?;
-    static_pad(last, "src")?
-        .link(&mux_pad)
-        .map_err(pipeline_error)?;
-    Ok(())
-}
-
-fn validate_range(req: &TranscodeRequest) -> Result<(), MediaError> {
-    match req.range {
+/// Rejects ranges that are empty, reversed, negative or not finite.
+pub(crate) fn validate_range(input: &Path, range: Option<(f64, f64)>) -> Result<(), MediaError> {
+    match range {
         Some((start, end)) if !(start >= 0.0 && end > start && end.is_finite()) => Err(
-            MediaError::bad_input(req.input, format!("invalid trim range {start}..{end}")),
+            MediaError::bad_input(input, format!("invalid trim range {start}..{end}")),
         ),
         _ => Ok(()),
     }
 }
 
-fn remove_partial_output(output: &Path) {
-    match std::fs::remove_file(output) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(output = %output.display(), "cannot remove partial output: {e}"),
+/// Per-kind encoder branch, from decoded frames/samples to the muxer queue.
+fn encoder_branch(kind: Kind) -> Result<Vec<gst::Element>, MediaError> {
+    match kind {
+        Kind::Video => Ok(vec![
+            // Decouples decoding from encoding so both run in parallel.
+            element("queue")?,
+            element("videoconvert")?,
+            // 8-bit 4:2:0 is the only H.264 flavour browsers reliably play;
+            // without this x264enc would happily emit High 4:4:4 or 10-bit.
+            capsfilter(
+                gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .build(),
+            )?,
+            element("x264enc")?,
+            mux_queue()?,
+        ]),
+        Kind::Audio => Ok(vec![
+            element("audioconvert")?,
+            element("audioresample")?,
+            element("avenc_aac")?,
+            mux_queue()?,
+        ]),
     }
 }
 
-/// mp4mux ! filesink writing to `output`.
-fn output_elements(output: &Path) -> Result<(gst::Element, gst::Element), MediaError> {
-    let location = output.to_str().ok_or_else(|| {
-        MediaError::Pipeline(format!("output {} is not valid UTF-8", output.display()))
-    })?;
-    let mux = make(gst::ElementFactory::make("mp4mux").property("faststart", true))?;
-    // async=false: the sink cannot preroll while decodebin's pads are held
-    // back for the seek, so only decodebin's own readiness gates PAUSED.
-    let filesink = make(
-        gst::ElementFactory::make("filesink")
-            .property("location", location)
-            .property("async", false),
-    )?;
-    Ok((mux, filesink))
-}
-
-/// Cancellation and stall limits that every wait honours.
-struct Watch<'a> {
-    cancel: &'a CancelFlag,
-    stall_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Video,
-    Audio,
-}
-
-impl Kind {
-    fn of(pad: &gst::Pad) -> Option<Self> {
-        let caps = pad.current_caps()?;
-        let name = caps.structure(0)?.name();
-        if name.starts_with("video/") {
-            Some(Self::Video)
-        } else if name.starts_with("audio/") {
-            Some(Self::Audio)
-        } else {
-            None
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    fn mux_pad_template(self) -> &'static str {
-        match self {
-            Self::Video => "video_%u",
-            Self::Audio => "audio_%u",
-        }
-    }
-
-    fn elements(self) -> Result<Vec<gst::Element>, MediaError> {
-        match self {
-            Self::Video => Ok(vec![
-                // Decouples decoding from encoding so both run in parallel.
-                element("queue")?,
-                element("videoconvert")?,
-                // 8-bit 4:2:0 is the only H.264 flavour browsers reliably play;
-                // without this x264enc would happily emit High 4:4:4 or 10-bit.
-                make(
-                    gst::ElementFactory::make("capsfilter").property(
-                        "caps",
-                        gst::Caps::builder("video/x-raw")
-                            .field("format", "I420")
-                            .build(),
-                    ),
-                )?,
-                element("x264enc")?,
-                mux_queue()?,
-            ]),
-            Self::Audio => Ok(vec![
-                element("audioconvert")?,
-                element("audioresample")?,
-                element("avenc_aac")?,
-                mux_queue()?,
-            ]),
-        }
-    }
-}
-
-/// Per-stream bookkeeping, written from streaming threads.
-#[derive(Default)]
-struct StreamState {
-    linked: AtomicBool,
-    eos: AtomicBool,
-    /// Running time (ns) of the end of the latest buffer handed to the muxer.
-    end_ns: AtomicU64,
-}
-
-/// State shared between the bus loop and the streaming threads.
-struct Shared {
-    epoch: Instant,
-    last_buffer_ms: AtomicU64,
-    streams: [StreamState; 2],
-    blocked: Mutex<Vec<(gst::Pad, gst::PadProbeId)>>,
-}
-
-impl Shared {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_buffer_ms: AtomicU64::new(0),
-            streams: Default::default(),
-            blocked: Mutex::default(),
-        }
-    }
-
-    fn stream(&self, kind: Kind) -> &StreamState {
-        &self.streams[kind.index()]
-    }
-
-    fn touch(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_buffer_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_buffer_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    fn linked(&self) -> impl Iterator<Item = &StreamState> {
-        self.streams
-            .iter()
-            .filter(|s| s.linked.load(Ordering::Relaxed))
-    }
-
-    /// How far every still-running stream has got; `None` if all are done.
-    fn position(&self) -> Option<gst::ClockTime> {
-        self.linked()
-            .filter(|s| !s.eos.load(Ordering::Relaxed))
-            .map(|s| gst::ClockTime::from_nseconds(s.end_ns.load(Ordering::Relaxed)))
-            .min()
-    }
-
-    /// How far the longest stream got.
-    fn reached(&self) -> gst::ClockTime {
-        self.linked()
-            .map(|s| gst::ClockTime::from_nseconds(s.end_ns.load(Ordering::Relaxed)))
-            .max()
-            .unwrap_or(gst::ClockTime::ZERO)
-    }
-
-    fn block(&self, pad: &gst::Pad) {
-        // Holds decoded data at the decodebin boundary until the trim seek is
-        // done, so nothing from before the range reaches encoders or muxer.
-        let probe = pad.add_probe(
-            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            |_, _| gst::PadProbeReturn::Ok,
-        );
-        if let Some(id) = probe {
-            self.lock_blocked().push((pad.clone(), id));
-        }
-    }
-
-    fn unblock_all(&self) {
-        for (pad, id) in self.lock_blocked().drain(..) {
-            pad.remove_probe(id);
-        }
-    }
-
-    fn lock_blocked(&self) -> std::sync::MutexGuard<'_, Vec<(gst::Pad, gst::PadProbeId)>> {
-        self.blocked.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// One transcode pipeline: filesrc ! decodebin, with per-stream encoder
-/// branches linked on demand into mp4mux ! filesink.
-struct Job<'a> {
-    req: &'a TranscodeRequest<'a>,
-    pipeline: gst::Pipeline,
-    filesrc: gst::Element,
+/// One transcode: filesrc ! decodebin, with per-stream encoder branches
+/// linked on demand into mp4mux ! filesink.
+struct Job<'r> {
+    req: &'r TranscodeRequest<'r>,
     decodebin: gst::Element,
-    shared: Arc<Shared>,
+    linker: Arc<Linker>,
 }
 
-impl<'a> Job<'a> {
-    fn build(req: &'a TranscodeRequest<'a>) -> Result<Self, MediaError> {
-        let input = req
-            .input
-            .to_str()
-            .ok_or_else(|| MediaError::bad_input(req.input, "path is not valid UTF-8"))?;
-        let pipeline = gst::Pipeline::new();
-        let filesrc = make(gst::ElementFactory::make("filesrc").property("location", input))?;
+impl<'r> Job<'r> {
+    fn build(session: &mut Session, req: &'r TranscodeRequest<'r>) -> Result<Self, MediaError> {
+        let filesrc = file_source(req.input)?;
         let decodebin = element("decodebin")?;
-        let (mux, filesink) = output_elements(req.output)?;
-        let all = [&filesrc, &decodebin, &mux, &filesink];
-        pipeline.add_many(all).map_err(pipeline_error)?;
+        let mux = mp4_mux()?;
+        let filesink = file_sink(req.output)?;
+        let pipeline = session.pipeline();
+        pipeline
+            .add_many([&filesrc, &decodebin, &mux, &filesink])
+            .map_err(pipeline_error)?;
         filesrc.link(&decodebin).map_err(pipeline_error)?;
         mux.link(&filesink).map_err(pipeline_error)?;
+        session.add_input(req.input, &filesrc);
+        session.add_input(req.input, &decodebin);
+        session.add_output(req.output);
 
-        let shared = Arc::new(Shared::new());
         // Reading input and writing output count as activity too, so neither
         // a slow preroll nor mp4mux's fast-start rewrite at the end (which
         // copies the whole file) is mistaken for a stall.
-        watch_activity(&static_pad(&filesrc, "src")?, &shared);
-        watch_activity(&static_pad(&filesink, "sink")?, &shared);
-        let linker = Linker {
-            pipeline: pipeline.downgrade(),
+        let monitor = session.monitor();
+        monitor.watch(&static_pad(&filesrc, "src")?);
+        monitor.watch(&static_pad(&filesink, "sink")?);
+        let linker = Arc::new(Linker {
+            pipeline: session.pipeline().downgrade(),
             mux: mux.downgrade(),
-            shared: Arc::clone(&shared),
-        };
-        decodebin.connect_pad_added(move |_, pad| linker.on_pad_added(pad));
+            monitor: Arc::clone(monitor),
+            gate: Gate::default(),
+            linked: Default::default(),
+        });
+        let on_pad = Arc::clone(&linker);
+        decodebin.connect_pad_added(move |_, pad| on_pad.on_pad_added(pad));
         Ok(Self {
             req,
-            pipeline,
-            filesrc,
             decodebin,
-            shared,
+            linker,
         })
     }
 
-    fn run(&self, watch: &Watch, on_progress: &mut dyn FnMut(f64)) -> Result<(), MediaError> {
-        self.shared.touch();
-        if self.set_state(gst::State::Paused)? == gst::StateChangeSuccess::Async {
-            self.wait_for(gst::MessageType::AsyncDone, watch, &mut || {})?;
-        }
-        if self.shared.linked().next().is_none() {
+    fn run(&self, session: &mut Session) -> Result<(), MediaError> {
+        session.preroll()?;
+        if !self.linker.any_linked() {
             return Err(self.bad_input("no audio or video stream"));
         }
         let duration = self.duration();
@@ -370,92 +145,11 @@ impl<'a> Job<'a> {
         if let Some((start, end)) = self.req.range {
             self.seek(start, end)?;
         }
-        self.shared.unblock_all();
-        self.shared.touch();
-        self.set_state(gst::State::Playing)?;
-
-        let mut progress = Progress::new(on_progress, span);
-        self.wait_for(gst::MessageType::Eos, watch, &mut || {
-            progress.tick(&self.shared)
-        })?;
+        self.linker.gate.open();
+        session.set_span(span);
+        session.play_to_eos()?;
         // Without a declared duration there is nothing to compare against.
-        self.check_complete(duration.and(span))?;
-        progress.finish();
-        Ok(())
-    }
-
-    fn set_state(&self, state: gst::State) -> Result<gst::StateChangeSuccess, MediaError> {
-        match self.pipeline.set_state(state) {
-            Ok(success) => Ok(success),
-            Err(_) => Err(self.pending_error().unwrap_or_else(|| {
-                MediaError::Pipeline(format!("cannot switch pipeline to {state:?}"))
-            })),
-        }
-    }
-
-    /// The error message explaining a failed state change, if one was posted.
-    fn pending_error(&self) -> Option<MediaError> {
-        let bus = self.pipeline.bus()?;
-        let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
-        match msg.view() {
-            gst::MessageView::Error(err) => Some(self.classify(err)),
-            _ => None,
-        }
-    }
-
-    /// Pumps the bus until `target` arrives, honouring cancel and stall limits.
-    fn wait_for(
-        &self,
-        target: gst::MessageType,
-        watch: &Watch,
-        on_tick: &mut dyn FnMut(),
-    ) -> Result<(), MediaError> {
-        let bus = self
-            .pipeline
-            .bus()
-            .ok_or_else(|| MediaError::Pipeline("pipeline has no bus".into()))?;
-        loop {
-            if watch.cancel.load(Ordering::Relaxed) {
-                return Err(MediaError::Cancelled);
-            }
-            if self.shared.idle_for() > watch.stall_timeout {
-                return Err(MediaError::Stalled(watch.stall_timeout));
-            }
-            if let Some(msg) = bus.timed_pop(gst::ClockTime::try_from(POLL_INTERVAL).ok()) {
-                match msg.view() {
-                    gst::MessageView::Error(err) => return Err(self.classify(err)),
-                    gst::MessageView::Warning(w) => {
-                        let src = msg.src().map(|s| s.path_string());
-                        tracing::warn!(src = ?src, "{}", w.error());
-                    }
-                    _ if msg.type_() == target => return Ok(()),
-                    _ => {}
-                }
-            }
-            on_tick();
-        }
-    }
-
-    /// Errors raised by the source or anything inside decodebin (typefind,
-    /// demuxer, parser, decoder) mean the input is bad; the rest are ours.
-    fn classify(&self, err: &gst::message::Error) -> MediaError {
-        let src = err.src();
-        tracing::debug!(
-            src = ?src.map(|s| s.path_string()),
-            debug = ?err.debug(),
-            "pipeline error: {}",
-            err.error()
-        );
-        let from_input = src.is_some_and(|s| {
-            s == self.filesrc.upcast_ref::<gst::Object>()
-                || s == self.decodebin.upcast_ref::<gst::Object>()
-                || s.has_as_ancestor(&self.decodebin)
-        });
-        if from_input {
-            self.bad_input(err.error().to_string())
-        } else {
-            MediaError::Pipeline(err.error().to_string())
-        }
+        session.check_complete(self.req.input, duration.and(span))
     }
 
     fn bad_input(&self, reason: impl Into<String>) -> MediaError {
@@ -494,52 +188,48 @@ impl<'a> Job<'a> {
         // the decoders drop everything before it, so the cut is frame exact.
         // The flush restarts running time at 0 for `start`, and mp4mux
         // timestamps by running time, so the output starts at 0 unshifted.
-        let seek = gst::event::Seek::new(
-            1.0,
-            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
-            gst::SeekType::Set,
-            gst::ClockTime::from_seconds_f64(start),
-            gst::SeekType::Set,
-            gst::ClockTime::from_seconds_f64(end),
-        );
-        // Seeking the pipeline would route the event through mp4mux, whose
-        // aggregator base applies a TIME seek to its BYTES output segment and
-        // logs a GStreamer-CRITICAL. Entering at decodebin reaches the
-        // demuxer directly; one pad is enough as it seeks all its streams.
-        let seeked = self
-            .decodebin
-            .src_pads()
-            .first()
-            .is_some_and(|pad| pad.send_event(seek));
-        if seeked {
+        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE;
+        if seek_element(&self.decodebin, flags, start, Some(end)) {
             Ok(())
         } else {
             Err(self.bad_input("input is not seekable"))
         }
     }
-
-    /// Demuxers may treat a cut-off file as a normal end of stream (qtdemux
-    /// does when the index survived), so compare against the expected span.
-    fn check_complete(&self, span: Option<gst::ClockTime>) -> Result<(), MediaError> {
-        let reached = self.shared.reached();
-        match span {
-            Some(span) if reached + TRUNCATION_TOLERANCE < span => Err(self.bad_input(format!(
-                "media ends after {:.2}s instead of {:.2}s; the file looks truncated",
-                reached.seconds_f64(),
-                span.seconds_f64()
-            ))),
-            _ => Ok(()),
-        }
-    }
 }
 
-impl Drop for Job<'_> {
-    fn drop(&mut self) {
-        self.shared.unblock_all();
-        if let Err(e) = self.pipeline.set_state(gst::State::Null) {
-            tracing::warn!("cannot stop pipeline: {e}");
-        }
-    }
+/// Sends a TIME seek for `start..end` seconds into `element`'s first source
+/// pad and returns whether it was handled.
+///
+/// Seeking the pipeline would route the event through mp4mux, whose
+/// aggregator base applies a TIME seek to its BYTES output segment and
+/// logs a GStreamer-CRITICAL. Entering at the demuxer (or the decodebin
+/// around it) reaches it directly; one pad is enough as it seeks all its
+/// streams.
+pub(crate) fn seek_element(
+    element: &gst::Element,
+    flags: gst::SeekFlags,
+    start: f64,
+    end: Option<f64>,
+) -> bool {
+    let (stop_type, stop) = match end {
+        Some(end) => (
+            gst::SeekType::Set,
+            Some(gst::ClockTime::from_seconds_f64(end)),
+        ),
+        None => (gst::SeekType::None, None),
+    };
+    let seek = gst::event::Seek::new(
+        1.0,
+        flags,
+        gst::SeekType::Set,
+        gst::ClockTime::from_seconds_f64(start),
+        stop_type,
+        stop,
+    );
+    element
+        .src_pads()
+        .first()
+        .is_some_and(|pad| pad.send_event(seek))
 }
 
 /// Links decodebin's pads as they appear. Holds weak references because
@@ -547,26 +237,30 @@ impl Drop for Job<'_> {
 struct Linker {
     pipeline: glib::WeakRef<gst::Pipeline>,
     mux: glib::WeakRef<gst::Element>,
-    shared: Arc<Shared>,
+    monitor: Arc<Monitor>,
+    gate: Gate,
+    /// Whether a video / audio branch exists yet.
+    linked: [AtomicBool; 2],
 }
 
 impl Linker {
+    fn any_linked(&self) -> bool {
+        self.linked.iter().any(|l| l.load(Ordering::SeqCst))
+    }
+
     fn on_pad_added(&self, pad: &gst::Pad) {
         let Some(pipeline) = self.pipeline.upgrade() else {
             return;
         };
         if let Err(e) = self.link(&pipeline, pad) {
-            let msg = gst::message::Error::builder(gst::CoreError::Failed, &e.to_string())
-                .src(&pipeline)
-                .build();
-            let _ = pipeline.post_message(msg);
+            self.monitor.fail(e);
         }
     }
 
     fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
         // Only the first video and first audio stream are transcoded.
         let wanted =
-            Kind::of(pad).filter(|k| !self.shared.stream(*k).linked.swap(true, Ordering::SeqCst));
+            Kind::of(pad).filter(|k| !self.linked[*k as usize].swap(true, Ordering::SeqCst));
         let Some(kind) = wanted else {
             return discard(pipeline, pad);
         };
@@ -574,157 +268,24 @@ impl Linker {
             .mux
             .upgrade()
             .ok_or_else(|| MediaError::Pipeline("muxer is gone".into()))?;
-        let branch = add_branch(pipeline, kind, &mux)?;
+        let branch = encoder_branch(kind)?;
+        add_live_chain(pipeline, &branch)?;
+        link_to_mux(&branch, &mux, kind.mux_pad_template())?;
         let (first, last) = ends(&branch)?;
-        self.watch_mux_input(kind, &static_pad(last, "src")?);
-        watch_activity(pad, &self.shared);
-        self.shared.block(pad);
+        self.monitor.track(&static_pad(last, "src")?);
+        self.monitor.watch(pad);
+        self.gate.block(pad);
         pad.link(&static_pad(first, "sink")?)
             .map_err(pipeline_error)?;
         Ok(())
-    }
-
-    /// Tracks how far each encoded stream got, for progress and truncation.
-    ///
-    /// Buffers are measured in running time rather than PTS: after a trim
-    /// seek PTS start at the range start, running time starts at 0.
-    fn watch_mux_input(&self, kind: Kind, pad: &gst::Pad) {
-        let shared = Arc::clone(&self.shared);
-        pad.add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |pad, info| {
-                let state = shared.stream(kind);
-                if let Some(buffer) = info.buffer() {
-                    shared.touch();
-                    if let Some(end) = running_end(pad, buffer) {
-                        state.end_ns.fetch_max(end.nseconds(), Ordering::Relaxed);
-                    }
-                } else if info
-                    .event()
-                    .is_some_and(|e| e.type_() == gst::EventType::Eos)
-                {
-                    state.eos.store(true, Ordering::Relaxed);
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
-    }
-}
-
-/// Adds the encoder branch for `kind` to the pipeline, feeding `mux`.
-fn add_branch(
-    pipeline: &gst::Pipeline,
-    kind: Kind,
-    mux: &gst::Element,
-) -> Result<Vec<gst::Element>, MediaError> {
-    let branch = kind.elements()?;
-    pipeline.add_many(&branch).map_err(pipeline_error)?;
-    gst::Element::link_many(&branch).map_err(pipeline_error)?;
-    link_to_mux(&branch, mux, kind.mux_pad_template())?;
-    for element in &branch {
-        element.sync_state_with_parent().map_err(pipeline_error)?;
-    }
-    Ok(branch)
-}
-
-/// Any buffer passing `pad` counts as life for the stall detector.
-fn watch_activity(pad: &gst::Pad, shared: &Arc<Shared>) {
-    let shared = Arc::clone(shared);
-    pad.add_probe(
-        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-        move |_, _| {
-            shared.touch();
-            gst::PadProbeReturn::Ok
-        },
-    );
-}
-
-/// Sends a stream we don't transcode (subtitles, extra tracks) to a fakesink
-/// so the demuxer does not fail with not-linked.
-fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
-    let sink = make(
-        gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("async", false),
-    )?;
-    pipeline.add(&sink).map_err(pipeline_error)?;
-    sink.sync_state_with_parent().map_err(pipeline_error)?;
-    pad.link(&static_pad(&sink, "sink")?)
-        .map_err(pipeline_error)?;
-    Ok(())
-}
-
-fn running_end(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<gst::ClockTime> {
-    let pts = buffer.pts()?;
-    let event = pad.sticky_event::<gst::event::Segment>(0)?;
-    let segment = event.segment().downcast_ref::<gst::ClockTime>()?;
-    let start = segment.to_running_time(pts)?;
-    Some(start + buffer.duration().unwrap_or(gst::ClockTime::ZERO))
-}
-
-fn ends(elements: &[gst::Element]) -> Result<(&gst::Element, &gst::Element), MediaError> {
-    match (elements.first(), elements.last()) {
-        (Some(first), Some(last)) => Ok((first, last)),
-        _ => Err(MediaError::Pipeline("empty branch".into())),
-    }
-}
-
-fn static_pad(element: &gst::Element, name: &str) -> Result<gst::Pad, MediaError> {
-    element
-        .static_pad(name)
-        .ok_or_else(|| MediaError::Pipeline(format!("{} has no {name} pad", element.name())))
-}
-
-fn pipeline_error(e: impl std::fmt::Display) -> MediaError {
-    MediaError::Pipeline(e.to_string())
-}
-
-/// Turns stream positions into throttled, monotonic progress callbacks.
-struct Progress<'p> {
-    on_progress: &'p mut dyn FnMut(f64),
-    span: Option<gst::ClockTime>,
-    value: f64,
-    last_report: Option<Instant>,
-}
-
-impl<'p> Progress<'p> {
-    fn new(on_progress: &'p mut dyn FnMut(f64), span: Option<gst::ClockTime>) -> Self {
-        Self {
-            on_progress,
-            span,
-            value: 0.0,
-            last_report: None,
-        }
-    }
-
-    fn tick(&mut self, shared: &Shared) {
-        if self
-            .last_report
-            .is_some_and(|t| t.elapsed() < PROGRESS_INTERVAL)
-        {
-            return;
-        }
-        self.value = self.value.max(self.fraction(shared));
-        self.last_report = Some(Instant::now());
-        (self.on_progress)(self.value);
-    }
-
-    fn fraction(&self, shared: &Shared) -> f64 {
-        let Some(span) = self.span.filter(|s| !s.is_zero()) else {
-            return 0.0;
-        };
-        let done = shared.position().unwrap_or(span);
-        (done.seconds_f64() / span.seconds_f64()).clamp(0.0, MAX_PROGRESS_BEFORE_DONE)
-    }
-
-    fn finish(self) {
-        (self.on_progress)(1.0);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::Instant;
 
     use super::*;
     use crate::media::probe::probe;

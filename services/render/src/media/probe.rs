@@ -58,6 +58,29 @@ pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
     })
 }
 
+/// Raw caps of the first video and audio stream plus the container name,
+/// for callers that must compare streams more closely than [`MediaInfo`]
+/// allows (e.g. `codec_data` before stream-copying).
+#[derive(Debug, Clone)]
+pub(crate) struct StreamCaps {
+    pub(crate) container: String,
+    pub(crate) duration: Option<gst::ClockTime>,
+    pub(crate) video: Option<gst::Caps>,
+    pub(crate) audio: Option<gst::Caps>,
+}
+
+pub(crate) fn stream_caps(path: &Path) -> Result<StreamCaps, MediaError> {
+    let info = discover(path)?;
+    let video = info.video_streams().first().and_then(|v| v.caps());
+    let audio = info.audio_streams().first().and_then(|a| a.caps());
+    Ok(StreamCaps {
+        container: container_name(&info),
+        duration: info.duration(),
+        video,
+        audio,
+    })
+}
+
 fn discover(path: &Path) -> Result<pbutils::DiscovererInfo, MediaError> {
     crate::media::pipeline::init()?;
     let bad = |reason: String| MediaError::bad_input(path, reason);
@@ -163,7 +186,7 @@ fn container_name_from_caps(caps: Option<&gst::Caps>) -> String {
 }
 
 /// Short codec name for stream caps, e.g. `audio/mpeg, mpegversion=4` -> "aac".
-fn codec_name(caps: Option<&gst::Caps>) -> String {
+pub(crate) fn codec_name(caps: Option<&gst::Caps>) -> String {
     let Some(s) = caps.and_then(|c| c.structure(0)) else {
         return "unknown".into();
     };

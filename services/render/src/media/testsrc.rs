@@ -6,17 +6,21 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gst::prelude::*;
 use gstreamer as gst;
 
 use crate::media::MediaError;
-use crate::media::pipeline::{element, link_to_mux, make, mux_queue};
+use crate::media::elements::{
+    add_chain, capsfilter, element, file_sink, link_to_mux, make, mp4_mux, mux_queue,
+};
+use crate::media::runner::{self, CancelFlag, Control};
 
 const AUDIO_RATE: i32 = 48_000;
 /// 10 ms audio buffers keep the audio length within 10 ms of the request.
 const AUDIO_BUFFERS_PER_SECOND: f64 = 100.0;
 /// Test clips longer than this are almost certainly a mistake.
 const MAX_SECONDS: f64 = 3600.0;
+/// Ultrafast encoding never pauses this long unless something is wedged.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Parameters of a generated clip.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,20 +47,21 @@ impl Default for TestClip {
 
 /// Writes `spec` as a fast-start MP4 to `output`, replacing any existing file.
 pub fn write_test_clip(spec: &TestClip, output: &Path) -> Result<(), MediaError> {
-    crate::media::pipeline::init()?;
+    write_clip(spec, "smpte", output)
+}
+
+/// Like [`write_test_clip`] with any videotestsrc `pattern` ("black",
+/// "ball", ...); tests use plain patterns to check pixels.
+pub(crate) fn write_clip(spec: &TestClip, pattern: &str, output: &Path) -> Result<(), MediaError> {
     validate(spec)?;
-    let location = output
-        .to_str()
-        .ok_or_else(|| MediaError::Pipeline(format!("{} is not valid UTF-8", output.display())))?;
-    let pipeline = gst::Pipeline::new();
-    let result = build(&pipeline, spec, location).and_then(|()| run_to_eos(&pipeline, spec));
-    if let Err(e) = pipeline.set_state(gst::State::Null) {
-        tracing::warn!("cannot stop test clip pipeline: {e}");
-    }
-    if result.is_err() {
-        let _ = std::fs::remove_file(output);
-    }
-    result
+    let cancel = CancelFlag::default();
+    let mut quiet = |_| {};
+    let mut control = Control::new(&cancel, STALL_TIMEOUT, &mut quiet);
+    runner::run(&mut control, |session| {
+        session.add_output(output);
+        build(session.pipeline(), spec, pattern, output)?;
+        session.play_to_eos()
+    })
 }
 
 fn validate(spec: &TestClip) -> Result<(), MediaError> {
@@ -75,11 +80,15 @@ fn validate(spec: &TestClip) -> Result<(), MediaError> {
     }
 }
 
-fn build(pipeline: &gst::Pipeline, spec: &TestClip, location: &str) -> Result<(), MediaError> {
-    let mux = make(gst::ElementFactory::make("mp4mux").property("faststart", true))?;
-    let sink = make(gst::ElementFactory::make("filesink").property("location", location))?;
-    add_chain(pipeline, &[mux.clone(), sink])?;
-    let video = video_chain(spec)?;
+fn build(
+    pipeline: &gst::Pipeline,
+    spec: &TestClip,
+    pattern: &str,
+    output: &Path,
+) -> Result<(), MediaError> {
+    let mux = mp4_mux()?;
+    add_chain(pipeline, &[mux.clone(), file_sink(output)?])?;
+    let video = video_chain(spec, pattern)?;
     add_chain(pipeline, &video)?;
     link_to_mux(&video, &mux, "video_%u")?;
     if spec.audio {
@@ -90,18 +99,11 @@ fn build(pipeline: &gst::Pipeline, spec: &TestClip, location: &str) -> Result<()
     Ok(())
 }
 
-fn add_chain(pipeline: &gst::Pipeline, chain: &[gst::Element]) -> Result<(), MediaError> {
-    pipeline
-        .add_many(chain)
-        .map_err(|e| MediaError::Pipeline(e.to_string()))?;
-    gst::Element::link_many(chain).map_err(|e| MediaError::Pipeline(e.to_string()))
-}
-
 fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-fn video_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
+fn video_chain(spec: &TestClip, pattern: &str) -> Result<Vec<gst::Element>, MediaError> {
     let frames = (spec.seconds * f64::from(spec.fps)).round().max(1.0) as i32;
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", "I420")
@@ -114,9 +116,10 @@ fn video_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
         make(
             gst::ElementFactory::make("videotestsrc")
                 .property("num-buffers", frames)
+                .property_from_str("pattern", pattern)
                 .property("horizontal-speed", 4i32),
         )?,
-        make(gst::ElementFactory::make("capsfilter").property("caps", caps))?,
+        capsfilter(caps)?,
         // A keyframe every 2 s, like typical camera/phone footage, so trim
         // tests exercise seeking into the middle of a GOP.
         make(
@@ -142,34 +145,11 @@ fn audio_chain(spec: &TestClip) -> Result<Vec<gst::Element>, MediaError> {
                 .property("samplesperbuffer", samples)
                 .property("freq", 440.0f64),
         )?,
-        make(gst::ElementFactory::make("capsfilter").property("caps", caps))?,
+        capsfilter(caps)?,
         element("audioconvert")?,
         element("avenc_aac")?,
         mux_queue()?,
     ])
-}
-
-fn run_to_eos(pipeline: &gst::Pipeline, spec: &TestClip) -> Result<(), MediaError> {
-    // Generous: ultrafast encodes far faster than real time even at 1080p.
-    let limit = Duration::from_secs(30) + Duration::from_secs_f64(spec.seconds * 5.0);
-    let bus = pipeline
-        .bus()
-        .ok_or_else(|| MediaError::Pipeline("pipeline has no bus".into()))?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| MediaError::Pipeline(e.to_string()))?;
-    let timeout = gst::ClockTime::try_from(limit).ok();
-    let msg = bus
-        .timed_pop_filtered(timeout, &[gst::MessageType::Eos, gst::MessageType::Error])
-        .ok_or_else(|| MediaError::Pipeline(format!("test clip not done after {limit:?}")))?;
-    match msg.view() {
-        gst::MessageView::Error(err) => Err(MediaError::Pipeline(format!(
-            "test clip: {} ({:?})",
-            err.error(),
-            err.debug()
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// Fixtures shared by the crate's tests.

@@ -1,0 +1,190 @@
+//! Small builders shared by all pipelines: element construction with
+//! readable errors, muxer-side queues, linking helpers and the file
+//! source/sink pair. Kept apart from the operations so each operation file
+//! only describes its own graph.
+
+use std::path::Path;
+
+use gst::prelude::*;
+use gstreamer as gst;
+
+use crate::media::MediaError;
+
+/// How much encoded media may pile up in front of a muxer, per stream.
+const MUX_QUEUE_TIME: gst::ClockTime = gst::ClockTime::from_seconds(60);
+
+/// Creates an element with default properties.
+pub(crate) fn element(factory: &str) -> Result<gst::Element, MediaError> {
+    make(gst::ElementFactory::make(factory))
+}
+
+/// Builds an element, turning a missing plugin into a readable error.
+pub(crate) fn make(
+    builder: gst::element_factory::ElementBuilder<'_>,
+) -> Result<gst::Element, MediaError> {
+    builder
+        .build()
+        .map_err(|e| MediaError::Pipeline(e.to_string()))
+}
+
+/// Queue placed directly in front of a muxer (or encoder) input.
+///
+/// A muxer interleaves by timestamp, so it holds one stream back while it
+/// waits for the other. x264enc emits nothing until its lookahead is full
+/// (40+ frames at the default preset: seconds of media at low frame rates),
+/// and inputs are not always tightly interleaved. Meanwhile audio keeps
+/// coming; once a 1 s default queue is full the demuxer's single streaming
+/// thread blocks on it, video starves and nothing moves again (reproduced
+/// with qtdemux ! queue ! ... and one default queue on the audio branch).
+/// decodebin's multiqueue happens to grow and hide this today, but that is
+/// an implementation detail. Queuing encoded data costs little memory, so
+/// the limit is by time only, and generous.
+pub(crate) fn mux_queue() -> Result<gst::Element, MediaError> {
+    make(
+        gst::ElementFactory::make("queue")
+            .property("max-size-buffers", 0u32)
+            .property("max-size-bytes", 0u32)
+            .property("max-size-time", MUX_QUEUE_TIME.nseconds()),
+    )
+}
+
+/// Caps filter element for `caps`.
+pub(crate) fn capsfilter(caps: gst::Caps) -> Result<gst::Element, MediaError> {
+    make(gst::ElementFactory::make("capsfilter").property("caps", caps))
+}
+
+/// `filesrc` reading `input`; a non-UTF-8 path is the input's fault.
+pub(crate) fn file_source(input: &Path) -> Result<gst::Element, MediaError> {
+    let location = input
+        .to_str()
+        .ok_or_else(|| MediaError::bad_input(input, "path is not valid UTF-8"))?;
+    make(gst::ElementFactory::make("filesrc").property("location", location))
+}
+
+/// `filesink` writing `output`.
+///
+/// async=false: with pads held back for a seek, or a muxer that only
+/// writes once all its inputs have data, a prerolling sink would never
+/// complete PAUSED; only the demuxers' own readiness should gate it.
+pub(crate) fn file_sink(output: &Path) -> Result<gst::Element, MediaError> {
+    let location = output.to_str().ok_or_else(|| {
+        MediaError::Pipeline(format!("output {} is not valid UTF-8", output.display()))
+    })?;
+    make(
+        gst::ElementFactory::make("filesink")
+            .property("location", location)
+            .property("async", false),
+    )
+}
+
+/// Fast-start `mp4mux`, so players can start before the whole file is read.
+pub(crate) fn mp4_mux() -> Result<gst::Element, MediaError> {
+    make(gst::ElementFactory::make("mp4mux").property("faststart", true))
+}
+
+/// Adds `chain` to `pipeline` and links it in order.
+pub(crate) fn add_chain(
+    pipeline: &gst::Pipeline,
+    chain: &[gst::Element],
+) -> Result<(), MediaError> {
+    pipeline.add_many(chain).map_err(pipeline_error)?;
+    gst::Element::link_many(chain).map_err(pipeline_error)
+}
+
+/// Adds and links `chain` while the pipeline is already running.
+pub(crate) fn add_live_chain(
+    pipeline: &gst::Pipeline,
+    chain: &[gst::Element],
+) -> Result<(), MediaError> {
+    add_chain(pipeline, chain)?;
+    for element in chain {
+        element.sync_state_with_parent().map_err(pipeline_error)?;
+    }
+    Ok(())
+}
+
+/// Links the last element of `chain` to a new `template` pad of `mux`.
+///
+/// Pads are requested by template explicitly: a queue has ANY caps, so
+/// automatic linking could hand an audio chain a video pad.
+pub(crate) fn link_to_mux(
+    chain: &[gst::Element],
+    mux: &gst::Element,
+    template: &str,
+) -> Result<(), MediaError> {
+    let (_, last) = ends(chain)?;
+    let mux_pad = mux
+        .request_pad_simple(template)
+        .ok_or_else(|| MediaError::Pipeline(format!("{} has no {template} pad", mux.name())))?;
+    static_pad(last, "src")?
+        .link(&mux_pad)
+        .map_err(pipeline_error)?;
+    Ok(())
+}
+
+/// Links `pad` to the sink pad of the first element of `chain`.
+pub(crate) fn link_pad_to_chain(pad: &gst::Pad, chain: &[gst::Element]) -> Result<(), MediaError> {
+    let (first, _) = ends(chain)?;
+    pad.link(&static_pad(first, "sink")?)
+        .map_err(pipeline_error)?;
+    Ok(())
+}
+
+/// Sends a stream nobody wants (subtitles, extra tracks) to a fakesink so
+/// the demuxer does not fail with not-linked.
+pub(crate) fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
+    let sink = make(
+        gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false),
+    )?;
+    add_live_chain(pipeline, std::slice::from_ref(&sink))?;
+    link_pad_to_chain(pad, &[sink])
+}
+
+pub(crate) fn ends(
+    elements: &[gst::Element],
+) -> Result<(&gst::Element, &gst::Element), MediaError> {
+    match (elements.first(), elements.last()) {
+        (Some(first), Some(last)) => Ok((first, last)),
+        _ => Err(MediaError::Pipeline("empty branch".into())),
+    }
+}
+
+pub(crate) fn static_pad(element: &gst::Element, name: &str) -> Result<gst::Pad, MediaError> {
+    element
+        .static_pad(name)
+        .ok_or_else(|| MediaError::Pipeline(format!("{} has no {name} pad", element.name())))
+}
+
+pub(crate) fn pipeline_error(e: impl std::fmt::Display) -> MediaError {
+    MediaError::Pipeline(e.to_string())
+}
+
+/// Top-level media type of a pad's caps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Video,
+    Audio,
+}
+
+impl Kind {
+    pub(crate) fn of(pad: &gst::Pad) -> Option<Self> {
+        let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)))?;
+        let name = caps.structure(0)?.name();
+        if name.starts_with("video/") {
+            Some(Self::Video)
+        } else if name.starts_with("audio/") {
+            Some(Self::Audio)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn mux_pad_template(self) -> &'static str {
+        match self {
+            Self::Video => "video_%u",
+            Self::Audio => "audio_%u",
+        }
+    }
+}
