@@ -11,8 +11,8 @@ use reelmesh_proto::v1::CopyMode;
 use crate::{
     RenderError,
     error::LocalInput,
-    media::{self, AudioFormat as MediaAudio, Control, MediaError, TranscodeRequest},
-    plan::{AudioFormat, RenderPlan, Work, decide_copy},
+    media::{self, AudioFormat, Control, MediaError, TranscodeRequest},
+    plan::{RenderPlan, Work, decide_copy},
 };
 
 /// What a render produced: files in output order, and whether streams were
@@ -57,6 +57,7 @@ pub fn execute(
                     input: paths[0],
                     output: &output,
                     range: *range,
+                    overlays,
                 };
                 media::transcode(&request, control).map_err(named)?;
             }
@@ -86,10 +87,18 @@ pub fn execute(
             control,
         )
         .map_err(named)?,
-        Work::Thumbnails { .. } => {
-            return Err(RenderError::Plan(
-                "this worker cannot take thumbnails yet".into(),
-            ));
+        Work::Thumbnails {
+            times,
+            format,
+            width,
+            ..
+        } => {
+            let files = media::thumbnails(paths[0], times, *format, *width, scratch, control)
+                .map_err(named)?;
+            return Ok(Rendered {
+                files,
+                copied: false,
+            });
         }
     };
     Ok(Rendered {
@@ -132,17 +141,13 @@ fn extract_audio(
     control: &mut Control<'_>,
 ) -> Result<bool, MediaError> {
     let bitrate = bitrate_kbps.map(|kbps| kbps * 1000);
-    let (media_format, copied) = match format {
-        AudioFormat::Opus => (MediaAudio::Opus, false),
-        AudioFormat::Mp3 => (MediaAudio::Mp3, false),
+    let copied = match format {
+        AudioFormat::Opus | AudioFormat::Mp3 => false,
         AudioFormat::M4a => {
             let is_aac = media::probe(input)?
                 .audio
                 .is_some_and(|audio| audio.codec == "aac");
-            (
-                MediaAudio::M4a,
-                is_aac && bitrate.is_none() && copy != CopyMode::Never,
-            )
+            is_aac && bitrate.is_none() && copy != CopyMode::Never
         }
     };
     if copy == CopyMode::Required && !copied {
@@ -158,6 +163,6 @@ fn extract_audio(
         AudioFormat::M4a => bitrate.or(Some(REENCODE_AAC_BITRATE)),
         AudioFormat::Opus | AudioFormat::Mp3 => bitrate,
     };
-    media::extract_audio(input, output, media_format, bitrate, control)?;
+    media::extract_audio(input, output, format, bitrate, control)?;
     Ok(copied)
 }

@@ -10,7 +10,10 @@ use reelmesh_proto::v1::{
 };
 use reelmesh_store::ObjectKey;
 
-use crate::RenderError;
+use crate::{
+    RenderError,
+    media::{AudioFormat, ImageFormat, Position, TextOverlay},
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderPlan {
@@ -27,7 +30,7 @@ pub enum Work {
     Transcode {
         input: ObjectKey,
         range: Option<(f64, f64)>,
-        overlays: Vec<Overlay>,
+        overlays: Vec<TextOverlay>,
     },
     Concat {
         inputs: Vec<ObjectKey>,
@@ -43,34 +46,6 @@ pub enum Work {
         format: ImageFormat,
         width: Option<u32>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioFormat {
-    M4a,
-    Opus,
-    Mp3,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    Jpeg,
-    Png,
-}
-
-/// A text overlay with defaults applied and colours decoded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Overlay {
-    pub text: String,
-    pub font: String,
-    pub size_px: u32,
-    pub color_rgba: u32,
-    pub position: pb::Position,
-    /// With `Position::Custom`: top-left corner as fractions of the frame.
-    pub xy: (f64, f64),
-    pub start_seconds: f64,
-    pub end_seconds: Option<f64>,
-    pub box_rgba: Option<u32>,
 }
 
 impl Work {
@@ -95,10 +70,7 @@ impl Work {
                 AudioFormat::Opus => "opus",
                 AudioFormat::Mp3 => "mp3",
             },
-            Work::Thumbnails { format, .. } => match format {
-                ImageFormat::Jpeg => "jpg",
-                ImageFormat::Png => "png",
-            },
+            Work::Thumbnails { format, .. } => format.extension(),
         }
     }
 }
@@ -201,12 +173,12 @@ const DEFAULT_FONT: &str = "Sans";
 const DEFAULT_TEXT_SIZE: u32 = 48;
 const WHITE: u32 = 0xffff_ffff;
 
-fn overlay(spec: &pb::TextOverlay) -> Result<Overlay, RenderError> {
+fn overlay(spec: &pb::TextOverlay) -> Result<TextOverlay, RenderError> {
     let color = |text: &str| {
         reelmesh_proto::parse_color(text)
             .ok_or_else(|| RenderError::Plan(format!("bad colour {text:?}")))
     };
-    Ok(Overlay {
+    Ok(TextOverlay {
         text: spec.text.clone(),
         font: Some(spec.font.clone())
             .filter(|f| !f.is_empty())
@@ -219,8 +191,7 @@ fn overlay(spec: &pb::TextOverlay) -> Result<Overlay, RenderError> {
         } else {
             color(&spec.color)?
         },
-        position: spec.position(),
-        xy: (spec.x, spec.y),
+        position: position(spec),
         start_seconds: spec.start_seconds,
         end_seconds: Some(spec.end_seconds).filter(|end| *end > 0.0),
         box_rgba: if spec.box_color.is_empty() {
@@ -229,6 +200,24 @@ fn overlay(spec: &pb::TextOverlay) -> Result<Overlay, RenderError> {
             Some(color(&spec.box_color)?)
         },
     })
+}
+
+fn position(spec: &pb::TextOverlay) -> Position {
+    match spec.position() {
+        pb::Position::TopLeft => Position::TopLeft,
+        pb::Position::TopCenter => Position::TopCenter,
+        pb::Position::TopRight => Position::TopRight,
+        pb::Position::CenterLeft => Position::CenterLeft,
+        pb::Position::Center => Position::Center,
+        pb::Position::CenterRight => Position::CenterRight,
+        pb::Position::BottomLeft => Position::BottomLeft,
+        pb::Position::BottomCenter => Position::BottomCenter,
+        pb::Position::BottomRight => Position::BottomRight,
+        pb::Position::Custom => Position::Xy {
+            x: spec.x,
+            y: spec.y,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -367,7 +356,7 @@ mod tests {
         );
         assert_eq!(overlay.box_rgba, Some(0x0000_0080));
         assert_eq!(overlay.end_seconds, Some(3.0));
-        assert_eq!(overlay.position, pb::Position::BottomCenter);
+        assert_eq!(overlay.position, Position::BottomCenter);
     }
 
     #[test]

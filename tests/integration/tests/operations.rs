@@ -194,9 +194,29 @@ async fn text_is_burned_in_with_merge_fields() -> anyhow::Result<()> {
     };
     assert_eq!(stored.overlays[0].text, "Oslo 21°C");
     let output = completed(&job);
-    let info = probe_output(&mut client, &output.key).await?;
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("text.mp4");
+    client.download_file(&output.key, &local).await?;
+    let info = media::probe(&local)?;
     assert!((info.duration_seconds - 6.0).abs() <= 0.1);
     assert_eq!(info.video.map(|v| (v.width, v.height)), Some((320, 240)));
+
+    // The text (on a dark box) is at the bottom centre, and only there.
+    let frame = |path: &std::path::Path| media::rgb_frame_at(path, 1.0, Duration::from_secs(10));
+    let (before, after) = (frame(clips::six_second_clip())?, frame(&local)?);
+    let change = |rows: std::ops::Range<usize>| {
+        let per_row = before.width * 3;
+        let bytes = rows.len() * per_row;
+        let total: u64 = (rows.start * per_row..rows.end * per_row)
+            .map(|i| u64::from(before.data[i].abs_diff(after.data[i])))
+            .sum();
+        total as f64 / bytes as f64
+    };
+    let (bottom, top) = (change(180..235), change(5..60));
+    assert!(
+        bottom > 4.0 * top.max(1.0),
+        "text not found at the bottom: bottom {bottom}, top {top}"
+    );
     Ok(())
 }
 

@@ -13,8 +13,8 @@ use gstreamer as gst;
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    add_chain, add_live_chain, discard, element, ends, file_sink, file_source, link_pad_to_chain,
-    link_to_mux, make, mp4_mux, mux_queue, pipeline_error, static_pad,
+    aac_encoder, add_chain, add_live_chain, discard, element, ends, file_sink, file_source,
+    link_pad_to_chain, link_to_mux, make, mp4_mux, mux_queue, pipeline_error, static_pad,
 };
 use crate::media::runner::{self, Control, Monitor, Session};
 
@@ -242,11 +242,7 @@ impl Linker {
                 chain.push(mux_queue()?);
             }
             AudioFormat::M4a => {
-                let builder = gst::ElementFactory::make("avenc_aac");
-                chain.push(make(match bitrate {
-                    Some(b) => builder.property("bitrate", b),
-                    None => builder,
-                })?);
+                chain.push(aac_encoder(self.bitrate)?);
                 chain.push(mux_queue()?);
             }
             AudioFormat::Mp3 => {

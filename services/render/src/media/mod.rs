@@ -8,6 +8,8 @@
 pub mod audio;
 pub mod concat;
 pub(crate) mod elements;
+pub mod frames;
+pub mod overlay;
 pub mod pipeline;
 pub mod probe;
 pub mod runner;
@@ -18,6 +20,8 @@ pub mod trim;
 
 pub use audio::{AudioFormat, extract_audio};
 pub use concat::{concat, copy_compatible};
+pub use frames::{ImageFormat, RgbFrame, rgb_frame_at, thumbnails};
+pub use overlay::{Position, TextOverlay};
 pub use pipeline::{TranscodeRequest, transcode, transcode_mp4};
 pub use probe::{AudioInfo, MediaInfo, VideoInfo, probe};
 pub use runner::{CancelFlag, Control, init};

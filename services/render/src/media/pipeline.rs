@@ -16,9 +16,10 @@ pub use crate::media::runner::{CancelFlag, Control, init};
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Kind, add_live_chain, capsfilter, discard, element, ends, file_sink, file_source, link_to_mux,
-    mp4_mux, mux_queue, pipeline_error, static_pad,
+    Kind, aac_encoder, add_live_chain, capsfilter, discard, element, ends, file_sink, file_source,
+    h264_encoder, link_to_mux, mp4_mux, mux_queue, pipeline_error, static_pad,
 };
+use crate::media::overlay::{TextOverlay, overlay_chain};
 use crate::media::runner::{self, Gate, Monitor, Session};
 
 /// What to transcode and where to write it.
@@ -28,11 +29,13 @@ pub struct TranscodeRequest<'a> {
     pub output: &'a Path,
     /// Trim start/end in seconds; `None` keeps the whole input.
     pub range: Option<(f64, f64)>,
+    /// Text drawn over the video, in order.
+    pub overlays: &'a [TextOverlay],
 }
 
 /// Blocking: decodes `req.input`, trims it to `req.range` (frame accurate
-/// via an ACCURATE seek), encodes H.264 (x264enc, default settings) + AAC
-/// (avenc_aac) and writes a fast-start MP4 to `req.output`.
+/// via an ACCURATE seek), encodes H.264 (x264 at CRF 23, preset medium) +
+/// AAC 128 kbit/s and writes a fast-start MP4 to `req.output`.
 ///
 /// Equivalent to [`transcode`] with a [`Control`] built from the arguments.
 pub fn transcode_mp4(
@@ -64,9 +67,9 @@ pub(crate) fn validate_range(input: &Path, range: Option<(f64, f64)>) -> Result<
 }
 
 /// Per-kind encoder branch, from decoded frames/samples to the muxer queue.
-fn encoder_branch(kind: Kind) -> Result<Vec<gst::Element>, MediaError> {
+fn encoder_branch(kind: Kind, overlays: &[TextOverlay]) -> Result<Vec<gst::Element>, MediaError> {
     match kind {
-        Kind::Video => Ok(vec![
+        Kind::Video => Ok([
             // Decouples decoding from encoding so both run in parallel.
             element("queue")?,
             element("videoconvert")?,
@@ -77,13 +80,15 @@ fn encoder_branch(kind: Kind) -> Result<Vec<gst::Element>, MediaError> {
                     .field("format", "I420")
                     .build(),
             )?,
-            element("x264enc")?,
-            mux_queue()?,
-        ]),
+        ]
+        .into_iter()
+        .chain(overlay_chain(overlays)?)
+        .chain([h264_encoder()?, mux_queue()?])
+        .collect()),
         Kind::Audio => Ok(vec![
             element("audioconvert")?,
             element("audioresample")?,
-            element("avenc_aac")?,
+            aac_encoder(None)?,
             mux_queue()?,
         ]),
     }
@@ -125,6 +130,7 @@ impl<'r> Job<'r> {
             monitor: Arc::clone(monitor),
             gate: Gate::default(),
             linked: Default::default(),
+            overlays: req.overlays.to_vec(),
         });
         let on_pad = Arc::clone(&linker);
         decodebin.connect_pad_added(move |_, pad| on_pad.on_pad_added(pad));
@@ -241,6 +247,7 @@ struct Linker {
     gate: Gate,
     /// Whether a video / audio branch exists yet.
     linked: [AtomicBool; 2],
+    overlays: Vec<TextOverlay>,
 }
 
 impl Linker {
@@ -268,7 +275,7 @@ impl Linker {
             .mux
             .upgrade()
             .ok_or_else(|| MediaError::Pipeline("muxer is gone".into()))?;
-        let branch = encoder_branch(kind)?;
+        let branch = encoder_branch(kind, &self.overlays)?;
         add_live_chain(pipeline, &branch)?;
         link_to_mux(&branch, &mux, kind.mux_pad_template())?;
         let (first, last) = ends(&branch)?;
@@ -304,6 +311,7 @@ mod tests {
             input,
             output,
             range,
+            overlays: &[],
         };
         let mut progress = Vec::new();
         let started = Instant::now();
@@ -506,6 +514,7 @@ mod tests {
             input: &input,
             output: &output,
             range: None,
+            overlays: &[],
         };
         let cancel = CancelFlag::default();
         let flag = Arc::clone(&cancel);
@@ -534,6 +543,7 @@ mod tests {
             input: &input,
             output: &output,
             range: None,
+            overlays: &[],
         };
         let stall = Duration::from_millis(1);
 
