@@ -65,14 +65,13 @@ pub fn execute(
         }
         Work::Concat { .. } => {
             let compatible = media::copy_compatible(&paths).map_err(named)?;
-            if !decide_copy(plan.copy, compatible)? {
-                return Err(RenderError::Plan(
-                    "these inputs need re-encoding to be joined, which this worker cannot do yet"
-                        .into(),
-                ));
+            let copy = decide_copy(plan.copy, compatible)?;
+            if copy {
+                media::concat(&paths, &output, control).map_err(named)?;
+            } else {
+                media::concat_reencode(&paths, &output, control).map_err(named)?;
             }
-            media::concat(&paths, &output, control).map_err(named)?;
-            true
+            copy
         }
         Work::ExtractAudio {
             format,
