@@ -64,10 +64,13 @@ pub fn execute(
             copy
         }
         Work::Concat { .. } => {
-            let compatible = media::copy_compatible(&paths).map_err(named)?;
+            let probe = media::ConcatProbe::of(&paths).map_err(named)?;
+            let compatible = probe
+                .copy_compatible(&paths)
+                .map_err(|why| name_inputs(&why, inputs));
             let copy = decide_copy(plan.copy, compatible)?;
             if copy {
-                media::concat(&paths, &output, control).map_err(named)?;
+                media::concat_probed(&paths, &probe, &output, control).map_err(named)?;
             } else {
                 media::concat_reencode(&paths, &output, control).map_err(named)?;
             }
@@ -103,6 +106,14 @@ pub fn execute(
     Ok(Rendered {
         files: vec![output],
         copied,
+    })
+}
+
+/// Replaces scratch paths in `text` with the asset keys they hold, so a
+/// message a client sees names its own inputs.
+fn name_inputs(text: &str, inputs: &[LocalInput]) -> String {
+    inputs.iter().fold(text.to_string(), |text, input| {
+        text.replace(&input.path.display().to_string(), input.key.as_str())
     })
 }
 
@@ -164,4 +175,29 @@ fn extract_audio(
     };
     media::extract_audio(input, output, format, bitrate, control)?;
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reelmesh_store::ObjectKey;
+
+    #[test]
+    fn messages_name_assets_not_scratch_files() {
+        let inputs = vec![
+            LocalInput {
+                key: ObjectKey::parse("in/a.mp4").expect("key"),
+                path: PathBuf::from("/tmp/scratch/input-0"),
+            },
+            LocalInput {
+                key: ObjectKey::parse("in/b.mp4").expect("key"),
+                path: PathBuf::from("/tmp/scratch/input-1"),
+            },
+        ];
+        let text = "/tmp/scratch/input-1: size differs (compared with /tmp/scratch/input-0)";
+        assert_eq!(
+            name_inputs(text, &inputs),
+            "in/b.mp4: size differs (compared with in/a.mp4)"
+        );
+    }
 }

@@ -13,8 +13,8 @@ use std::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
-    ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter, memory::InMemory,
-    path::Path, prefix::PrefixStore,
+    GetResultPayload, ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter,
+    memory::InMemory, path::Path, prefix::PrefixStore,
 };
 use reelmesh_nats::TenantId;
 use sha2::{Digest as _, Sha256};
@@ -170,24 +170,36 @@ impl MediaStore {
         }
     }
 
-    /// Copies an object to a local file (GStreamer reads files and seeks in them).
+    /// Copies an object to a local file (GStreamer reads files and seeks in
+    /// them). A file:// store hands over its own file: hard-linked when on
+    /// the same filesystem, else copied by the kernel, never streamed
+    /// through memory.
     pub async fn download_to_file(
         &self,
         tenant: &TenantId,
         key: &ObjectKey,
         file: &FsPath,
     ) -> Result<u64, StoreError> {
-        let mut chunks = self.download(tenant, key).await?;
-        let mut out = tokio::fs::File::create(file)
-            .await
-            .map_err(StoreError::Local)?;
-        let mut size = 0u64;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            size += chunk.len() as u64;
-            out.write_all(&chunk).await.map_err(StoreError::Local)?;
+        let result = self.backend.get(&key.location(tenant)).await?;
+        let size = result.meta.size;
+        match result.payload {
+            GetResultPayload::File(_, source) => {
+                if tokio::fs::hard_link(&source, file).await.is_err() {
+                    tokio::fs::copy(&source, file)
+                        .await
+                        .map_err(StoreError::Local)?;
+                }
+            }
+            GetResultPayload::Stream(mut chunks) => {
+                let mut out = tokio::fs::File::create(file)
+                    .await
+                    .map_err(StoreError::Local)?;
+                while let Some(chunk) = chunks.next().await {
+                    out.write_all(&chunk?).await.map_err(StoreError::Local)?;
+                }
+                out.flush().await.map_err(StoreError::Local)?;
+            }
         }
-        out.flush().await.map_err(StoreError::Local)?;
         Ok(size)
     }
 
@@ -363,5 +375,36 @@ mod tests {
             .collect()
             .await;
         assert_eq!(bytes.concat(), b"abc");
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_stores_hand_over_their_files_and_memory_stores_stream() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tenant = TenantId::parse("t").expect("tenant");
+        let key = ObjectKey::parse("in/clip.bin").expect("key");
+        let body = vec![7u8; 200_000];
+        for url in [
+            format!("file://{}/store", dir.path().display()),
+            "memory://download-test".into(),
+        ] {
+            let store = MediaStore::open(&url, &[]).expect("open");
+            let chunks = futures::stream::iter(vec![Ok(Bytes::from(body.clone()))]);
+            store
+                .upload(&tenant, &key, Expected::default(), chunks)
+                .await
+                .expect("upload");
+            let local = dir.path().join(format!("copy-{}", url.len()));
+            let size = store
+                .download_to_file(&tenant, &key, &local)
+                .await
+                .expect("download");
+            assert_eq!(size, body.len() as u64, "{url}");
+            assert_eq!(std::fs::read(&local).expect("read"), body, "{url}");
+        }
     }
 }

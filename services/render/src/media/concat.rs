@@ -31,11 +31,30 @@ const TRUNCATION_TOLERANCE: gst::ClockTime = gst::ClockTime::from_seconds(1);
 /// `Ok(Err(reason))` names the first input that differs from the first one
 /// and how; `Err` means an input could not be probed at all.
 pub fn copy_compatible(inputs: &[&Path]) -> Result<Result<(), String>, MediaError> {
-    let caps = probe_all(inputs)?;
-    Ok(match mismatch(inputs, &caps) {
-        Some((input, why)) => Err(format!("{}: {why}", input.display())),
-        None => Ok(()),
-    })
+    Ok(ConcatProbe::of(inputs)?.copy_compatible(inputs))
+}
+
+/// The inputs of a concat, probed once: enough to decide whether their
+/// streams can be copied and to copy them, without probing twice.
+#[derive(Debug)]
+pub struct ConcatProbe {
+    caps: Vec<StreamCaps>,
+}
+
+impl ConcatProbe {
+    pub fn of(inputs: &[&Path]) -> Result<Self, MediaError> {
+        Ok(ConcatProbe {
+            caps: probe_all(inputs)?,
+        })
+    }
+
+    /// `Err` names the first input that differs and how.
+    pub fn copy_compatible(&self, inputs: &[&Path]) -> Result<(), String> {
+        match mismatch(inputs, &self.caps) {
+            Some((input, why)) => Err(format!("{}: {why}", input.display())),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Blocking: writes `inputs` one after the other into a fast-start MP4 at
@@ -47,7 +66,17 @@ pub fn concat(
     output: &Path,
     control: &mut Control<'_>,
 ) -> Result<(), MediaError> {
-    let plan = check_inputs(inputs)?;
+    concat_probed(inputs, &ConcatProbe::of(inputs)?, output, control)
+}
+
+/// [`concat`] with the inputs already probed.
+pub fn concat_probed(
+    inputs: &[&Path],
+    probe: &ConcatProbe,
+    output: &Path,
+    control: &mut Control<'_>,
+) -> Result<(), MediaError> {
+    let plan = check_inputs(inputs, &probe.caps)?;
     runner::run(control, |session| {
         let job = Job::build(session, inputs, &plan, output)?;
         session.set_span(Some(plan.durations.iter().copied().sum()));
@@ -83,14 +112,13 @@ struct Plan {
 }
 
 /// Probes and compares all inputs.
-fn check_inputs(inputs: &[&Path]) -> Result<Plan, MediaError> {
+fn check_inputs(inputs: &[&Path], caps: &[StreamCaps]) -> Result<Plan, MediaError> {
     if inputs.is_empty() {
         return Err(MediaError::Pipeline(
             "concat needs at least one input".into(),
         ));
     }
-    let caps = probe_all(inputs)?;
-    if let Some((input, why)) = mismatch(inputs, &caps) {
+    if let Some((input, why)) = mismatch(inputs, caps) {
         return Err(MediaError::bad_input(
             input,
             format!("cannot be stream-copied: {why}"),

@@ -59,6 +59,9 @@ pub(crate) fn h264_encoder() -> Result<gst::Element, MediaError> {
     encoder.set_property("quantizer", 23u32);
     encoder.set_property_from_str("speed-preset", "medium");
     encoder.set_property("key-int-max", 250u32);
+    // x264enc caps quality mode with a VBV at its `bitrate` (2 Mbit/s by
+    // default); plain CRF, like ffmpeg's, has none.
+    encoder.set_property("vbv-buf-capacity", 0u32);
     Ok(encoder)
 }
 

@@ -20,7 +20,7 @@ pub(crate) mod testutil;
 pub mod trim;
 
 pub use audio::{AudioFormat, extract_audio};
-pub use concat::{concat, copy_compatible};
+pub use concat::{ConcatProbe, concat, concat_probed, copy_compatible};
 pub use frames::{ImageFormat, RgbFrame, rgb_frame_at, thumbnails};
 pub use join::concat_reencode;
 pub use overlay::{Position, TextOverlay};
