@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use gst::glib;
 use gst::prelude::*;
 use gstreamer as gst;
 
@@ -147,7 +146,6 @@ impl Job {
             Some(keep_decoding(caps.as_ref(), copy_aac).to_value())
         });
         let linker = Arc::new(Linker {
-            pipeline: session.pipeline().downgrade(),
             monitor: Arc::clone(session.monitor()),
             output: out,
             format,
@@ -155,7 +153,7 @@ impl Job {
             linked: AtomicBool::new(false),
         });
         let on_pad = Arc::clone(&linker);
-        decodebin.connect_pad_added(move |_, pad| on_pad.on_pad_added(pad));
+        session.on_new_pad(decodebin, move |pipeline, pad| on_pad.link(pipeline, pad));
         Ok(Self {
             decodebin: decodebin.clone(),
             linker,
@@ -194,7 +192,6 @@ fn is_aac(s: &gst::StructureRef) -> bool {
 }
 
 struct Linker {
-    pipeline: glib::WeakRef<gst::Pipeline>,
     monitor: Arc<Monitor>,
     output: Output,
     format: AudioFormat,
@@ -203,15 +200,6 @@ struct Linker {
 }
 
 impl Linker {
-    fn on_pad_added(&self, pad: &gst::Pad) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            return;
-        };
-        if let Err(e) = self.link(&pipeline, pad) {
-            self.monitor.fail(e);
-        }
-    }
-
     fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
         let caps = pad.current_caps();
         let s = caps.as_ref().and_then(|c| c.structure(0));

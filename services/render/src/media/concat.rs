@@ -18,7 +18,7 @@ use crate::media::elements::{
     link_pad_to_chain, link_to_mux, make, mp4_mux, mux_queue, static_pad,
 };
 use crate::media::probe::{StreamCaps, codec_name, stream_caps};
-use crate::media::runner::{self, Control, Monitor, Session};
+use crate::media::runner::{self, Control, Session};
 
 /// Inputs shorter than their header says by more than this are truncated.
 const TRUNCATION_TOLERANCE: gst::ClockTime = gst::ClockTime::from_seconds(1);
@@ -345,20 +345,16 @@ fn add_input(
     session.monitor().watch(&static_pad(src, "src")?);
     let reached = Arc::new(AtomicU64::new(0));
     let linker = Linker {
-        pipeline: session.pipeline().downgrade(),
-        monitor: Arc::clone(session.monitor()),
         joins: Arc::clone(joins),
         slot,
         reached: Arc::clone(&reached),
         input: input.to_path_buf(),
     };
-    demux.connect_pad_added(move |_, pad| linker.on_pad_added(pad));
+    session.on_new_pad(demux, move |pipeline, pad| linker.link(pipeline, pad));
     Ok(reached)
 }
 
 struct Linker {
-    pipeline: glib::WeakRef<gst::Pipeline>,
-    monitor: Arc<Monitor>,
     joins: Arc<Vec<Join>>,
     slot: Slot,
     reached: Arc<AtomicU64>,
@@ -366,15 +362,6 @@ struct Linker {
 }
 
 impl Linker {
-    fn on_pad_added(&self, pad: &gst::Pad) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            return;
-        };
-        if let Err(e) = self.link(&pipeline, pad) {
-            self.monitor.fail(e);
-        }
-    }
-
     fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
         let join = Kind::of(pad).and_then(|kind| self.joins.iter().find(|j| j.kind == kind));
         let target = join

@@ -209,23 +209,15 @@ fn add_input(
     session.add_input(input, &decodebin);
     session.monitor().watch(&static_pad(&source, "src")?);
     let targets = Mutex::new((Some(video), audio));
-    let monitor = Arc::clone(session.monitor());
-    let weak = pipeline.downgrade();
-    decodebin.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else {
-            return;
-        };
+    session.on_new_pad(&decodebin, move |pipeline, pad| {
         let target = match (Kind::of(pad), targets.lock()) {
             (Some(Kind::Video), Ok(mut t)) => t.0.take().map(|p| (Kind::Video, p)),
             (Some(Kind::Audio), Ok(mut t)) => t.1.take().map(|p| (Kind::Audio, p)),
             _ => None,
         };
-        let linked = match target {
-            Some((kind, concat_pad)) => link_normalised(&pipeline, pad, kind, shape, &concat_pad),
-            None => discard(&pipeline, pad),
-        };
-        if let Err(err) = linked {
-            monitor.fail(err);
+        match target {
+            Some((kind, concat_pad)) => link_normalised(pipeline, pad, kind, shape, &concat_pad),
+            None => discard(pipeline, pad),
         }
     });
     Ok(())

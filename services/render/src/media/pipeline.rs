@@ -125,7 +125,6 @@ impl<'r> Job<'r> {
         monitor.watch(&static_pad(&filesrc, "src")?);
         monitor.watch(&static_pad(&filesink, "sink")?);
         let linker = Arc::new(Linker {
-            pipeline: session.pipeline().downgrade(),
             mux: mux.downgrade(),
             monitor: Arc::clone(monitor),
             gate: Gate::default(),
@@ -133,7 +132,7 @@ impl<'r> Job<'r> {
             overlays: req.overlays.to_vec(),
         });
         let on_pad = Arc::clone(&linker);
-        decodebin.connect_pad_added(move |_, pad| on_pad.on_pad_added(pad));
+        session.on_new_pad(&decodebin, move |pipeline, pad| on_pad.link(pipeline, pad));
         Ok(Self {
             req,
             decodebin,
@@ -241,7 +240,6 @@ pub(crate) fn seek_element(
 /// Links decodebin's pads as they appear. Holds weak references because
 /// decodebin owns this handler and the pipeline owns decodebin.
 struct Linker {
-    pipeline: glib::WeakRef<gst::Pipeline>,
     mux: glib::WeakRef<gst::Element>,
     monitor: Arc<Monitor>,
     gate: Gate,
@@ -253,15 +251,6 @@ struct Linker {
 impl Linker {
     fn any_linked(&self) -> bool {
         self.linked.iter().any(|l| l.load(Ordering::SeqCst))
-    }
-
-    fn on_pad_added(&self, pad: &gst::Pad) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            return;
-        };
-        if let Err(e) = self.link(&pipeline, pad) {
-            self.monitor.fail(e);
-        }
     }
 
     fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {

@@ -233,6 +233,25 @@ impl<'c, 'a> Session<'c, 'a> {
         &self.monitor
     }
 
+    /// Links each new pad of `element` (a demuxer or decodebin) with `link`,
+    /// which runs on a streaming thread; an error is recorded on the monitor
+    /// so the bus loop reports it like any pipeline error.
+    pub(crate) fn on_new_pad<F>(&self, element: &gst::Element, link: F)
+    where
+        F: Fn(&gst::Pipeline, &gst::Pad) -> Result<(), MediaError> + Send + Sync + 'static,
+    {
+        let pipeline = self.pipeline.downgrade();
+        let monitor = Arc::clone(&self.monitor);
+        element.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = pipeline.upgrade() else {
+                return;
+            };
+            if let Err(err) = link(&pipeline, pad) {
+                monitor.fail(err);
+            }
+        });
+    }
+
     /// Errors from `element` or anything inside it are blamed on `path`.
     pub(crate) fn add_input(&mut self, path: &Path, element: &gst::Element) {
         self.inputs.push((element.clone(), path.to_path_buf()));

@@ -38,12 +38,10 @@ pub fn keyframe_times(input: &Path) -> Result<Vec<f64>, MediaError> {
     runner::run(&mut control, |session| {
         let demux = add_demuxer(session, input)?;
         let scanner = Scanner {
-            pipeline: session.pipeline().downgrade(),
-            monitor: Arc::clone(session.monitor()),
             times: Arc::clone(&times),
             found: AtomicBool::new(false),
         };
-        demux.connect_pad_added(move |_, pad| scanner.on_pad_added(pad));
+        session.on_new_pad(&demux, move |pipeline, pad| scanner.link(pipeline, pad));
         session.play_to_eos()
     })?;
     let mut times = std::mem::take(&mut *times.lock().unwrap_or_else(PoisonError::into_inner));
@@ -147,24 +145,18 @@ fn demux_duration(demux: &gst::Element) -> Option<gst::ClockTime> {
 
 /// Collects keyframe times from the first video pad; drops everything else.
 struct Scanner {
-    pipeline: glib::WeakRef<gst::Pipeline>,
-    monitor: Arc<Monitor>,
     times: Arc<Mutex<Vec<f64>>>,
     found: AtomicBool,
 }
 
 impl Scanner {
-    fn on_pad_added(&self, pad: &gst::Pad) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            return;
-        };
+    /// Every stream is discarded; the first video one is timed on its way.
+    fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
         let video = Kind::of(pad) == Some(Kind::Video) && !self.found.swap(true, Ordering::SeqCst);
         if video {
             self.collect(pad);
         }
-        if let Err(e) = discard(&pipeline, pad) {
-            self.monitor.fail(e);
-        }
+        discard(pipeline, pad)
     }
 
     fn collect(&self, pad: &gst::Pad) {
@@ -193,7 +185,6 @@ fn stream_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<gst::ClockTime> {
 
 /// Links each demuxed audio/video stream straight into mp4mux.
 struct Copier {
-    pipeline: glib::WeakRef<gst::Pipeline>,
     mux: glib::WeakRef<gst::Element>,
     monitor: Arc<Monitor>,
     gate: Gate,
@@ -212,24 +203,14 @@ impl Copier {
         session.add_output(output);
         session.monitor().watch(&static_pad(&sink, "sink")?);
         let copier = Arc::new(Self {
-            pipeline: session.pipeline().downgrade(),
             mux: mux.downgrade(),
             monitor: Arc::clone(session.monitor()),
             gate: Gate::default(),
             linked: Default::default(),
         });
         let on_pad = Arc::clone(&copier);
-        demux.connect_pad_added(move |_, pad| on_pad.on_pad_added(pad));
+        session.on_new_pad(demux, move |pipeline, pad| on_pad.link(pipeline, pad));
         Ok(copier)
-    }
-
-    fn on_pad_added(&self, pad: &gst::Pad) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            return;
-        };
-        if let Err(e) = self.link(&pipeline, pad) {
-            self.monitor.fail(e);
-        }
     }
 
     fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
