@@ -78,6 +78,11 @@ impl RenderWorker {
     async fn handle(&self, message: Message) {
         let ack = match self.process(&message).await {
             Ok(()) => AckKind::Ack,
+            Err(RenderError::Nats(reelmesh_nats::NatsError::Corrupt(why))) => {
+                // Redelivery cannot fix bytes we cannot read.
+                tracing::error!("dropping unreadable work item: {why}");
+                AckKind::Term
+            }
             Err(err) => {
                 // Only NATS or store outages get here; the job is still
                 // RUNNING and is picked up again after the delay.

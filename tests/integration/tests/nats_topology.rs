@@ -133,3 +133,25 @@ async fn the_same_job_is_queued_once() -> anyhow::Result<()> {
     assert_eq!(topology.work.depth().await?, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> {
+    let cluster = reelmesh_integration_tests::TestCluster::start().await?;
+    let client = async_nats::connect(cluster.cluster.nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    js.publish(reelmesh_nats::names::WORK_SUBJECT, "not json".into())
+        .await?
+        .await?;
+    // Terminated on the first delivery, so the queue settles instead of
+    // holding a message that is redelivered until max_deliver.
+    cluster.wait_until_work_settled().await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(
+            reelmesh_nats::names::RENDER_CONSUMER,
+            reelmesh_nats::names::WORK_STREAM,
+        )
+        .await?;
+    let info = consumer.info().await?;
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    Ok(())
+}
