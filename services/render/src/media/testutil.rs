@@ -40,7 +40,7 @@ pub(crate) fn clip(
 
 /// Runs `launch` to EOS, calling `on_buffer` for each buffer reaching the
 /// fakesink named "sink".
-fn run_launch(
+pub(crate) fn run_launch(
     launch: &str,
     on_buffer: impl Fn(&gst::Pad, &gst::BufferRef) + Send + Sync + 'static,
 ) {
