@@ -111,6 +111,13 @@ fn operation_kind(spec: &JobSpec, limits: &JobLimits) -> Checked<Produces> {
             for (i, overlay) in add_text.overlays.iter().enumerate() {
                 check_overlay(overlay, &format!("spec.add_text.overlays[{i}]"))?;
             }
+            let seconds = add_text.duration_seconds;
+            if !seconds.is_finite() || seconds < 0.0 || seconds > limits.max_seconds {
+                return invalid(format!(
+                    "spec.add_text.duration_seconds must be between 0 and {} s, got {seconds}",
+                    limits.max_seconds
+                ));
+            }
             Ok(Produces::Video {
                 always_reencodes: true,
             })
@@ -384,6 +391,7 @@ mod tests {
         let mut with_fields = spec(Operation::AddText(AddText {
             input: Some(asset("a.mp4")),
             overlays: vec![overlay("Hello {{city}}, {{ temp }}°C")],
+            duration_seconds: 0.0,
         }));
         with_fields.fields = [("city", "Oslo"), ("temp", "21")]
             .into_iter()
@@ -412,6 +420,7 @@ mod tests {
                 color: "red".into(),
                 ..Default::default()
             }],
+            duration_seconds: 0.0,
         }));
         assert!(message(validate_spec_test(bad_color)).contains("overlays[0].color"));
     }
@@ -448,6 +457,17 @@ mod tests {
         assert!(message(validate_spec(three, &limits)).contains("give 2 to 2 inputs"));
         assert!(message(validate_spec(trim(10.0, 61.0), &limits)).contains("limit of 60 s"));
         assert!(validate_spec(trim(10.0, 60.0), &limits).is_ok());
+        let long_still = spec(Operation::AddText(AddText {
+            input: Some(asset("bg.png")),
+            overlays: vec![TextOverlay {
+                text: "x".into(),
+                ..Default::default()
+            }],
+            duration_seconds: 61.0,
+        }));
+        assert!(
+            message(validate_spec(long_still, &limits)).contains("spec.add_text.duration_seconds")
+        );
     }
 
     #[test]

@@ -41,8 +41,12 @@ pub fn execute(
     let named = |err: MediaError| RenderError::from_media(err, inputs);
     let copied = match &plan.work {
         Work::Transcode {
-            range, overlays, ..
+            range,
+            overlays,
+            still_seconds,
+            ..
         } => {
+            check_still(paths[0], *still_seconds).map_err(named)?;
             let copy = match range {
                 Some(range) if overlays.is_empty() => {
                     decide_copy(plan.copy, trim_copyable(paths[0], *range))?
@@ -58,6 +62,7 @@ pub fn execute(
                     output: &output,
                     range: *range,
                     overlays,
+                    still_seconds: *still_seconds,
                 };
                 media::transcode(&request, control).map_err(named)?;
             }
@@ -115,6 +120,25 @@ fn name_inputs(text: &str, inputs: &[LocalInput]) -> String {
     inputs.iter().fold(text.to_string(), |text, input| {
         text.replace(&input.path.display().to_string(), input.key.as_str())
     })
+}
+
+/// A duration is for still images only, and a still image needs one: a
+/// video given a duration, or an image without one, is refused by name.
+fn check_still(input: &Path, still_seconds: Option<f64>) -> Result<(), MediaError> {
+    let info = media::probe(input)?;
+    let is_still =
+        info.video.as_ref().is_some_and(|video| video.fps == 0.0) && info.audio.is_none();
+    match (is_still, still_seconds) {
+        (true, None) => Err(MediaError::bad_input(
+            input,
+            "is a still image: set duration_seconds to make a video of it",
+        )),
+        (false, Some(_)) => Err(MediaError::bad_input(
+            input,
+            "is not a still image, so duration_seconds must be 0",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A cut can be copied when it starts on a keyframe; the reason otherwise.

@@ -31,6 +31,8 @@ pub enum Work {
         input: ObjectKey,
         range: Option<(f64, f64)>,
         overlays: Vec<TextOverlay>,
+        /// The input is a still image shown for this many seconds.
+        still_seconds: Option<f64>,
     },
     Concat {
         inputs: Vec<ObjectKey>,
@@ -83,11 +85,13 @@ impl RenderPlan {
                 input: asset_key(trim.input.as_ref())?,
                 range: Some((trim.start_seconds, trim.end_seconds)),
                 overlays: Vec::new(),
+                still_seconds: None,
             },
             Some(Operation::Transcode(transcode)) => Work::Transcode {
                 input: asset_key(transcode.input.as_ref())?,
                 range: None,
                 overlays: Vec::new(),
+                still_seconds: None,
             },
             Some(Operation::AddText(add_text)) => Work::Transcode {
                 input: asset_key(add_text.input.as_ref())?,
@@ -97,6 +101,7 @@ impl RenderPlan {
                     .iter()
                     .map(overlay)
                     .collect::<Result<_, _>>()?,
+                still_seconds: Some(add_text.duration_seconds).filter(|seconds| *seconds > 0.0),
             },
             Some(Operation::Concat(concat)) => Work::Concat {
                 inputs: concat
@@ -338,6 +343,7 @@ mod tests {
                     end_seconds: 3.0,
                     ..Default::default()
                 }],
+                duration_seconds: 0.0,
             }),
             None,
         );

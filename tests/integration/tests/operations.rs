@@ -182,6 +182,7 @@ async fn text_is_burned_in_with_merge_fields() -> anyhow::Result<()> {
             box_color: "#000000a0".into(),
             ..Default::default()
         }],
+        duration_seconds: 0.0,
     }));
     job_spec.fields = [("city", "Oslo"), ("temp", "21°C")]
         .into_iter()
@@ -284,5 +285,73 @@ async fn thumbnails_are_taken_at_each_time() -> anyhow::Result<()> {
         let info = probe_output(&mut client, key).await?;
         assert_eq!(info.video.map(|v| (v.width, v.height)), Some((160, 120)));
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_image_and_fields_become_a_video() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // A background image, made here from a generated clip.
+    let dir = tempfile::tempdir()?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut progress = |_| {};
+    let mut control = media::Control::new(&cancel, Duration::from_secs(10), &mut progress);
+    let images = media::thumbnails(
+        clips::six_second_clip(),
+        &[1.0],
+        media::ImageFormat::Png,
+        None,
+        dir.path(),
+        &mut control,
+    )?;
+    client.upload_file(&images[0], "in/background.png").await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+
+    let weather = |input: &str, seconds: f64| {
+        let mut job_spec = spec(Operation::AddText(pb::AddText {
+            input: Some(asset_source(input)),
+            overlays: vec![pb::TextOverlay {
+                text: "{{city}} {{temp}}".into(),
+                position: pb::Position::Center as i32,
+                ..Default::default()
+            }],
+            duration_seconds: seconds,
+        }));
+        job_spec.fields = [("city", "Oslo"), ("temp", "21°C")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        job_spec
+    };
+    let output = completed(&run(&mut client, weather("in/background.png", 3.0)).await?);
+    let info = probe_output(&mut client, &output.key).await?;
+    assert!(
+        (info.duration_seconds - 3.0).abs() <= 0.1,
+        "duration {}",
+        info.duration_seconds
+    );
+    assert_eq!(
+        info.video.map(|v| (v.codec, v.width, v.height)),
+        Some(("h264".into(), 320, 240))
+    );
+
+    let no_duration = run(&mut client, weather("in/background.png", 0.0)).await?;
+    assert_eq!(no_duration.state(), pb::JobState::Failed);
+    assert!(
+        no_duration.error.contains("in/background.png")
+            && no_duration.error.contains("duration_seconds"),
+        "{}",
+        no_duration.error
+    );
+    let video_with_duration = run(&mut client, weather("in/clip.mp4", 3.0)).await?;
+    assert_eq!(video_with_duration.state(), pb::JobState::Failed);
+    assert!(
+        video_with_duration.error.contains("in/clip.mp4"),
+        "{}",
+        video_with_duration.error
+    );
     Ok(())
 }

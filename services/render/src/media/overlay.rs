@@ -157,6 +157,7 @@ mod tests {
             output,
             range: None,
             overlays,
+            still_seconds: None,
         };
         transcode_mp4(&request, &cancel, Duration::from_secs(20), &mut |_| {}).expect("render");
     }

@@ -17,7 +17,7 @@ pub use crate::media::runner::{CancelFlag, Control, init};
 use crate::media::MediaError;
 use crate::media::elements::{
     Kind, aac_encoder, add_live_chain, capsfilter, discard, element, ends, file_sink, file_source,
-    h264_encoder, link_to_mux, mp4_mux, mux_queue, pipeline_error, static_pad,
+    h264_encoder, link_to_mux, make, mp4_mux, mux_queue, pipeline_error, static_pad,
 };
 use crate::media::overlay::{TextOverlay, overlay_chain};
 use crate::media::runner::{self, Gate, Monitor, Session};
@@ -31,7 +31,13 @@ pub struct TranscodeRequest<'a> {
     pub range: Option<(f64, f64)>,
     /// Text drawn over the video, in order.
     pub overlays: &'a [TextOverlay],
+    /// The input is a still image, repeated into a video this many seconds
+    /// long at [`STILL_FPS`].
+    pub still_seconds: Option<f64>,
 }
+
+/// Frame rate of videos made from a still image.
+pub const STILL_FPS: i32 = 30;
 
 /// Blocking: decodes `req.input`, trims it to `req.range` (frame accurate
 /// via an ACCURATE seek), encodes H.264 (x264 at CRF 23, preset medium) +
@@ -94,6 +100,36 @@ fn encoder_branch(kind: Kind, overlays: &[TextOverlay]) -> Result<Vec<gst::Eleme
     }
 }
 
+/// Repeats a decoded still image as `seconds` of video. x264 needs even
+/// dimensions, which images often lack, so the frame is scaled to the
+/// nearest even size below.
+fn still_to_video(pad: &gst::Pad, seconds: f64) -> Result<Vec<gst::Element>, MediaError> {
+    let caps = pad
+        .current_caps()
+        .ok_or_else(|| MediaError::Pipeline("image without caps".into()))?;
+    let structure = caps
+        .structure(0)
+        .ok_or_else(|| MediaError::Pipeline("image without caps".into()))?;
+    let even = |name| {
+        structure
+            .get::<i32>(name)
+            .map(|v| (v / 2 * 2).max(2))
+            .map_err(pipeline_error)
+    };
+    let frames = (seconds * f64::from(STILL_FPS)).round().max(1.0) as i32;
+    Ok(vec![
+        make(gst::ElementFactory::make("imagefreeze").property("num-buffers", frames))?,
+        element("videoscale")?,
+        capsfilter(
+            gst::Caps::builder("video/x-raw")
+                .field("width", even("width")?)
+                .field("height", even("height")?)
+                .field("framerate", gst::Fraction::new(STILL_FPS, 1))
+                .build(),
+        )?,
+    ])
+}
+
 /// One transcode: filesrc ! decodebin, with per-stream encoder branches
 /// linked on demand into mp4mux ! filesink.
 struct Job<'r> {
@@ -130,6 +166,7 @@ impl<'r> Job<'r> {
             gate: Gate::default(),
             linked: Default::default(),
             overlays: req.overlays.to_vec(),
+            still_seconds: req.still_seconds,
         });
         let on_pad = Arc::clone(&linker);
         session.on_new_pad(&decodebin, move |pipeline, pad| on_pad.link(pipeline, pad));
@@ -144,6 +181,12 @@ impl<'r> Job<'r> {
         session.preroll()?;
         if !self.linker.any_linked() {
             return Err(self.bad_input("no audio or video stream"));
+        }
+        if let Some(seconds) = self.req.still_seconds {
+            // A still has no duration of its own to check the output against.
+            session.set_span(Some(gst::ClockTime::from_seconds_f64(seconds)));
+            self.linker.gate.open();
+            return session.play_to_eos();
         }
         let duration = self.duration();
         let span = self.span(duration)?;
@@ -246,6 +289,7 @@ struct Linker {
     /// Whether a video / audio branch exists yet.
     linked: [AtomicBool; 2],
     overlays: Vec<TextOverlay>,
+    still_seconds: Option<f64>,
 }
 
 impl Linker {
@@ -264,7 +308,10 @@ impl Linker {
             .mux
             .upgrade()
             .ok_or_else(|| MediaError::Pipeline("muxer is gone".into()))?;
-        let branch = encoder_branch(kind, &self.overlays)?;
+        let mut branch = encoder_branch(kind, &self.overlays)?;
+        if let (Kind::Video, Some(seconds)) = (kind, self.still_seconds) {
+            branch.splice(0..0, still_to_video(pad, seconds)?);
+        }
         add_live_chain(pipeline, &branch)?;
         link_to_mux(&branch, &mux, kind.mux_pad_template())?;
         let (first, last) = ends(&branch)?;
@@ -301,6 +348,7 @@ mod tests {
             output,
             range,
             overlays: &[],
+            still_seconds: None,
         };
         let mut progress = Vec::new();
         let started = Instant::now();
@@ -378,6 +426,38 @@ mod tests {
             "first frame at {first}"
         );
         assert_eq!(stamps.len(), 90, "3 s at 30 fps");
+    }
+
+    #[test]
+    fn a_still_image_becomes_a_video_of_the_asked_length() {
+        let dir = tempfile::tempdir().expect("dir");
+        let video = clip(dir.path(), "src.mp4", 1.0, (320, 240), false);
+        // An odd width, as images often have; x264 needs even sizes.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut progress = |_| {};
+        let mut control = Control::new(&cancel, STALL, &mut progress);
+        let images = crate::media::thumbnails(
+            &video,
+            &[0.5],
+            crate::media::ImageFormat::Png,
+            Some(161),
+            dir.path(),
+            &mut control,
+        )
+        .expect("thumbnail");
+        let output = dir.path().join("still.mp4");
+        let req = TranscodeRequest {
+            input: &images[0],
+            output: &output,
+            range: None,
+            overlays: &[],
+            still_seconds: Some(2.0),
+        };
+        transcode_mp4(&req, &cancel, STALL, &mut |_| {}).expect("still to video");
+        let info = probe(&output).expect("probe");
+        assert!((info.duration_seconds - 2.0).abs() < 0.1, "{info:?}");
+        let video = info.video.expect("video");
+        assert_eq!((video.width, video.height, video.fps), (160, 120, 30.0));
     }
 
     #[test]
@@ -484,6 +564,7 @@ mod tests {
             output: &output,
             range: None,
             overlays: &[],
+            still_seconds: None,
         };
         let cancel = CancelFlag::default();
         let flag = Arc::clone(&cancel);
@@ -513,6 +594,7 @@ mod tests {
             output: &output,
             range: None,
             overlays: &[],
+            still_seconds: None,
         };
         let stall = Duration::from_millis(1);
 
