@@ -162,11 +162,13 @@ async fn demo(
         .await?;
     println!("uploaded {} ({} bytes)", stored.key, stored.size_bytes);
 
+    // Off the sample's keyframes (every 2 s), so this is a frame-accurate
+    // re-encode with progress to watch; a cut on keyframes would be copied.
     let job = client
-        .submit(trim_spec("inputs/sample.mp4", 2.0, 8.0))
+        .submit(trim_spec("inputs/sample.mp4", 1.5, 7.5))
         .await?;
     println!(
-        "submitted trim 2.0 s .. 8.0 s as job {} ({:?})",
+        "submitted trim 1.5 s .. 7.5 s as job {} ({:?})",
         job.id,
         job.state()
     );
@@ -266,6 +268,9 @@ fn print_job(job: &pb::Job) {
             media.height,
             media.audio_codec
         );
+        if output.copied {
+            println!("  streams copied, not re-encoded");
+        }
     }
 }
 
