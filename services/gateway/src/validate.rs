@@ -7,7 +7,8 @@
 use base64::Engine as _;
 use rand::RngCore as _;
 use reelmesh_proto::v1::{
-    Callback, Container, CopyMode, JobSpec, Source, TextOverlay, job_spec::Operation, source::Kind,
+    Callback, Container, CopyMode, JobSpec, Source, TextOverlay, VideoCodec, job_spec::Operation,
+    source::Kind,
 };
 use reelmesh_store::ObjectKey;
 
@@ -210,21 +211,44 @@ fn check_output(spec: &JobSpec, produces: Produces) -> Checked {
         .map_or(Container::Unspecified, |o| o.container());
     let allowed = match (produces, container) {
         (_, Container::Unspecified) => true,
-        (Produces::Video { .. }, c) => c == Container::Mp4,
+        (Produces::Video { .. }, c) => matches!(c, Container::Mp4 | Container::Webm),
         (Produces::Audio, c) => matches!(c, Container::M4a | Container::Opus | Container::Mp3),
         (Produces::Images, c) => matches!(c, Container::Jpg | Container::Png),
     };
     if allowed {
-        Ok(())
+        check_video_codec(
+            container,
+            spec.output
+                .as_ref()
+                .map_or(VideoCodec::Unspecified, |o| o.video_codec()),
+        )
     } else {
         invalid(format!(
             "spec.output.container: {} does not fit this operation ({})",
             container.as_str_name(),
             match produces {
-                Produces::Video { .. } => "video: CONTAINER_MP4",
+                Produces::Video { .. } => "video: CONTAINER_MP4 or CONTAINER_WEBM",
                 Produces::Audio => "audio: CONTAINER_M4A, CONTAINER_OPUS or CONTAINER_MP3",
                 Produces::Images => "images: CONTAINER_JPG or CONTAINER_PNG",
             }
+        ))
+    }
+}
+
+fn check_video_codec(container: Container, codec: VideoCodec) -> Checked {
+    let fits = match (container, codec) {
+        (_, VideoCodec::Unspecified) => true,
+        (Container::Webm, c) => matches!(c, VideoCodec::Vp8 | VideoCodec::Vp9),
+        (Container::Mp4 | Container::Unspecified, c) => c == VideoCodec::H264,
+        _ => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        invalid(format!(
+            "spec.output.video_codec: {} does not fit {}",
+            codec.as_str_name(),
+            container.as_str_name()
         ))
     }
 }
@@ -240,7 +264,7 @@ fn check_copy(spec: &JobSpec, produces: Produces) -> Checked {
         .as_ref()
         .map_or(Container::Unspecified, |o| o.container());
     let always_encodes = match produces {
-        Produces::Video { always_reencodes } => always_reencodes,
+        Produces::Video { always_reencodes } => always_reencodes || container == Container::Webm,
         Produces::Audio => matches!(container, Container::Opus | Container::Mp3),
         Produces::Images => true,
     };
@@ -468,6 +492,26 @@ mod tests {
         assert!(
             message(validate_spec(long_still, &limits)).contains("spec.add_text.duration_seconds")
         );
+    }
+
+    #[test]
+    fn video_codecs_must_fit_the_container() {
+        let output = |container: Container, codec: VideoCodec| {
+            let mut job = trim(0.0, 1.0);
+            job.output = Some(OutputSpec {
+                container: container as i32,
+                video_codec: codec as i32,
+                ..Default::default()
+            });
+            job
+        };
+        assert!(validate_spec_test(output(Container::Webm, VideoCodec::Vp8)).is_ok());
+        assert!(validate_spec_test(output(Container::Webm, VideoCodec::Unspecified)).is_ok());
+        let err = message(validate_spec_test(output(Container::Mp4, VideoCodec::Vp9)));
+        assert!(err.contains("spec.output.video_codec"), "{err}");
+        let mut required = output(Container::Webm, VideoCodec::Vp9);
+        required.copy = CopyMode::Required as i32;
+        assert!(message(validate_spec_test(required)).contains("spec.copy"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use reelmesh_proto::v1::CopyMode;
 use crate::{
     RenderError,
     error::LocalInput,
-    media::{self, AudioFormat, Control, MediaError, TranscodeRequest},
+    media::{self, AudioFormat, Control, MediaError, TranscodeRequest, VideoFormat},
     plan::{RenderPlan, Work, decide_copy},
 };
 
@@ -44,12 +44,15 @@ pub fn execute(
             range,
             overlays,
             still_seconds,
+            format,
             ..
         } => {
             check_still(paths[0], *still_seconds).map_err(named)?;
             let copy = match range {
                 Some(range) if overlays.is_empty() => {
-                    decide_copy(plan.copy, trim_copyable(paths[0], *range))?
+                    let copyable =
+                        copyable_to(*format).and_then(|()| trim_copyable(paths[0], *range));
+                    decide_copy(plan.copy, copyable)?
                 }
                 _ => false,
             };
@@ -63,21 +66,24 @@ pub fn execute(
                     range: *range,
                     overlays,
                     still_seconds: *still_seconds,
+                    format: *format,
                 };
                 media::transcode(&request, control).map_err(named)?;
             }
             copy
         }
-        Work::Concat { .. } => {
+        Work::Concat { format, .. } => {
             let probe = media::ConcatProbe::of(&paths).map_err(named)?;
-            let compatible = probe
-                .copy_compatible(&paths)
-                .map_err(|why| name_inputs(&why, inputs));
+            let compatible = copyable_to(*format).and_then(|()| {
+                probe
+                    .copy_compatible(&paths)
+                    .map_err(|why| name_inputs(&why, inputs))
+            });
             let copy = decide_copy(plan.copy, compatible)?;
             if copy {
                 media::concat_probed(&paths, &probe, &output, control).map_err(named)?;
             } else {
-                media::concat_reencode(&paths, &output, control).map_err(named)?;
+                media::concat_reencode(&paths, &output, *format, control).map_err(named)?;
             }
             copy
         }
@@ -112,6 +118,15 @@ pub fn execute(
         files: vec![output],
         copied,
     })
+}
+
+/// Copy paths write MP4 with the inputs' H.264/AAC; any other output
+/// format means encoding.
+fn copyable_to(format: VideoFormat) -> Result<(), String> {
+    match format {
+        VideoFormat::Mp4H264 => Ok(()),
+        VideoFormat::WebmVp8 | VideoFormat::WebmVp9 => Err("WebM output is always encoded".into()),
+    }
 }
 
 /// Replaces scratch paths in `text` with the asset keys they hold, so a

@@ -12,7 +12,7 @@ use reelmesh_store::ObjectKey;
 
 use crate::{
     RenderError,
-    media::{AudioFormat, ImageFormat, Position, TextOverlay},
+    media::{AudioFormat, ImageFormat, Position, TextOverlay, VideoFormat},
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,9 +33,11 @@ pub enum Work {
         overlays: Vec<TextOverlay>,
         /// The input is a still image shown for this many seconds.
         still_seconds: Option<f64>,
+        format: VideoFormat,
     },
     Concat {
         inputs: Vec<ObjectKey>,
+        format: VideoFormat,
     },
     ExtractAudio {
         input: ObjectKey,
@@ -54,7 +56,7 @@ impl Work {
     /// The inputs to fetch, in the order the work uses them.
     pub fn inputs(&self) -> Vec<&ObjectKey> {
         match self {
-            Work::Concat { inputs } => inputs.iter().collect(),
+            Work::Concat { inputs, .. } => inputs.iter().collect(),
             Work::Transcode { input, .. }
             | Work::ExtractAudio { input, .. }
             | Work::Thumbnails { input, .. } => {
@@ -66,7 +68,7 @@ impl Work {
     /// File extension of the result.
     pub fn extension(&self) -> &'static str {
         match self {
-            Work::Transcode { .. } | Work::Concat { .. } => "mp4",
+            Work::Transcode { format, .. } | Work::Concat { format, .. } => format.extension(),
             Work::ExtractAudio { format, .. } => match format {
                 AudioFormat::M4a => "m4a",
                 AudioFormat::Opus => "opus",
@@ -80,18 +82,21 @@ impl Work {
 impl RenderPlan {
     pub fn for_job(job: &JobId, spec: &JobSpec) -> Result<Self, RenderError> {
         let output = spec.output.unwrap_or_default();
+        let format = video_format(&output);
         let work = match spec.operation.as_ref() {
             Some(Operation::Trim(trim)) => Work::Transcode {
                 input: asset_key(trim.input.as_ref())?,
                 range: Some((trim.start_seconds, trim.end_seconds)),
                 overlays: Vec::new(),
                 still_seconds: None,
+                format,
             },
             Some(Operation::Transcode(transcode)) => Work::Transcode {
                 input: asset_key(transcode.input.as_ref())?,
                 range: None,
                 overlays: Vec::new(),
                 still_seconds: None,
+                format,
             },
             Some(Operation::AddText(add_text)) => Work::Transcode {
                 input: asset_key(add_text.input.as_ref())?,
@@ -102,6 +107,7 @@ impl RenderPlan {
                     .map(overlay)
                     .collect::<Result<_, _>>()?,
                 still_seconds: Some(add_text.duration_seconds).filter(|seconds| *seconds > 0.0),
+                format,
             },
             Some(Operation::Concat(concat)) => Work::Concat {
                 inputs: concat
@@ -109,6 +115,7 @@ impl RenderPlan {
                     .iter()
                     .map(|s| asset_key(Some(s)))
                     .collect::<Result<_, _>>()?,
+                format,
             },
             Some(Operation::ExtractAudio(extract)) => Work::ExtractAudio {
                 input: asset_key(extract.input.as_ref())?,
@@ -145,6 +152,15 @@ impl RenderPlan {
         extension: &str,
     ) -> Result<ObjectKey, RenderError> {
         output_key(&format!("outputs/{job}/thumb-{index:03}.{extension}"))
+    }
+}
+
+/// The container and codecs a video operation writes.
+fn video_format(output: &pb::OutputSpec) -> VideoFormat {
+    match (output.container(), output.video_codec()) {
+        (Container::Webm, pb::VideoCodec::Vp8) => VideoFormat::WebmVp8,
+        (Container::Webm, _) => VideoFormat::WebmVp9,
+        _ => VideoFormat::Mp4H264,
     }
 }
 

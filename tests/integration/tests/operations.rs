@@ -355,3 +355,32 @@ async fn a_background_image_and_fields_become_a_video() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webm_output_is_encoded_with_vpx_and_opus() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    for key in ["in/a.mp4", "in/b.mp4"] {
+        upload_clip(&mut client, clip(1.0, 320, 240, 30, true), key).await?;
+    }
+    let mut job_spec = concat(&["in/a.mp4", "in/b.mp4"], pb::CopyMode::Auto);
+    job_spec.output = Some(pb::OutputSpec {
+        container: pb::Container::Webm as i32,
+        video_codec: pb::VideoCodec::Vp8 as i32,
+        ..Default::default()
+    });
+    let output = completed(&run(&mut client, job_spec).await?);
+    assert!(
+        output.key.ends_with(".webm") && !output.copied,
+        "{output:?}"
+    );
+    let info = probe_output(&mut client, &output.key).await?;
+    assert_eq!(info.video.map(|v| v.codec), Some("vp8".into()));
+    assert_eq!(info.audio.map(|a| a.codec), Some("opus".into()));
+    assert!(
+        (info.duration_seconds - 2.0).abs() <= 0.15,
+        "duration {}",
+        info.duration_seconds
+    );
+    Ok(())
+}

@@ -15,9 +15,8 @@ use gstreamer as gst;
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Kind, aac_encoder, add_chain, add_live_chain, capsfilter, discard, element, ends, file_sink,
-    file_source, h264_encoder, link_pad_to_chain, link_to_mux, make, mp4_mux, mux_queue,
-    pipeline_error, static_pad,
+    Kind, VideoFormat, add_chain, add_live_chain, capsfilter, discard, element, ends, file_sink,
+    file_source, link_pad_to_chain, link_to_mux, make, mux_queue, pipeline_error, static_pad,
 };
 use crate::media::probe::{MediaInfo, probe};
 use crate::media::runner::{self, Control, Monitor, Session};
@@ -32,6 +31,7 @@ const SILENCE_SAMPLES_PER_BUFFER: i32 = 480;
 pub fn concat_reencode(
     inputs: &[&Path],
     output: &Path,
+    format: VideoFormat,
     control: &mut Control<'_>,
 ) -> Result<(), MediaError> {
     let infos: Vec<MediaInfo> = inputs
@@ -41,7 +41,7 @@ pub fn concat_reencode(
     let shape = Shape::of(inputs, &infos)?;
     let total: f64 = infos.iter().map(|info| info.duration_seconds).sum();
     runner::run(control, |session| {
-        build(session, inputs, &infos, &shape, output)?;
+        build(session, inputs, &infos, &shape, output, format)?;
         session.set_span(Some(gst::ClockTime::from_nseconds((total * 1e9) as u64)));
         session.play_to_eos()
     })
@@ -109,19 +109,20 @@ fn build(
     infos: &[MediaInfo],
     shape: &Shape,
     output: &Path,
+    format: VideoFormat,
 ) -> Result<(), MediaError> {
     let pipeline = session.pipeline().clone();
-    let mux = mp4_mux()?;
+    let mux = format.muxer()?;
     let sink = file_sink(output)?;
     pipeline.add_many([&mux, &sink]).map_err(pipeline_error)?;
     mux.link(&sink).map_err(pipeline_error)?;
     session.add_output(output);
     session.monitor().watch(&static_pad(&sink, "sink")?);
 
-    let video = joined_branch(&pipeline, &mux, Kind::Video, session.monitor())?;
+    let video = joined_branch(&pipeline, &mux, Kind::Video, format, session.monitor())?;
     let audio = shape
         .audio
-        .then(|| joined_branch(&pipeline, &mux, Kind::Audio, session.monitor()))
+        .then(|| joined_branch(&pipeline, &mux, Kind::Audio, format, session.monitor()))
         .transpose()?;
     for (input, info) in inputs.iter().zip(infos) {
         let video_pad = request_pad(&video)?;
@@ -140,6 +141,7 @@ fn joined_branch(
     pipeline: &gst::Pipeline,
     mux: &gst::Element,
     kind: Kind,
+    format: VideoFormat,
     monitor: &Arc<Monitor>,
 ) -> Result<gst::Element, MediaError> {
     let concat = element("concat")?;
@@ -147,13 +149,13 @@ fn joined_branch(
         Kind::Video => vec![
             concat.clone(),
             element("queue")?,
-            h264_encoder()?,
+            format.video_encoder()?,
             mux_queue()?,
         ],
         Kind::Audio => vec![
             concat.clone(),
             element("audioconvert")?,
-            aac_encoder(None)?,
+            format.audio_encoder()?,
             mux_queue()?,
         ],
     };
@@ -269,7 +271,7 @@ mod tests {
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut progress = |_| {};
         let mut control = Control::new(&cancel, std::time::Duration::from_secs(20), &mut progress);
-        concat_reencode(inputs, output, &mut control)
+        concat_reencode(inputs, output, VideoFormat::default(), &mut control)
     }
 
     #[test]

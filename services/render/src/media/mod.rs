@@ -21,6 +21,7 @@ pub mod trim;
 
 pub use audio::{AudioFormat, extract_audio};
 pub use concat::{ConcatProbe, concat, concat_probed, copy_compatible};
+pub use elements::VideoFormat;
 pub use frames::{ImageFormat, RgbFrame, rgb_frame_at, thumbnails};
 pub use join::concat_reencode;
 pub use overlay::{Position, TextOverlay};

@@ -158,6 +158,7 @@ mod tests {
             range: None,
             overlays,
             still_seconds: None,
+            format: crate::media::elements::VideoFormat::default(),
         };
         transcode_mp4(&request, &cancel, Duration::from_secs(20), &mut |_| {}).expect("render");
     }

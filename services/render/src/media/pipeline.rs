@@ -16,8 +16,8 @@ pub use crate::media::runner::{CancelFlag, Control, init};
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Kind, aac_encoder, add_live_chain, capsfilter, discard, element, ends, file_sink, file_source,
-    h264_encoder, link_to_mux, make, mp4_mux, mux_queue, pipeline_error, static_pad,
+    Kind, VideoFormat, add_live_chain, capsfilter, discard, element, ends, file_sink, file_source,
+    link_to_mux, make, mux_queue, pipeline_error, static_pad,
 };
 use crate::media::overlay::{TextOverlay, overlay_chain};
 use crate::media::runner::{self, Gate, Monitor, Session};
@@ -34,6 +34,7 @@ pub struct TranscodeRequest<'a> {
     /// The input is a still image, repeated into a video this many seconds
     /// long at [`STILL_FPS`].
     pub still_seconds: Option<f64>,
+    pub format: VideoFormat,
 }
 
 /// Frame rate of videos made from a still image.
@@ -73,7 +74,11 @@ pub(crate) fn validate_range(input: &Path, range: Option<(f64, f64)>) -> Result<
 }
 
 /// Per-kind encoder branch, from decoded frames/samples to the muxer queue.
-fn encoder_branch(kind: Kind, overlays: &[TextOverlay]) -> Result<Vec<gst::Element>, MediaError> {
+fn encoder_branch(
+    kind: Kind,
+    overlays: &[TextOverlay],
+    format: VideoFormat,
+) -> Result<Vec<gst::Element>, MediaError> {
     match kind {
         Kind::Video => Ok([
             // Decouples decoding from encoding so both run in parallel.
@@ -89,12 +94,12 @@ fn encoder_branch(kind: Kind, overlays: &[TextOverlay]) -> Result<Vec<gst::Eleme
         ]
         .into_iter()
         .chain(overlay_chain(overlays)?)
-        .chain([h264_encoder()?, mux_queue()?])
+        .chain([format.video_encoder()?, mux_queue()?])
         .collect()),
         Kind::Audio => Ok(vec![
             element("audioconvert")?,
             element("audioresample")?,
-            aac_encoder(None)?,
+            format.audio_encoder()?,
             mux_queue()?,
         ]),
     }
@@ -142,7 +147,7 @@ impl<'r> Job<'r> {
     fn build(session: &mut Session, req: &'r TranscodeRequest<'r>) -> Result<Self, MediaError> {
         let filesrc = file_source(req.input)?;
         let decodebin = element("decodebin")?;
-        let mux = mp4_mux()?;
+        let mux = req.format.muxer()?;
         let filesink = file_sink(req.output)?;
         let pipeline = session.pipeline();
         pipeline
@@ -167,6 +172,7 @@ impl<'r> Job<'r> {
             linked: Default::default(),
             overlays: req.overlays.to_vec(),
             still_seconds: req.still_seconds,
+            format: req.format,
         });
         let on_pad = Arc::clone(&linker);
         session.on_new_pad(&decodebin, move |pipeline, pad| on_pad.link(pipeline, pad));
@@ -290,6 +296,7 @@ struct Linker {
     linked: [AtomicBool; 2],
     overlays: Vec<TextOverlay>,
     still_seconds: Option<f64>,
+    format: VideoFormat,
 }
 
 impl Linker {
@@ -308,7 +315,7 @@ impl Linker {
             .mux
             .upgrade()
             .ok_or_else(|| MediaError::Pipeline("muxer is gone".into()))?;
-        let mut branch = encoder_branch(kind, &self.overlays)?;
+        let mut branch = encoder_branch(kind, &self.overlays, self.format)?;
         if let (Kind::Video, Some(seconds)) = (kind, self.still_seconds) {
             branch.splice(0..0, still_to_video(pad, seconds)?);
         }
@@ -349,6 +356,7 @@ mod tests {
             range,
             overlays: &[],
             still_seconds: None,
+            format: VideoFormat::default(),
         };
         let mut progress = Vec::new();
         let started = Instant::now();
@@ -452,12 +460,38 @@ mod tests {
             range: None,
             overlays: &[],
             still_seconds: Some(2.0),
+            format: VideoFormat::default(),
         };
         transcode_mp4(&req, &cancel, STALL, &mut |_| {}).expect("still to video");
         let info = probe(&output).expect("probe");
         assert!((info.duration_seconds - 2.0).abs() < 0.1, "{info:?}");
         let video = info.video.expect("video");
         assert_eq!((video.width, video.height, video.fps), (160, 120, 30.0));
+    }
+
+    #[test]
+    fn webm_output_is_vp9_and_opus() {
+        let dir = tempfile::tempdir().expect("dir");
+        let input = clip(dir.path(), "in.mp4", 2.0, (320, 240), true);
+        let output = dir.path().join("out.webm");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let req = TranscodeRequest {
+            input: &input,
+            output: &output,
+            range: None,
+            overlays: &[],
+            still_seconds: None,
+            format: VideoFormat::WebmVp9,
+        };
+        transcode_mp4(&req, &cancel, STALL, &mut |_| {}).expect("webm");
+        let info = probe(&output).expect("probe");
+        assert_eq!(info.video.map(|v| v.codec), Some("vp9".into()));
+        assert_eq!(info.audio.map(|a| a.codec), Some("opus".into()));
+        assert!(
+            (info.duration_seconds - 2.0).abs() < 0.1,
+            "{}",
+            info.duration_seconds
+        );
     }
 
     #[test]
@@ -565,6 +599,7 @@ mod tests {
             range: None,
             overlays: &[],
             still_seconds: None,
+            format: VideoFormat::default(),
         };
         let cancel = CancelFlag::default();
         let flag = Arc::clone(&cancel);
@@ -595,6 +630,7 @@ mod tests {
             range: None,
             overlays: &[],
             still_seconds: None,
+            format: VideoFormat::default(),
         };
         let stall = Duration::from_millis(1);
 
