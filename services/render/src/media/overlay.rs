@@ -153,12 +153,8 @@ mod tests {
     fn render(input: &Path, output: &Path, overlays: &[TextOverlay]) {
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let request = TranscodeRequest {
-            input,
-            output,
-            range: None,
             overlays,
-            still_seconds: None,
-            format: crate::media::elements::VideoFormat::default(),
+            ..TranscodeRequest::new(input, output)
         };
         transcode_mp4(&request, &cancel, Duration::from_secs(20), &mut |_| {}).expect("render");
     }

@@ -37,6 +37,21 @@ pub struct TranscodeRequest<'a> {
     pub format: VideoFormat,
 }
 
+impl<'a> TranscodeRequest<'a> {
+    /// A whole-file transcode to H.264/AAC MP4; set the other fields with
+    /// struct update syntax.
+    pub fn new(input: &'a Path, output: &'a Path) -> Self {
+        TranscodeRequest {
+            input,
+            output,
+            range: None,
+            overlays: &[],
+            still_seconds: None,
+            format: VideoFormat::Mp4H264,
+        }
+    }
+}
+
 /// Frame rate of videos made from a still image.
 pub const STILL_FPS: i32 = 30;
 
@@ -455,12 +470,8 @@ mod tests {
         .expect("thumbnail");
         let output = dir.path().join("still.mp4");
         let req = TranscodeRequest {
-            input: &images[0],
-            output: &output,
-            range: None,
-            overlays: &[],
             still_seconds: Some(2.0),
-            format: VideoFormat::default(),
+            ..TranscodeRequest::new(&images[0], &output)
         };
         transcode_mp4(&req, &cancel, STALL, &mut |_| {}).expect("still to video");
         let info = probe(&output).expect("probe");
@@ -476,12 +487,8 @@ mod tests {
         let output = dir.path().join("out.webm");
         let cancel = Arc::new(AtomicBool::new(false));
         let req = TranscodeRequest {
-            input: &input,
-            output: &output,
-            range: None,
-            overlays: &[],
-            still_seconds: None,
             format: VideoFormat::WebmVp9,
+            ..TranscodeRequest::new(&input, &output)
         };
         transcode_mp4(&req, &cancel, STALL, &mut |_| {}).expect("webm");
         let info = probe(&output).expect("probe");
@@ -593,14 +600,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let input = clip(dir.path(), "in.mp4", 10.0, (640, 360), true);
         let output = dir.path().join("out.mp4");
-        let req = TranscodeRequest {
-            input: &input,
-            output: &output,
-            range: None,
-            overlays: &[],
-            still_seconds: None,
-            format: VideoFormat::default(),
-        };
+        let req = TranscodeRequest::new(&input, &output);
         let cancel = CancelFlag::default();
         let flag = Arc::clone(&cancel);
         let cancel_later = std::thread::spawn(move || {
@@ -624,14 +624,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let input = clip(dir.path(), "in.mp4", 2.0, (320, 240), true);
         let output = dir.path().join("out.mp4");
-        let req = TranscodeRequest {
-            input: &input,
-            output: &output,
-            range: None,
-            overlays: &[],
-            still_seconds: None,
-            format: VideoFormat::default(),
-        };
+        let req = TranscodeRequest::new(&input, &output);
         let stall = Duration::from_millis(1);
 
         let result = transcode_mp4(&req, &CancelFlag::default(), stall, &mut |_| {});
