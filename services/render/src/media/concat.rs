@@ -14,8 +14,8 @@ use gstreamer as gst;
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Kind, add_chain, add_live_chain, discard, element, ends, file_sink, file_source,
-    link_pad_to_chain, link_to_mux, make, mp4_mux, mux_queue, static_pad,
+    Kind, add_chain, add_live_chain, discard, element, ends, file_sink, link_pad_to_chain,
+    link_to_mux, make, mp4_mux, mux_queue, static_pad,
 };
 use crate::media::probe::{StreamCaps, codec_name, stream_caps};
 use crate::media::runner::{self, Control, Session};
@@ -337,12 +337,7 @@ fn add_input(
     slot: Slot,
     joins: &Arc<Vec<Join>>,
 ) -> Result<Arc<AtomicU64>, MediaError> {
-    let chain = [file_source(input)?, element("qtdemux")?];
-    add_chain(session.pipeline(), &chain)?;
-    let (src, demux) = ends(&chain)?;
-    session.add_input(input, src);
-    session.add_input(input, demux);
-    session.monitor().watch(&static_pad(src, "src")?);
+    let demux = session.add_mp4_input(input)?;
     let reached = Arc::new(AtomicU64::new(0));
     let linker = Linker {
         joins: Arc::clone(joins),
@@ -350,7 +345,7 @@ fn add_input(
         reached: Arc::clone(&reached),
         input: input.to_path_buf(),
     };
-    session.on_new_pad(demux, move |pipeline, pad| linker.link(pipeline, pad));
+    session.on_new_pad(&demux, move |pipeline, pad| linker.link(pipeline, pad));
     Ok(reached)
 }
 

@@ -348,13 +348,12 @@ impl Linker {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::Mutex;
     use std::time::Instant;
 
     use super::*;
     use crate::media::probe::probe;
-    use crate::media::testsrc::{TestClip, fixtures};
+    use crate::media::testsrc::fixtures;
 
     const STALL: Duration = Duration::from_secs(10);
 
@@ -385,16 +384,7 @@ mod tests {
         }
     }
 
-    fn clip(dir: &Path, name: &str, seconds: f64, size: (u32, u32), audio: bool) -> PathBuf {
-        let spec = TestClip {
-            seconds,
-            width: size.0,
-            height: size.1,
-            audio,
-            ..TestClip::default()
-        };
-        fixtures::clip(dir, name, &spec)
-    }
+    use crate::media::testutil::clip;
 
     /// Stream-time timestamps of the decoded video frames of `path`.
     fn video_timestamps(path: &Path) -> Vec<gst::ClockTime> {

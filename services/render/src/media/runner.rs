@@ -14,6 +14,7 @@ use gst::prelude::*;
 use gstreamer as gst;
 
 use crate::media::MediaError;
+use crate::media::elements::{add_chain, element, ends, file_source, static_pad};
 
 /// Upper bound on how long cancellation and stalls go unnoticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -231,6 +232,18 @@ impl<'c, 'a> Session<'c, 'a> {
 
     pub(crate) fn monitor(&self) -> &Arc<Monitor> {
         &self.monitor
+    }
+
+    /// Adds `filesrc ! qtdemux` for an MP4 input, reading it counting as
+    /// activity, and returns the demuxer.
+    pub(crate) fn add_mp4_input(&mut self, input: &Path) -> Result<gst::Element, MediaError> {
+        let chain = [file_source(input)?, element("qtdemux")?];
+        add_chain(&self.pipeline, &chain)?;
+        let (src, demux) = ends(&chain)?;
+        self.add_input(input, src);
+        self.add_input(input, demux);
+        self.monitor.watch(&static_pad(src, "src")?);
+        Ok(demux.clone())
     }
 
     /// Links each new pad of `element` (a demuxer or decodebin) with `link`,

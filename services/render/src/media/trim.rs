@@ -14,8 +14,8 @@ use gstreamer as gst;
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Kind, add_chain, add_live_chain, discard, element, ends, file_sink, file_source,
-    link_pad_to_chain, link_to_mux, mp4_mux, mux_queue, static_pad,
+    Kind, add_chain, add_live_chain, discard, file_sink, link_pad_to_chain, link_to_mux, mp4_mux,
+    mux_queue, static_pad,
 };
 use crate::media::pipeline::{seek_element, validate_range};
 use crate::media::runner::{self, CancelFlag, Control, Gate, Monitor, Session};
@@ -116,12 +116,7 @@ fn snap_to_keyframe(input: &Path, start: f64, keys: &[f64]) -> Result<f64, Media
 
 /// filesrc ! qtdemux, announcing on the bus when all pads exist.
 fn add_demuxer(session: &mut Session, input: &Path) -> Result<gst::Element, MediaError> {
-    let chain = [file_source(input)?, element("qtdemux")?];
-    add_chain(session.pipeline(), &chain)?;
-    let (src, demux) = ends(&chain)?;
-    session.add_input(input, src);
-    session.add_input(input, demux);
-    session.monitor().watch(&static_pad(src, "src")?);
+    let demux = session.add_mp4_input(input)?;
     demux.connect_no_more_pads(|demux| {
         let msg = gst::message::Application::builder(gst::Structure::new_empty(PADS_READY))
             .src(demux)
