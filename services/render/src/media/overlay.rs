@@ -51,7 +51,12 @@ pub fn overlay_chain(overlays: &[TextOverlay]) -> Result<Vec<gst::Element>, Medi
 fn text_element(overlay: &TextOverlay) -> Result<gst::Element, MediaError> {
     let (halign, valign) = alignment(overlay.position);
     let mut builder = gst::ElementFactory::make("textoverlay")
-        .property("text", overlay.text.as_str())
+        // textoverlay reads Pango markup: a client's "&" or "<" would make
+        // the markup invalid and draw nothing, so the text is escaped.
+        .property(
+            "text",
+            gst::glib::markup_escape_text(&overlay.text).to_string(),
+        )
         .property(
             "font-desc",
             format!("{} {}px", overlay.font, overlay.size_px),
@@ -172,7 +177,8 @@ mod tests {
         };
         write_test_clip(&clip, &input).expect("clip");
         let overlay = TextOverlay {
-            text: "MMM".into(),
+            // Markup characters must be drawn, not parsed.
+            text: "M&<M".into(),
             font: "Sans".into(),
             size_px: 80,
             color_rgba: 0xffff_ffff,
