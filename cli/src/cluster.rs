@@ -68,34 +68,38 @@ impl DevCluster {
         let shutdown = CancellationToken::new();
         let mut services = JoinSet::new();
 
-        let listener = TcpListener::bind(config.gateway.listen).await?;
-        let gateway_addr = listener.local_addr()?;
-        services.spawn(reelmesh_gateway::run(
+        let gateway_addr = spawn_service(
+            &mut services,
+            &shutdown,
+            config.gateway.listen,
             config.gateway,
-            listener,
-            shutdown.child_token(),
-        ));
-        let listener = TcpListener::bind(config.render.listen).await?;
-        let render_addr = listener.local_addr()?;
-        services.spawn(reelmesh_render::run(
+            reelmesh_gateway::run,
+        )
+        .await?;
+        let render_addr = spawn_service(
+            &mut services,
+            &shutdown,
+            config.render.listen,
             config.render,
-            listener,
-            shutdown.child_token(),
-        ));
-        let listener = TcpListener::bind(config.notify.listen).await?;
-        let notify_addr = listener.local_addr()?;
-        services.spawn(reelmesh_notify::run(
+            reelmesh_render::run,
+        )
+        .await?;
+        let notify_addr = spawn_service(
+            &mut services,
+            &shutdown,
+            config.notify.listen,
             config.notify,
-            listener,
-            shutdown.child_token(),
-        ));
-        let listener = TcpListener::bind(config.store.listen).await?;
-        let store_addr = listener.local_addr()?;
-        services.spawn(reelmesh_store::run(
+            reelmesh_notify::run,
+        )
+        .await?;
+        let store_addr = spawn_service(
+            &mut services,
+            &shutdown,
+            config.store.listen,
             config.store,
-            listener,
-            shutdown.child_token(),
-        ));
+            reelmesh_store::run,
+        )
+        .await?;
 
         let mut cluster = DevCluster {
             nats,
@@ -164,6 +168,25 @@ impl DevCluster {
             .await
             .map(|ended| ended.map_err(anyhow::Error::from).and_then(|result| result))
     }
+}
+
+/// Binds `listen` (port 0 picks one), starts the service's `run` on it as
+/// every main does, and returns the address it got.
+async fn spawn_service<C, F, Fut>(
+    services: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    listen: SocketAddr,
+    config: C,
+    run: F,
+) -> anyhow::Result<SocketAddr>
+where
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    services.spawn(run(config, listener, shutdown.child_token()));
+    Ok(addr)
 }
 
 impl Drop for DevCluster {
