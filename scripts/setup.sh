@@ -11,7 +11,7 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2
 
 APT_PACKAGES=(
   build-essential pkg-config curl ca-certificates python3 python3-venv python3-pip
-  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libges-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
 )

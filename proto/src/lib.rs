@@ -8,6 +8,8 @@ pub mod v1 {
     tonic::include_proto!("reelmesh.v1");
 }
 
+pub mod srt;
+
 /// The encoded descriptor set of every reelmesh proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/reelmesh_descriptor.bin"));

@@ -7,8 +7,9 @@
 use base64::Engine as _;
 use rand::RngCore as _;
 use reelmesh_proto::v1::{
-    Callback, Container, CopyMode, JobSpec, Source, TextOverlay, VideoCodec, job_spec::Operation,
-    source::Kind,
+    AudioCodec, AudioTrack, Callback, Clip, Container, CopyMode, Edit, JobSpec, OutputSpec, Source,
+    Subtitles, TextOverlay, TransitionKind, VideoCodec, clip, job_spec::Operation, source::Kind,
+    subtitles,
 };
 use reelmesh_store::ObjectKey;
 
@@ -22,8 +23,16 @@ pub struct JobLimits {
     pub max_inputs: usize,
     /// Most images one thumbnail job may take.
     pub max_thumbnails: usize,
-    /// Longest media a job may ask for by time (a trim's range, a thumbnail's time).
+    /// Longest media a job may ask for by time (a trim's range, a
+    /// thumbnail's time, a clip, an edit's stated length).
     pub max_seconds: f64,
+    /// Largest output picture, in pixels per side.
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Largest result a render may write; a job whose asked bitrate and
+    /// length already exceed it is refused at submit, and a render that
+    /// grows past it fails.
+    pub max_output_bytes: u64,
 }
 
 impl Default for JobLimits {
@@ -32,6 +41,9 @@ impl Default for JobLimits {
             max_inputs: 100,
             max_thumbnails: 100,
             max_seconds: 4.0 * 3600.0,
+            max_width: 3840,
+            max_height: 2160,
+            max_output_bytes: 20 << 30,
         }
     }
 }
@@ -43,16 +55,9 @@ type Checked<T = ()> = Result<T, GatewayError>;
 pub fn validate_spec(mut spec: JobSpec, limits: &JobLimits) -> Checked<JobSpec> {
     let kind = operation_kind(&spec, limits)?;
     check_output(&spec, kind)?;
+    check_output_settings(&spec, kind, limits)?;
     check_copy(&spec, kind)?;
-    if let Some(Operation::AddText(add_text)) = spec.operation.as_mut() {
-        for (i, overlay) in add_text.overlays.iter_mut().enumerate() {
-            overlay.text = expand_fields(
-                &overlay.text,
-                &spec.fields,
-                &format!("spec.add_text.overlays[{i}].text"),
-            )?;
-        }
-    }
+    expand_all_fields(&mut spec)?;
     if let Some(callback) = spec.callback.as_mut() {
         validate_callback(callback)?;
     }
@@ -74,8 +79,14 @@ fn invalid<T>(message: impl Into<String>) -> Checked<T> {
 fn operation_kind(spec: &JobSpec, limits: &JobLimits) -> Checked<Produces> {
     match spec.operation.as_ref() {
         None => invalid(
-            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail",
+            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail, edit",
         ),
+        Some(Operation::Edit(edit)) => {
+            check_edit(edit, limits)?;
+            Ok(Produces::Video {
+                always_reencodes: true,
+            })
+        }
         Some(Operation::Trim(trim)) => {
             check_source(trim.input.as_ref(), "spec.trim.input")?;
             check_range(trim.start_seconds, trim.end_seconds, limits)?;
@@ -132,6 +143,277 @@ fn operation_kind(spec: &JobSpec, limits: &JobLimits) -> Checked<Produces> {
             check_times(&thumbnail.times_seconds, limits)?;
             Ok(Produces::Images)
         }
+    }
+}
+
+/// Merge fields are expanded in every text a job draws.
+fn expand_all_fields(spec: &mut JobSpec) -> Checked {
+    let fields = &spec.fields;
+    let texts: Vec<(String, &mut String)> = match spec.operation.as_mut() {
+        Some(Operation::AddText(add_text)) => add_text
+            .overlays
+            .iter_mut()
+            .enumerate()
+            .map(|(i, o)| (format!("spec.add_text.overlays[{i}].text"), &mut o.text))
+            .collect(),
+        Some(Operation::Edit(edit)) => {
+            let overlays = edit
+                .overlays
+                .iter_mut()
+                .enumerate()
+                .map(|(i, o)| (format!("spec.edit.overlays[{i}].text"), &mut o.text));
+            let subtitles = edit.subtitles.as_mut().and_then(|s| match s.srt.as_mut() {
+                Some(subtitles::Srt::Text(text)) => {
+                    Some(("spec.edit.subtitles.text".to_string(), text))
+                }
+                _ => None,
+            });
+            overlays.chain(subtitles).collect()
+        }
+        _ => Vec::new(),
+    };
+    for (field, text) in texts {
+        *text = expand_fields(text, fields, &field)?;
+    }
+    Ok(())
+}
+
+fn check_edit(edit: &Edit, limits: &JobLimits) -> Checked {
+    if edit.clips.is_empty() || edit.clips.len() > limits.max_inputs {
+        return invalid(format!(
+            "spec.edit.clips: give 1 to {} clips, got {}",
+            limits.max_inputs,
+            edit.clips.len()
+        ));
+    }
+    let mut stated = 0.0;
+    for (i, clip) in edit.clips.iter().enumerate() {
+        stated += check_clip(clip, &format!("spec.edit.clips[{i}]"), limits)?;
+    }
+    if stated > limits.max_seconds {
+        return invalid(format!(
+            "spec.edit.clips: {stated:.1} s of clips is beyond this server's limit of {} s",
+            limits.max_seconds
+        ));
+    }
+    for (i, overlay) in edit.overlays.iter().enumerate() {
+        check_overlay(overlay, &format!("spec.edit.overlays[{i}]"))?;
+    }
+    if edit.audio.len() > limits.max_inputs {
+        return invalid(format!(
+            "spec.edit.audio: at most {} tracks",
+            limits.max_inputs
+        ));
+    }
+    for (i, track) in edit.audio.iter().enumerate() {
+        check_audio_track(track, &format!("spec.edit.audio[{i}]"), limits)?;
+    }
+    if let Some(subtitles) = &edit.subtitles {
+        check_subtitles(subtitles)?;
+    }
+    Ok(())
+}
+
+/// Checks one clip and returns the seconds it states (0 when only the
+/// media knows).
+fn check_clip(clip: &Clip, field: &str, limits: &JobLimits) -> Checked<f64> {
+    let in_range = |value: f64| value.is_finite() && (0.0..=limits.max_seconds).contains(&value);
+    for (name, value) in [
+        ("in_seconds", clip.in_seconds),
+        ("out_seconds", clip.out_seconds),
+        ("duration_seconds", clip.duration_seconds),
+    ] {
+        if !in_range(value) {
+            return invalid(format!(
+                "{field}.{name} must be between 0 and {} s, got {value}",
+                limits.max_seconds
+            ));
+        }
+    }
+    if clip.out_seconds != 0.0 && clip.out_seconds <= clip.in_seconds {
+        return invalid(format!(
+            "{field}.out_seconds must be 0 (to the end) or after in_seconds"
+        ));
+    }
+    if let Some(transition) = &clip.transition {
+        let seconds = transition.duration_seconds;
+        if transition.kind() != TransitionKind::None && !(seconds > 0.0 && in_range(seconds)) {
+            return invalid(format!(
+                "{field}.transition.duration_seconds must be more than 0, got {seconds}"
+            ));
+        }
+    }
+    match &clip.source {
+        None => invalid(format!("{field}: set media or color")),
+        Some(clip::Source::Media(media)) => {
+            check_source(Some(media), &format!("{field}.media"))?;
+            Ok(if clip.duration_seconds > 0.0 {
+                clip.duration_seconds
+            } else if clip.out_seconds > 0.0 {
+                clip.out_seconds - clip.in_seconds
+            } else {
+                0.0
+            })
+        }
+        Some(clip::Source::Color(color)) => {
+            if reelmesh_proto::parse_color(color).is_none() {
+                return invalid(format!("{field}.color {color:?}: use #RRGGBB or #RRGGBBAA"));
+            }
+            if clip.duration_seconds <= 0.0 {
+                return invalid(format!("{field}.duration_seconds: a colour needs one"));
+            }
+            if clip.in_seconds != 0.0 || clip.out_seconds != 0.0 {
+                return invalid(format!("{field}: a colour has no in/out points"));
+            }
+            Ok(clip.duration_seconds)
+        }
+    }
+}
+
+fn check_audio_track(track: &AudioTrack, field: &str, limits: &JobLimits) -> Checked {
+    check_source(track.source.as_ref(), &format!("{field}.source"))?;
+    if let Some(volume) = track.volume
+        && !(volume.is_finite() && (0.0..=10.0).contains(&volume))
+    {
+        return invalid(format!(
+            "{field}.volume must be between 0 and 10, got {volume}"
+        ));
+    }
+    for (name, value) in [
+        ("start_seconds", track.start_seconds),
+        ("in_seconds", track.in_seconds),
+        ("duration_seconds", track.duration_seconds),
+        ("fade_in_seconds", track.fade_in_seconds),
+        ("fade_out_seconds", track.fade_out_seconds),
+    ] {
+        if !(value.is_finite() && (0.0..=limits.max_seconds).contains(&value)) {
+            return invalid(format!(
+                "{field}.{name} must be between 0 and {} s, got {value}",
+                limits.max_seconds
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_subtitles(subtitles: &Subtitles) -> Checked {
+    let field = "spec.edit.subtitles";
+    match &subtitles.srt {
+        None => return invalid(format!("{field}: set file or text")),
+        Some(subtitles::Srt::File(file)) => check_source(Some(file), &format!("{field}.file"))?,
+        Some(subtitles::Srt::Text(text)) => {
+            reelmesh_proto::srt::parse_srt(text)
+                .map_err(|err| GatewayError::InvalidArgument(format!("{field}.text: {err}")))?;
+        }
+    }
+    for (name, color) in [
+        ("color", &subtitles.color),
+        ("box_color", &subtitles.box_color),
+    ] {
+        if !color.is_empty() && reelmesh_proto::parse_color(color).is_none() {
+            return invalid(format!(
+                "{field}.{name} {color:?}: use #RRGGBB or #RRGGBBAA"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Picture size, frame rate, rate control and audio codec: each in range
+/// and fitting the container and the operation.
+fn check_output_settings(spec: &JobSpec, produces: Produces, limits: &JobLimits) -> Checked {
+    let Some(output) = spec.output.as_ref() else {
+        return Ok(());
+    };
+    let video = matches!(produces, Produces::Video { .. });
+    if video {
+        check_picture(output, limits)?;
+    } else if output.height != 0
+        || output.fps != 0
+        || output.video_bitrate_kbps != 0
+        || output.quality != 0
+    {
+        return invalid(
+            "spec.output: height, fps, video_bitrate_kbps and quality are for video outputs",
+        );
+    }
+    if output.fps > 120 {
+        return invalid(format!(
+            "spec.output.fps must be 1 to 120, got {}",
+            output.fps
+        ));
+    }
+    if output.quality > 51 {
+        return invalid(format!(
+            "spec.output.quality must be 1 to 51, got {}",
+            output.quality
+        ));
+    }
+    if output.quality != 0 && output.video_bitrate_kbps != 0 {
+        return invalid("spec.output: set quality or video_bitrate_kbps, not both");
+    }
+    check_output_size(spec, output, limits)?;
+    check_audio_codec(output.container(), output.audio_codec(), video)
+}
+
+fn check_picture(output: &OutputSpec, limits: &JobLimits) -> Checked {
+    let (width, height) = (output.width, output.height);
+    if (width == 0) != (height == 0) {
+        return invalid("spec.output: set both width and height, or neither");
+    }
+    if width % 2 == 1 || height % 2 == 1 {
+        return invalid(format!(
+            "spec.output: width and height must be even (encoders need it), got {width}x{height}"
+        ));
+    }
+    if width > limits.max_width || height > limits.max_height {
+        return invalid(format!(
+            "spec.output: {width}x{height} is beyond this server's limit of {}x{}",
+            limits.max_width, limits.max_height
+        ));
+    }
+    Ok(())
+}
+
+/// With a bitrate and a stated length the output size is known up front.
+fn check_output_size(spec: &JobSpec, output: &OutputSpec, limits: &JobLimits) -> Checked {
+    let kbps = u64::from(output.video_bitrate_kbps) + u64::from(output.audio_bitrate_kbps);
+    let seconds = match spec.operation.as_ref() {
+        Some(Operation::Trim(trim)) => trim.end_seconds - trim.start_seconds,
+        Some(Operation::AddText(add_text)) => add_text.duration_seconds,
+        _ => 0.0,
+    };
+    let bytes = kbps as f64 * 1000.0 / 8.0 * seconds;
+    if bytes > limits.max_output_bytes as f64 {
+        return invalid(format!(
+            "spec.output: {kbps} kbit/s for {seconds:.1} s makes about {:.0} MB, beyond this \
+             server's limit of {:.0} MB",
+            bytes / 1e6,
+            limits.max_output_bytes as f64 / 1e6
+        ));
+    }
+    Ok(())
+}
+
+fn check_audio_codec(container: Container, codec: AudioCodec, video: bool) -> Checked {
+    let fits = match (container, codec) {
+        (_, AudioCodec::Unspecified) => true,
+        (Container::Mkv, _) => true,
+        (Container::Mp4 | Container::M4a, c) => c == AudioCodec::Aac,
+        (Container::Unspecified, c) if video => c == AudioCodec::Aac,
+        (Container::Unspecified, c) => c == AudioCodec::Aac,
+        (Container::Webm | Container::Opus, c) => c == AudioCodec::Opus,
+        (Container::Mp3, c) => c == AudioCodec::Mp3,
+        (Container::Jpg | Container::Png, _) => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        invalid(format!(
+            "spec.output.audio_codec: {} does not fit {}",
+            codec.as_str_name(),
+            container.as_str_name()
+        ))
     }
 }
 
@@ -211,7 +493,9 @@ fn check_output(spec: &JobSpec, produces: Produces) -> Checked {
         .map_or(Container::Unspecified, |o| o.container());
     let allowed = match (produces, container) {
         (_, Container::Unspecified) => true,
-        (Produces::Video { .. }, c) => matches!(c, Container::Mp4 | Container::Webm),
+        (Produces::Video { .. }, c) => {
+            matches!(c, Container::Mp4 | Container::Webm | Container::Mkv)
+        }
         (Produces::Audio, c) => matches!(c, Container::M4a | Container::Opus | Container::Mp3),
         (Produces::Images, c) => matches!(c, Container::Jpg | Container::Png),
     };
@@ -227,7 +511,7 @@ fn check_output(spec: &JobSpec, produces: Produces) -> Checked {
             "spec.output.container: {} does not fit this operation ({})",
             container.as_str_name(),
             match produces {
-                Produces::Video { .. } => "video: CONTAINER_MP4 or CONTAINER_WEBM",
+                Produces::Video { .. } => "video: CONTAINER_MP4, CONTAINER_WEBM or CONTAINER_MKV",
                 Produces::Audio => "audio: CONTAINER_M4A, CONTAINER_OPUS or CONTAINER_MP3",
                 Produces::Images => "images: CONTAINER_JPG or CONTAINER_PNG",
             }
@@ -239,6 +523,7 @@ fn check_video_codec(container: Container, codec: VideoCodec) -> Checked {
     let fits = match (container, codec) {
         (_, VideoCodec::Unspecified) => true,
         (Container::Webm, c) => matches!(c, VideoCodec::Vp8 | VideoCodec::Vp9),
+        (Container::Mkv, _) => true,
         (Container::Mp4 | Container::Unspecified, c) => c == VideoCodec::H264,
         _ => false,
     };
@@ -264,7 +549,9 @@ fn check_copy(spec: &JobSpec, produces: Produces) -> Checked {
         .as_ref()
         .map_or(Container::Unspecified, |o| o.container());
     let always_encodes = match produces {
-        Produces::Video { always_reencodes } => always_reencodes || container == Container::Webm,
+        Produces::Video { always_reencodes } => {
+            always_reencodes || matches!(container, Container::Webm | Container::Mkv)
+        }
         Produces::Audio => matches!(container, Container::Opus | Container::Mp3),
         Produces::Images => true,
     };
@@ -343,7 +630,9 @@ fn is_webhook_secret(secret: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reelmesh_proto::v1::{AddText, Concat, ExtractAudio, OutputSpec, Thumbnail, Trim};
+    use reelmesh_proto::v1::{
+        AddText, Concat, ExtractAudio, OutputSpec, Thumbnail, Transition, Trim,
+    };
 
     fn asset(key: &str) -> Source {
         Source {
@@ -474,6 +763,9 @@ mod tests {
             max_inputs: 2,
             max_thumbnails: 1,
             max_seconds: 60.0,
+            max_width: 1920,
+            max_height: 1080,
+            max_output_bytes: 10_000_000,
         };
         let three = spec(Operation::Concat(Concat {
             inputs: vec![asset("a.mp4"), asset("b.mp4"), asset("c.mp4")],
@@ -544,5 +836,209 @@ mod tests {
             secret: String::new(),
         });
         assert!(message(validate_spec_test(bad)).contains("spec.callback.url"));
+    }
+
+    fn edit(clips: Vec<Clip>) -> Edit {
+        Edit {
+            clips,
+            ..Default::default()
+        }
+    }
+
+    fn colour(seconds: f64) -> Clip {
+        Clip {
+            source: Some(clip::Source::Color("#102030".into())),
+            duration_seconds: seconds,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn edits_are_checked_clip_by_clip() {
+        let good = Edit {
+            clips: vec![
+                Clip {
+                    source: Some(clip::Source::Media(asset("a.mp4"))),
+                    in_seconds: 1.0,
+                    out_seconds: 3.0,
+                    ..Default::default()
+                },
+                Clip {
+                    transition: Some(Transition {
+                        kind: TransitionKind::Crossfade as i32,
+                        duration_seconds: 0.5,
+                    }),
+                    ..colour(2.0)
+                },
+            ],
+            audio: vec![AudioTrack {
+                source: Some(asset("music.m4a")),
+                volume: Some(0.3),
+                fade_out_seconds: 1.0,
+                ..Default::default()
+            }],
+            subtitles: Some(Subtitles {
+                srt: Some(subtitles::Srt::Text(
+                    "1\n00:00:00,500 --> 00:00:01,500\nHi {{name}}\n".into(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut good_spec = spec(Operation::Edit(good));
+        good_spec.fields.insert("name".into(), "Ada".into());
+        let checked = validate_spec_test(good_spec).expect("valid edit");
+        let Some(Operation::Edit(checked)) = checked.operation else {
+            panic!("edit kept")
+        };
+        let Some(subtitles::Srt::Text(text)) = checked.subtitles.and_then(|s| s.srt) else {
+            panic!("subtitles kept")
+        };
+        assert!(
+            text.contains("Hi Ada"),
+            "merge fields fill subtitles: {text}"
+        );
+
+        let cases: Vec<(Edit, &str)> = vec![
+            (edit(vec![]), "spec.edit.clips: give 1 to"),
+            (
+                edit(vec![colour(0.0)]),
+                "spec.edit.clips[0].duration_seconds",
+            ),
+            (
+                edit(vec![Clip {
+                    source: Some(clip::Source::Color("red".into())),
+                    ..colour(1.0)
+                }]),
+                "spec.edit.clips[0].color",
+            ),
+            (
+                edit(vec![
+                    colour(1.0),
+                    Clip {
+                        source: Some(clip::Source::Media(asset("b.mp4"))),
+                        in_seconds: 4.0,
+                        out_seconds: 2.0,
+                        ..Default::default()
+                    },
+                ]),
+                "spec.edit.clips[1].out_seconds",
+            ),
+            (
+                edit(vec![Clip {
+                    source: Some(clip::Source::Media(asset("../x.mp4"))),
+                    ..Default::default()
+                }]),
+                "spec.edit.clips[0].media.asset",
+            ),
+            (
+                Edit {
+                    audio: vec![AudioTrack {
+                        source: Some(asset("m.m4a")),
+                        volume: Some(-1.0),
+                        ..Default::default()
+                    }],
+                    ..edit(vec![colour(1.0)])
+                },
+                "spec.edit.audio[0].volume",
+            ),
+            (
+                Edit {
+                    subtitles: Some(Subtitles {
+                        srt: Some(subtitles::Srt::Text(
+                            "1\n00:00:02,000 --> 00:00:01,000\nx".into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    ..edit(vec![colour(1.0)])
+                },
+                "spec.edit.subtitles.text: cue 1",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let got = message(validate_spec_test(spec(Operation::Edit(edit))));
+            assert!(got.contains(expected), "want {expected:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn output_settings_must_fit_and_stay_in_limits() {
+        let limits = JobLimits {
+            max_output_bytes: 1_000_000,
+            ..JobLimits::default()
+        };
+        let with = |output: OutputSpec| JobSpec {
+            output: Some(output),
+            ..trim(0.0, 10.0)
+        };
+        let cases = [
+            (
+                OutputSpec {
+                    width: 640,
+                    ..Default::default()
+                },
+                "both width and height",
+            ),
+            (
+                OutputSpec {
+                    width: 641,
+                    height: 360,
+                    ..Default::default()
+                },
+                "must be even",
+            ),
+            (
+                OutputSpec {
+                    width: 7680,
+                    height: 4320,
+                    ..Default::default()
+                },
+                "limit of 3840x2160",
+            ),
+            (
+                OutputSpec {
+                    quality: 60,
+                    ..Default::default()
+                },
+                "quality must be 1 to 51",
+            ),
+            (
+                OutputSpec {
+                    quality: 20,
+                    video_bitrate_kbps: 900,
+                    ..Default::default()
+                },
+                "not both",
+            ),
+            (
+                OutputSpec {
+                    video_bitrate_kbps: 5000,
+                    ..Default::default()
+                },
+                "limit of 1 MB",
+            ),
+            (
+                OutputSpec {
+                    container: Container::Webm as i32,
+                    audio_codec: AudioCodec::Aac as i32,
+                    ..Default::default()
+                },
+                "spec.output.audio_codec",
+            ),
+        ];
+        for (output, expected) in cases {
+            let got = message(validate_spec(with(output), &limits));
+            assert!(got.contains(expected), "want {expected:?}, got {got:?}");
+        }
+        let mkv = OutputSpec {
+            container: Container::Mkv as i32,
+            video_codec: VideoCodec::Vp9 as i32,
+            audio_codec: AudioCodec::Mp3 as i32,
+            width: 640,
+            height: 360,
+            fps: 25,
+            ..Default::default()
+        };
+        validate_spec(with(mkv), &limits).expect("MKV takes any codec");
     }
 }

@@ -21,6 +21,9 @@ pub struct RenderConfig {
     pub work_dir: PathBuf,
     /// A pipeline that moves no media for this long is failed.
     pub stall_timeout_secs: u64,
+    /// A render whose result is larger fails instead of being stored
+    /// (the gateway refuses what it can foresee; this catches the rest).
+    pub max_output_bytes: u64,
 }
 
 impl Default for RenderConfig {
@@ -33,6 +36,7 @@ impl Default for RenderConfig {
             concurrency: 1,
             work_dir: std::env::temp_dir(),
             stall_timeout_secs: 30,
+            max_output_bytes: 20 << 30,
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use reelmesh_proto::v1::CopyMode;
+use reelmesh_store::ObjectKey;
 
 use crate::{
     RenderError,
@@ -100,6 +101,18 @@ pub fn execute(
             control,
         )
         .map_err(named)?,
+        Work::Edit {
+            timeline,
+            subtitle_file,
+            format,
+        } => {
+            let mut timeline = timeline.locate(|key| local_path(key, inputs))?;
+            if let (Some(key), Some(track)) = (subtitle_file, timeline.subtitles.as_mut()) {
+                track.cues = read_srt(key, inputs)?;
+            }
+            media::render_timeline(&timeline, &output, format, control).map_err(named)?;
+            false
+        }
         Work::Thumbnails {
             times,
             format,
@@ -120,12 +133,30 @@ pub fn execute(
     })
 }
 
+fn local_path(key: &ObjectKey, inputs: &[LocalInput]) -> Result<PathBuf, RenderError> {
+    inputs
+        .iter()
+        .find(|input| &input.key == key)
+        .map(|input| input.path.clone())
+        .ok_or_else(|| RenderError::InputNotFound(key.to_string()))
+}
+
+fn read_srt(key: &ObjectKey, inputs: &[LocalInput]) -> Result<Vec<media::Cue>, RenderError> {
+    let bad = |reason: String| RenderError::BadInput {
+        asset: key.to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(local_path(key, inputs)?)?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("is not UTF-8 text".into()))?;
+    media::parse_srt(&text).map_err(|err| bad(err.to_string()))
+}
+
 /// Copy paths write MP4 with the inputs' H.264/AAC; any other output
 /// format means encoding.
 fn copyable_to(format: VideoFormat) -> Result<(), String> {
-    match format {
-        VideoFormat::Mp4H264 => Ok(()),
-        VideoFormat::WebmVp8 | VideoFormat::WebmVp9 => Err("WebM output is always encoded".into()),
+    match format.copy_blocker() {
+        None => Ok(()),
+        Some(why) => Err(why.into()),
     }
 }
 
@@ -219,7 +250,6 @@ fn extract_audio(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reelmesh_store::ObjectKey;
 
     #[test]
     fn messages_name_assets_not_scratch_files() {

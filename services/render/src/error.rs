@@ -52,6 +52,7 @@ impl RenderError {
                 RenderError::Pipeline(format!("no progress for {after:?}"))
             }
             MediaError::Pipeline(message) => RenderError::Pipeline(message),
+            MediaError::Timeline(message) => RenderError::Plan(message),
         }
     }
 }

@@ -12,7 +12,11 @@ use reelmesh_store::ObjectKey;
 
 use crate::{
     RenderError,
-    media::{AudioFormat, ImageFormat, Position, TextOverlay, VideoFormat},
+    media::{
+        AudioBed, AudioCodec, AudioFormat, Clip, ClipSource, Fit, ImageFormat, Picture, Position,
+        SubtitleTrack, TextOverlay, Timeline, Transition, TransitionKind, VideoCodec,
+        VideoContainer, VideoFormat, parse_srt,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +54,13 @@ pub enum Work {
         format: ImageFormat,
         width: Option<u32>,
     },
+    /// A timeline of clips, transitions, text, subtitles and audio.
+    Edit {
+        timeline: Timeline<ObjectKey>,
+        /// An SRT file whose cues fill `timeline.subtitles` once fetched.
+        subtitle_file: Option<ObjectKey>,
+        format: VideoFormat,
+    },
 }
 
 impl Work {
@@ -57,6 +68,11 @@ impl Work {
     pub fn inputs(&self) -> Vec<&ObjectKey> {
         match self {
             Work::Concat { inputs, .. } => inputs.iter().collect(),
+            Work::Edit {
+                timeline,
+                subtitle_file,
+                ..
+            } => timeline.sources().chain(subtitle_file).collect(),
             Work::Transcode { input, .. }
             | Work::ExtractAudio { input, .. }
             | Work::Thumbnails { input, .. } => {
@@ -68,7 +84,9 @@ impl Work {
     /// File extension of the result.
     pub fn extension(&self) -> &'static str {
         match self {
-            Work::Transcode { format, .. } | Work::Concat { format, .. } => format.extension(),
+            Work::Transcode { format, .. }
+            | Work::Concat { format, .. }
+            | Work::Edit { format, .. } => format.extension(),
             Work::ExtractAudio { format, .. } => match format {
                 AudioFormat::M4a => "m4a",
                 AudioFormat::Opus => "opus",
@@ -135,6 +153,7 @@ impl RenderPlan {
                 },
                 width: Some(output.width).filter(|width| *width > 0),
             },
+            Some(Operation::Edit(edit)) => edit_work(edit, format)?,
             None => return Err(RenderError::Plan("the job has no operation".into())),
         };
         let output = output_key(&format!("outputs/{job}.{}", work.extension()))?;
@@ -155,12 +174,47 @@ impl RenderPlan {
     }
 }
 
-/// The container and codecs a video operation writes.
+/// The container, codecs, picture and rate control a video operation writes
+/// (the gateway has checked that they fit together).
 fn video_format(output: &pb::OutputSpec) -> VideoFormat {
-    match (output.container(), output.video_codec()) {
-        (Container::Webm, pb::VideoCodec::Vp8) => VideoFormat::WebmVp8,
-        (Container::Webm, _) => VideoFormat::WebmVp9,
-        _ => VideoFormat::Mp4H264,
+    let container = match output.container() {
+        Container::Webm => VideoContainer::Webm,
+        Container::Mkv => VideoContainer::Mkv,
+        _ => VideoContainer::Mp4,
+    };
+    let webm = container == VideoContainer::Webm;
+    let video = match output.video_codec() {
+        pb::VideoCodec::Vp8 => VideoCodec::Vp8,
+        pb::VideoCodec::Vp9 => VideoCodec::Vp9,
+        pb::VideoCodec::H264 => VideoCodec::H264,
+        pb::VideoCodec::Unspecified if webm => VideoCodec::Vp9,
+        pb::VideoCodec::Unspecified => VideoCodec::H264,
+    };
+    let audio = match output.audio_codec() {
+        pb::AudioCodec::Opus => AudioCodec::Opus,
+        pb::AudioCodec::Mp3 => AudioCodec::Mp3,
+        pb::AudioCodec::Aac => AudioCodec::Aac,
+        pb::AudioCodec::Unspecified if webm => AudioCodec::Opus,
+        pb::AudioCodec::Unspecified => AudioCodec::Aac,
+    };
+    let positive = |value: u32| Some(value).filter(|v| *v > 0);
+    VideoFormat {
+        container,
+        video,
+        audio,
+        picture: (output.width > 0 && output.height > 0).then(|| Picture {
+            width: output.width,
+            height: output.height,
+            fit: match output.fit() {
+                pb::Fit::Cover => Fit::Cover,
+                pb::Fit::Contain => Fit::Contain,
+            },
+        }),
+        fps: positive(output.fps),
+        video_bitrate_kbps: positive(output.video_bitrate_kbps),
+        quality: positive(output.quality),
+        audio_bitrate_kbps: positive(output.audio_bitrate_kbps),
+        faststart: output.faststart.unwrap_or(true),
     }
 }
 
@@ -175,6 +229,113 @@ pub fn decide_copy(mode: CopyMode, possible: Result<(), String>) -> Result<bool,
             "copy mode is REQUIRED but the streams cannot be copied: {why}"
         ))),
     }
+}
+
+fn edit_work(edit: &pb::Edit, format: VideoFormat) -> Result<Work, RenderError> {
+    let clips = edit
+        .clips
+        .iter()
+        .map(clip)
+        .collect::<Result<_, RenderError>>()?;
+    let audio = edit
+        .audio
+        .iter()
+        .map(|track| {
+            Ok(AudioBed {
+                source: asset_key(track.source.as_ref())?,
+                volume: track.volume.unwrap_or(1.0),
+                start_seconds: track.start_seconds,
+                in_seconds: track.in_seconds,
+                duration_seconds: Some(track.duration_seconds).filter(|d| *d > 0.0),
+                fade_in_seconds: track.fade_in_seconds,
+                fade_out_seconds: track.fade_out_seconds,
+            })
+        })
+        .collect::<Result<_, RenderError>>()?;
+    let overlays = edit
+        .overlays
+        .iter()
+        .map(overlay)
+        .collect::<Result<_, _>>()?;
+    let (subtitles, subtitle_file) = match &edit.subtitles {
+        Some(spec) => {
+            let (cues, file) = match &spec.srt {
+                Some(pb::subtitles::Srt::Text(text)) => (
+                    parse_srt(text)
+                        .map_err(|err| RenderError::Plan(format!("edit.subtitles: {err}")))?,
+                    None,
+                ),
+                Some(pb::subtitles::Srt::File(source)) => {
+                    (Vec::new(), Some(asset_key(Some(source))?))
+                }
+                None => return Err(RenderError::Plan("edit.subtitles has no srt".into())),
+            };
+            (
+                Some(SubtitleTrack {
+                    cues,
+                    style: subtitle_style(spec)?,
+                }),
+                file,
+            )
+        }
+        None => (None, None),
+    };
+    Ok(Work::Edit {
+        timeline: Timeline {
+            clips,
+            overlays,
+            subtitles,
+            audio,
+        },
+        subtitle_file,
+        format,
+    })
+}
+
+fn clip(spec: &pb::Clip) -> Result<Clip<ObjectKey>, RenderError> {
+    let source = match &spec.source {
+        Some(pb::clip::Source::Media(media)) => ClipSource::Media(asset_key(Some(media))?),
+        Some(pb::clip::Source::Color(text)) => ClipSource::Color(
+            reelmesh_proto::parse_color(text)
+                .ok_or_else(|| RenderError::Plan(format!("bad colour {text:?}")))?,
+        ),
+        None => return Err(RenderError::Plan("a clip has no source".into())),
+    };
+    let transition = spec.transition.as_ref().and_then(|t| {
+        let kind = match t.kind() {
+            pb::TransitionKind::None => return None,
+            pb::TransitionKind::Crossfade => TransitionKind::Crossfade,
+            pb::TransitionKind::Fade => TransitionKind::Fade,
+        };
+        Some(Transition {
+            kind,
+            seconds: t.duration_seconds,
+        })
+    });
+    Ok(Clip {
+        source,
+        in_seconds: spec.in_seconds,
+        out_seconds: Some(spec.out_seconds).filter(|out| *out > 0.0),
+        duration_seconds: Some(spec.duration_seconds).filter(|d| *d > 0.0),
+        transition,
+    })
+}
+
+const SUBTITLE_SIZE: u32 = 36;
+/// Translucent black, so subtitles read over any picture.
+const SUBTITLE_BOX: u32 = 0x0000_00a0;
+
+/// Subtitles are drawn like a bottom-centred overlay with their own defaults.
+fn subtitle_style(spec: &pb::Subtitles) -> Result<TextOverlay, RenderError> {
+    let mut style = overlay(&pb::TextOverlay {
+        font: spec.font.clone(),
+        size: Some(spec.size).filter(|s| *s > 0).unwrap_or(SUBTITLE_SIZE),
+        color: spec.color.clone(),
+        box_color: spec.box_color.clone(),
+        ..Default::default()
+    })?;
+    style.box_rgba = style.box_rgba.or(Some(SUBTITLE_BOX));
+    Ok(style)
 }
 
 fn asset_key(source: Option<&Source>) -> Result<ObjectKey, RenderError> {

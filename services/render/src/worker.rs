@@ -184,6 +184,7 @@ impl RenderWorker {
         plan: &RenderPlan,
         rendered: Rendered,
     ) -> Result<JobOutput, RenderError> {
+        self.check_output_size(&rendered)?;
         let media = media::probe(&rendered.files[0])
             .map_err(|err| RenderError::Pipeline(err.to_string()))?;
         let mut keys = Vec::new();
@@ -208,6 +209,21 @@ impl RenderWorker {
             keys,
             copied: rendered.copied,
         })
+    }
+
+    /// Refuses results beyond the configured size, before any is stored.
+    fn check_output_size(&self, rendered: &Rendered) -> Result<(), RenderError> {
+        let mut total = 0;
+        for file in &rendered.files {
+            total += std::fs::metadata(file)?.len();
+        }
+        let limit = self.config.max_output_bytes;
+        if total > limit {
+            return Err(RenderError::Plan(format!(
+                "the result is {total} bytes, beyond this server's limit of {limit} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs the blocking render on the blocking pool, telling JetStream the

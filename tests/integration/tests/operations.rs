@@ -384,3 +384,161 @@ async fn webm_output_is_encoded_with_vpx_and_opus() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_joins_clips_stills_colours_music_and_subtitles() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    upload_clip(&mut client, clip(1.5, 320, 240, 30, true), "in/a.mp4").await?;
+    upload_clip(&mut client, clip(1.0, 640, 360, 25, false), "in/b.mp4").await?;
+    let dir = tempfile::tempdir()?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut progress = |_| {};
+    let mut control = media::Control::new(&cancel, Duration::from_secs(10), &mut progress);
+    let still = media::thumbnails(
+        clips::six_second_clip(),
+        &[1.0],
+        media::ImageFormat::Png,
+        None,
+        dir.path(),
+        &mut control,
+    )?;
+    client.upload_file(&still[0], "in/still.png").await?;
+    let music = dir.path().join("music.m4a");
+    media::extract_audio(
+        clips::six_second_clip(),
+        &music,
+        media::AudioFormat::M4a,
+        None,
+        &mut control,
+    )?;
+    client.upload_file(&music, "in/music.m4a").await?;
+    let srt = dir.path().join("subs.srt");
+    std::fs::write(&srt, "1\n00:00:00,200 --> 00:00:01,000\nHello\n")?;
+    client.upload_file(&srt, "in/subs.srt").await?;
+
+    let media_clip = |key: &str| pb::Clip {
+        source: Some(pb::clip::Source::Media(asset_source(key))),
+        ..Default::default()
+    };
+    let transition = |kind: pb::TransitionKind, seconds: f64| {
+        Some(pb::Transition {
+            kind: kind as i32,
+            duration_seconds: seconds,
+        })
+    };
+    let edit = |crossfade: f64| pb::Edit {
+        clips: vec![
+            pb::Clip {
+                in_seconds: 0.25,
+                out_seconds: 1.25,
+                ..media_clip("in/a.mp4")
+            },
+            pb::Clip {
+                transition: transition(pb::TransitionKind::Crossfade, crossfade),
+                ..media_clip("in/b.mp4")
+            },
+            pb::Clip {
+                duration_seconds: 1.0,
+                transition: transition(pb::TransitionKind::Fade, 0.2),
+                ..media_clip("in/still.png")
+            },
+            pb::Clip {
+                source: Some(pb::clip::Source::Color("#204080".into())),
+                duration_seconds: 0.5,
+                ..Default::default()
+            },
+        ],
+        overlays: vec![pb::TextOverlay {
+            text: "{{city}}".into(),
+            position: pb::Position::TopLeft as i32,
+            ..Default::default()
+        }],
+        audio: vec![pb::AudioTrack {
+            source: Some(asset_source("in/music.m4a")),
+            volume: Some(0.5),
+            fade_out_seconds: 0.5,
+            ..Default::default()
+        }],
+        subtitles: Some(pb::Subtitles {
+            srt: Some(pb::subtitles::Srt::File(asset_source("in/subs.srt"))),
+            ..Default::default()
+        }),
+    };
+    let job = |edit: pb::Edit| pb::JobSpec {
+        output: Some(pb::OutputSpec {
+            container: pb::Container::Mkv as i32,
+            video_codec: pb::VideoCodec::Vp9 as i32,
+            audio_codec: pb::AudioCodec::Opus as i32,
+            width: 480,
+            height: 270,
+            fps: 24,
+            ..Default::default()
+        }),
+        fields: [("city".to_string(), "Oslo".to_string())].into(),
+        ..spec(Operation::Edit(edit))
+    };
+
+    let output = completed(&run(&mut client, job(edit(0.3))).await?);
+    assert!(output.key.ends_with(".mkv"), "{output:?}");
+    let info = probe_output(&mut client, &output.key).await?;
+    // 1 s + 1 s - 0.3 s crossfade + 1 s still + 0.5 s colour.
+    assert!(
+        (info.duration_seconds - 3.2).abs() <= 0.15,
+        "duration {}",
+        info.duration_seconds
+    );
+    let video = info.video.expect("video");
+    assert_eq!(
+        (video.codec.as_str(), video.width, video.height, video.fps),
+        ("vp9", 480, 270, 24.0)
+    );
+    assert_eq!(info.audio.map(|a| a.codec), Some("opus".into()));
+
+    // A crossfade longer than the clip it enters fails, naming the clip.
+    let too_long = run(&mut client, job(edit(1.5))).await?;
+    assert_eq!(too_long.state(), pb::JobState::Failed);
+    assert!(too_long.error.contains("clips[1]"), "{}", too_long.error);
+
+    // A subtitle file that is not SRT fails, naming the asset.
+    std::fs::write(&srt, "not subtitles at all")?;
+    client.upload_file(&srt, "in/subs.srt").await?;
+    let bad_srt = run(&mut client, job(edit(0.3))).await?;
+    assert_eq!(bad_srt.state(), pb::JobState::Failed);
+    assert!(bad_srt.error.contains("in/subs.srt"), "{}", bad_srt.error);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_size_fit_and_rate_apply_to_simple_operations() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let mut trim = spec(Operation::Trim(pb::Trim {
+        input: Some(asset_source("in/clip.mp4")),
+        start_seconds: 0.0,
+        end_seconds: 2.0,
+    }));
+    trim.output = Some(pb::OutputSpec {
+        width: 200,
+        height: 200,
+        fit: pb::Fit::Cover as i32,
+        fps: 15,
+        quality: 30,
+        ..Default::default()
+    });
+    let output = completed(&run(&mut client, trim).await?);
+    // A keyframe-aligned trim would be copied; a new size forces encoding.
+    assert!(!output.copied, "{output:?}");
+    let info = probe_output(&mut client, &output.key).await?;
+    let video = info.video.expect("video");
+    assert_eq!((video.width, video.height, video.fps), (200, 200, 15.0));
+    assert!(
+        (info.duration_seconds - 2.0).abs() <= 0.1,
+        "{}",
+        info.duration_seconds
+    );
+    Ok(())
+}

@@ -48,19 +48,32 @@ pub(crate) fn mux_queue() -> Result<gst::Element, MediaError> {
     )
 }
 
-/// The H.264 encoder every re-encode uses. Settings match ffmpeg's libx264
-/// defaults (CRF 23, preset medium, keyframe at least every 250 frames), so
+/// The H.264 encoder every re-encode uses. By default the settings match
+/// ffmpeg's libx264 defaults (CRF 23, preset medium, keyframe at least
+/// every 250 frames), so
 /// output quality and benchmarks compare like with like; x264enc's own
 /// default is constant 2 Mbit/s, which starves 1080p and wastes bits on
 /// slides.
-pub(crate) fn h264_encoder() -> Result<gst::Element, MediaError> {
+pub(crate) fn h264_encoder(
+    quality: Option<u32>,
+    bitrate_kbps: Option<u32>,
+) -> Result<gst::Element, MediaError> {
     let encoder = element("x264enc")?;
-    encoder.set_property_from_str("pass", "qual");
-    encoder.set_property("quantizer", 23u32);
+    match bitrate_kbps {
+        Some(kbps) => {
+            encoder.set_property_from_str("pass", "cbr");
+            encoder.set_property("bitrate", kbps);
+        }
+        None => {
+            encoder.set_property_from_str("pass", "qual");
+            encoder.set_property("quantizer", quality.unwrap_or(DEFAULT_QUALITY));
+        }
+    }
     encoder.set_property_from_str("speed-preset", "medium");
     encoder.set_property("key-int-max", 250u32);
     // x264enc caps quality mode with a VBV at its `bitrate` (2 Mbit/s by
-    // default); plain CRF, like ffmpeg's, has none.
+    // default); plain CRF, like ffmpeg's, has none, and an average bitrate
+    // is an average, not a cap.
     encoder.set_property("vbv-buf-capacity", 0u32);
     Ok(encoder)
 }
@@ -103,67 +116,231 @@ pub(crate) fn file_sink(output: &Path) -> Result<gst::Element, MediaError> {
     )
 }
 
-/// The container and codecs of a rendered video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VideoFormat {
-    /// H.264 + AAC in a fast-start MP4: plays everywhere.
-    #[default]
-    Mp4H264,
-    /// VP8 + Opus in WebM.
-    WebmVp8,
-    /// VP9 + Opus in WebM: smaller than VP8 at the same quality.
-    WebmVp9,
+/// How a rendered video is encoded and packaged: container, codecs, picture
+/// size and rate, and the encoders' rate control. The default is what a
+/// job without output settings gets: H.264 (CRF 23) + AAC in a fast-start
+/// MP4, at the input's size and frame rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoFormat {
+    pub container: VideoContainer,
+    pub video: VideoCodec,
+    pub audio: AudioCodec,
+    /// Output picture; `None` keeps the input's.
+    pub picture: Option<Picture>,
+    pub fps: Option<u32>,
+    /// Average video bitrate; `None` encodes for constant quality.
+    pub video_bitrate_kbps: Option<u32>,
+    /// x264 CRF (or the matching libvpx level); 23 when `None`.
+    pub quality: Option<u32>,
+    pub audio_bitrate_kbps: Option<u32>,
+    /// MP4 only: write the index first.
+    pub faststart: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoContainer {
+    Mp4,
+    Webm,
+    Mkv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    Vp8,
+    Vp9,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCodec {
+    Aac,
+    Opus,
+    Mp3,
+}
+
+/// An output picture size and how inputs of another shape are fitted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picture {
+    pub width: u32,
+    pub height: u32,
+    pub fit: Fit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fit {
+    /// Scaled to fit inside, with black bars.
+    #[default]
+    Contain,
+    /// Scaled to cover, the overflow cropped from the centre.
+    Cover,
+}
+
+impl Default for VideoFormat {
+    fn default() -> Self {
+        VideoFormat {
+            container: VideoContainer::Mp4,
+            video: VideoCodec::H264,
+            audio: AudioCodec::Aac,
+            picture: None,
+            fps: None,
+            video_bitrate_kbps: None,
+            quality: None,
+            audio_bitrate_kbps: None,
+            faststart: true,
+        }
+    }
+}
+
+/// x264's CRF when none is asked for: ffmpeg's default.
+const DEFAULT_QUALITY: u32 = 23;
 /// libvpx's constant-quality level for WebM output (0 best .. 63 worst).
 const VPX_QUALITY: i32 = 32;
-const OPUS_BITRATE: i32 = 128_000;
+const OPUS_BITRATE: u32 = 128_000;
 
 impl VideoFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            VideoFormat::Mp4H264 => "mp4",
-            VideoFormat::WebmVp8 | VideoFormat::WebmVp9 => "webm",
+    /// VP8 or VP9 with Opus in WebM, otherwise default settings.
+    pub fn webm(video: VideoCodec) -> Self {
+        VideoFormat {
+            container: VideoContainer::Webm,
+            video,
+            audio: AudioCodec::Opus,
+            ..VideoFormat::default()
         }
     }
 
-    pub(crate) fn video_encoder(self) -> Result<gst::Element, MediaError> {
-        match self {
-            VideoFormat::Mp4H264 => h264_encoder(),
-            VideoFormat::WebmVp8 => vpx_encoder("vp8enc"),
-            VideoFormat::WebmVp9 => {
-                let encoder = vpx_encoder("vp9enc")?;
+    pub fn extension(&self) -> &'static str {
+        match self.container {
+            VideoContainer::Mp4 => "mp4",
+            VideoContainer::Webm => "webm",
+            VideoContainer::Mkv => "mkv",
+        }
+    }
+
+    /// Why the inputs' H.264/AAC packets cannot be copied into this format
+    /// unchanged: copy paths write MP4 at the inputs' own size, rate and
+    /// quality.
+    pub fn copy_blocker(&self) -> Option<&'static str> {
+        if self.container != VideoContainer::Mp4 {
+            Some("only MP4 output can be copied")
+        } else if self.video != VideoCodec::H264 || self.audio != AudioCodec::Aac {
+            Some("copying keeps H.264/AAC")
+        } else if self.picture.is_some() || self.fps.is_some() {
+            Some("a new picture size or frame rate needs encoding")
+        } else if self.video_bitrate_kbps.is_some()
+            || self.quality.is_some()
+            || self.audio_bitrate_kbps.is_some()
+        {
+            Some("a bitrate or quality setting needs encoding")
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn video_encoder(&self) -> Result<gst::Element, MediaError> {
+        match self.video {
+            VideoCodec::H264 => h264_encoder(self.quality, self.video_bitrate_kbps),
+            VideoCodec::Vp8 => vpx_encoder("vp8enc", self.quality, self.video_bitrate_kbps),
+            VideoCodec::Vp9 => {
+                let encoder = vpx_encoder("vp9enc", self.quality, self.video_bitrate_kbps)?;
                 encoder.set_property("row-mt", true);
                 Ok(encoder)
             }
         }
     }
 
-    pub(crate) fn audio_encoder(self) -> Result<gst::Element, MediaError> {
-        match self {
-            VideoFormat::Mp4H264 => aac_encoder(None),
-            VideoFormat::WebmVp8 | VideoFormat::WebmVp9 => {
-                make(gst::ElementFactory::make("opusenc").property("bitrate", OPUS_BITRATE))
+    pub(crate) fn audio_encoder(&self) -> Result<gst::Element, MediaError> {
+        let bitrate = self
+            .audio_bitrate_kbps
+            .map(|kbps| kbps.saturating_mul(1000));
+        match self.audio {
+            AudioCodec::Aac => aac_encoder(bitrate),
+            AudioCodec::Opus => {
+                let bitrate = i32::try_from(bitrate.unwrap_or(OPUS_BITRATE)).unwrap_or(i32::MAX);
+                make(gst::ElementFactory::make("opusenc").property("bitrate", bitrate))
+            }
+            AudioCodec::Mp3 => {
+                let kbps =
+                    i32::try_from(self.audio_bitrate_kbps.unwrap_or(MP3_KBPS)).unwrap_or(i32::MAX);
+                make(gst::ElementFactory::make("lamemp3enc").property("bitrate", kbps))
             }
         }
     }
 
-    pub(crate) fn muxer(self) -> Result<gst::Element, MediaError> {
-        match self {
-            VideoFormat::Mp4H264 => mp4_mux(),
-            VideoFormat::WebmVp8 | VideoFormat::WebmVp9 => element("webmmux"),
+    pub(crate) fn muxer(&self) -> Result<gst::Element, MediaError> {
+        match self.container {
+            VideoContainer::Mp4 => {
+                make(gst::ElementFactory::make("mp4mux").property("faststart", self.faststart))
+            }
+            VideoContainer::Webm => element("webmmux"),
+            VideoContainer::Mkv => element("matroskamux"),
         }
+    }
+
+    /// Elements that bring decoded video to the output's size and frame
+    /// rate (none when both are kept).
+    pub(crate) fn conform_chain(&self) -> Result<Vec<gst::Element>, MediaError> {
+        let mut chain = Vec::new();
+        let mut caps = gst::Caps::builder("video/x-raw");
+        if let Some(picture) = self.picture {
+            if picture.fit == Fit::Cover {
+                chain.push(cover_crop(picture)?);
+            }
+            // videoscale letterboxes (add-borders) when the shape differs.
+            chain.push(element("videoscale")?);
+            caps = caps
+                .field("width", dimension(picture.width))
+                .field("height", dimension(picture.height))
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        }
+        if let Some(fps) = self.fps {
+            chain.push(element("videorate")?);
+            caps = caps.field("framerate", gst::Fraction::new(dimension(fps), 1));
+        }
+        if !chain.is_empty() {
+            chain.push(capsfilter(caps.build())?);
+        }
+        Ok(chain)
     }
 }
 
+const MP3_KBPS: u32 = 192;
+
+fn dimension(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// Crops the centre of the picture to the output's shape, so the scaler
+/// after it fills the frame.
+fn cover_crop(picture: Picture) -> Result<gst::Element, MediaError> {
+    make(gst::ElementFactory::make("aspectratiocrop").property(
+        "aspect-ratio",
+        gst::Fraction::new(dimension(picture.width), dimension(picture.height)),
+    ))
+}
+
 /// libvpx in constrained-quality mode (GStreamer offers no pure
-/// constant-quality mode; the cap is its resolution-based default bitrate)
-/// at the realtime deadline: the "good" deadline is many times slower for a
-/// small gain, which a service that promises speed should not pay by default.
-fn vpx_encoder(factory: &str) -> Result<gst::Element, MediaError> {
+/// constant-quality mode; the cap is its resolution-based default bitrate),
+/// or average bitrate when one is asked for, at the realtime deadline: the
+/// "good" deadline is many times slower for a small gain, which a service
+/// that promises speed should not pay by default.
+fn vpx_encoder(
+    factory: &str,
+    quality: Option<u32>,
+    bitrate_kbps: Option<u32>,
+) -> Result<gst::Element, MediaError> {
     let encoder = element(factory)?;
-    encoder.set_property_from_str("end-usage", "cq");
-    encoder.set_property("cq-level", VPX_QUALITY);
+    match bitrate_kbps {
+        Some(kbps) => {
+            encoder.set_property_from_str("end-usage", "vbr");
+            encoder.set_property("target-bitrate", dimension(kbps.saturating_mul(1000)));
+        }
+        None => {
+            encoder.set_property_from_str("end-usage", "cq");
+            // x264's 0..51 scale mapped onto libvpx's 0..63.
+            let level = quality.map_or(VPX_QUALITY, |crf| dimension(crf * 63 / 51));
+            encoder.set_property("cq-level", level);
+        }
+    }
     encoder.set_property("deadline", 1i64);
     encoder.set_property("cpu-used", 4i32);
     encoder.set_property("threads", 2i32);

@@ -15,8 +15,9 @@ use gstreamer as gst;
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Kind, VideoFormat, add_chain, add_live_chain, capsfilter, discard, element, ends, file_sink,
-    file_source, link_pad_to_chain, link_to_mux, make, mux_queue, pipeline_error, static_pad,
+    Fit, Kind, VideoFormat, add_chain, add_live_chain, capsfilter, discard, element, ends,
+    file_sink, file_source, link_pad_to_chain, link_to_mux, make, mux_queue, pipeline_error,
+    static_pad,
 };
 use crate::media::probe::{MediaInfo, probe};
 use crate::media::runner::{self, Control, Monitor, Session};
@@ -38,7 +39,7 @@ pub fn concat_reencode(
         .iter()
         .map(|input| probe(input))
         .collect::<Result<_, _>>()?;
-    let shape = Shape::of(inputs, &infos)?;
+    let shape = Shape::of(inputs, &infos, &format)?;
     let total: f64 = infos.iter().map(|info| info.duration_seconds).sum();
     runner::run(control, |session| {
         build(session, inputs, &infos, &shape, output, format)?;
@@ -54,10 +55,14 @@ struct Shape {
     height: i32,
     fps: gst::Fraction,
     audio: bool,
+    /// Crop inputs of another shape instead of letterboxing them.
+    cover: bool,
 }
 
 impl Shape {
-    fn of(inputs: &[&Path], infos: &[MediaInfo]) -> Result<Self, MediaError> {
+    /// The output's picture and rate when it sets them, otherwise the first
+    /// input's.
+    fn of(inputs: &[&Path], infos: &[MediaInfo], format: &VideoFormat) -> Result<Self, MediaError> {
         let (first, info) = inputs
             .first()
             .zip(infos.first())
@@ -73,14 +78,28 @@ impl Shape {
         {
             return Err(MediaError::bad_input(input, "has no video stream"));
         }
-        let fps =
-            gst::Fraction::approximate_f64(video.fps).unwrap_or_else(|| gst::Fraction::new(30, 1));
+        let fps = match format.fps {
+            Some(fps) => gst::Fraction::new(i32::try_from(fps).unwrap_or(i32::MAX), 1),
+            None => gst::Fraction::approximate_f64(video.fps)
+                .unwrap_or_else(|| gst::Fraction::new(30, 1)),
+        };
+        let (width, height) = format
+            .picture
+            .map_or((video.width, video.height), |p| (p.width, p.height));
         Ok(Shape {
-            width: i32::try_from(video.width).unwrap_or(i32::MAX),
-            height: i32::try_from(video.height).unwrap_or(i32::MAX),
+            width: i32::try_from(width).unwrap_or(i32::MAX),
+            height: i32::try_from(height).unwrap_or(i32::MAX),
             fps,
             audio: infos.iter().any(|info| info.audio.is_some()),
+            cover: format.picture.is_some_and(|p| p.fit == Fit::Cover),
         })
+    }
+
+    fn cover_crop(&self) -> Result<gst::Element, MediaError> {
+        make(
+            gst::ElementFactory::make("aspectratiocrop")
+                .property("aspect-ratio", gst::Fraction::new(self.width, self.height)),
+        )
     }
 
     fn video_caps(&self) -> gst::Caps {
@@ -233,14 +252,16 @@ fn link_normalised(
     concat_pad: &gst::Pad,
 ) -> Result<(), MediaError> {
     let chain = match kind {
-        Kind::Video => vec![
-            element("queue")?,
-            element("videoconvert")?,
-            // Letterboxes rather than stretches when the aspect ratio differs.
-            make(gst::ElementFactory::make("videoscale").property("add-borders", true))?,
-            element("videorate")?,
-            capsfilter(shape.video_caps())?,
-        ],
+        Kind::Video => [element("queue")?, element("videoconvert")?]
+            .into_iter()
+            .chain(shape.cover.then(|| shape.cover_crop()).transpose()?)
+            .chain([
+                // Letterboxes rather than stretches when the aspect ratio differs.
+                make(gst::ElementFactory::make("videoscale").property("add-borders", true))?,
+                element("videorate")?,
+                capsfilter(shape.video_caps())?,
+            ])
+            .collect(),
         Kind::Audio => vec![
             element("queue")?,
             element("audioconvert")?,

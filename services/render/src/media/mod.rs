@@ -14,21 +14,28 @@ pub mod overlay;
 pub mod pipeline;
 pub mod probe;
 pub mod runner;
+pub mod subtitles;
 pub mod testsrc;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod timeline;
 pub mod trim;
 
 pub use audio::{AudioFormat, extract_audio};
 pub use concat::{ConcatProbe, concat, concat_probed, copy_compatible};
-pub use elements::VideoFormat;
+pub use elements::{AudioCodec, Fit, Picture, VideoCodec, VideoContainer, VideoFormat};
 pub use frames::{ImageFormat, RgbFrame, rgb_frame_at, thumbnails};
 pub use join::concat_reencode;
 pub use overlay::{Position, TextOverlay};
 pub use pipeline::{TranscodeRequest, transcode, transcode_mp4};
 pub use probe::{AudioInfo, MediaInfo, VideoInfo, probe};
 pub use runner::{CancelFlag, Control, init};
+pub use subtitles::{Cue, SrtError, parse_srt};
 pub use testsrc::{TestClip, write_test_clip};
+pub use timeline::{
+    AudioBed, Clip, ClipSource, SubtitleTrack, Timeline, Transition, TransitionKind,
+    render_timeline,
+};
 pub use trim::{keyframe_times, trim_copy};
 
 /// Errors from probing, transcoding and clip generation.
@@ -40,6 +47,10 @@ pub enum MediaError {
     /// GStreamer itself failed (missing plugin, encoder or muxer error, I/O on the output).
     #[error("pipeline error: {0}")]
     Pipeline(String),
+    /// The edit does not fit its media (a transition longer than a clip,
+    /// a colour without a duration); the message names the clip.
+    #[error("{0}")]
+    Timeline(String),
     #[error("cancelled")]
     Cancelled,
     #[error("no progress for {0:?}")]

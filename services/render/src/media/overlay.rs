@@ -49,6 +49,13 @@ pub fn overlay_chain(overlays: &[TextOverlay]) -> Result<Vec<gst::Element>, Medi
 }
 
 fn text_element(overlay: &TextOverlay) -> Result<gst::Element, MediaError> {
+    let element = styled_text(overlay)?;
+    show_only_between(&element, overlay.start_seconds, overlay.end_seconds)?;
+    Ok(element)
+}
+
+/// A `textoverlay` drawing `overlay`'s text in its style, always shown.
+pub(crate) fn styled_text(overlay: &TextOverlay) -> Result<gst::Element, MediaError> {
     let (halign, valign) = alignment(overlay.position);
     let mut builder = gst::ElementFactory::make("textoverlay")
         // textoverlay reads Pango markup: a client's "&" or "<" would make
@@ -73,9 +80,7 @@ fn text_element(overlay: &TextOverlay) -> Result<gst::Element, MediaError> {
     if let Some(box_rgba) = overlay.box_rgba {
         builder = builder.property("shading-value", box_rgba & 0xff);
     }
-    let element = make(builder)?;
-    show_only_between(&element, overlay.start_seconds, overlay.end_seconds)?;
-    Ok(element)
+    make(builder)
 }
 
 fn alignment(position: Position) -> (&'static str, &'static str) {

@@ -47,7 +47,7 @@ impl<'a> TranscodeRequest<'a> {
             range: None,
             overlays: &[],
             still_seconds: None,
-            format: VideoFormat::Mp4H264,
+            format: VideoFormat::default(),
         }
     }
 }
@@ -109,6 +109,7 @@ fn encoder_branch(
         ]
         .into_iter()
         .chain(overlay_chain(overlays)?)
+        .chain(format.conform_chain()?)
         .chain([format.video_encoder()?, mux_queue()?])
         .collect()),
         Kind::Audio => Ok(vec![
@@ -477,7 +478,7 @@ mod tests {
         let output = dir.path().join("out.webm");
         let cancel = Arc::new(AtomicBool::new(false));
         let req = TranscodeRequest {
-            format: VideoFormat::WebmVp9,
+            format: VideoFormat::webm(crate::media::VideoCodec::Vp9),
             ..TranscodeRequest::new(&input, &output)
         };
         transcode_mp4(&req, &cancel, STALL, &mut |_| {}).expect("webm");

@@ -63,9 +63,21 @@ impl fmt::Debug for Control<'_> {
     }
 }
 
-/// Initialises GStreamer; cheap to call repeatedly.
+/// Initialises GStreamer and its editing services once; cheap to call
+/// repeatedly.
+///
+/// GES registers its effect classes by loading plugins. Doing that while
+/// another thread loads a plugin for a pipeline deadlocks inside GLib's
+/// type registry (seen with libav), so GES is set up here, before any
+/// pipeline can run, rather than on first use.
 pub fn init() -> Result<(), MediaError> {
-    gst::init().map_err(|e| MediaError::Pipeline(format!("gstreamer init: {e}")))
+    static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        gst::init().map_err(|e| format!("gstreamer init: {e}"))?;
+        gstreamer_editing_services::init().map_err(|e| format!("ges init: {e}"))
+    })
+    .clone()
+    .map_err(MediaError::Pipeline)
 }
 
 /// Runs `job` against a fresh pipeline and cleans up after it: the pipeline
