@@ -91,10 +91,9 @@ pub(crate) fn packets(path: &Path, stream: &str) -> Vec<Packet> {
             keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
         });
     });
-    Arc::try_unwrap(found)
-        .expect("sole owner")
-        .into_inner()
-        .expect("lock")
+    // Taken rather than unwrapped: the pad probe holding the other Arc is
+    // dropped with the pipeline, which a streaming thread may still hold.
+    std::mem::take(&mut *found.lock().expect("lock"))
 }
 
 fn stream_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<gst::ClockTime> {
