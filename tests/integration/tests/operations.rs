@@ -58,6 +58,22 @@ async fn upload_clip(client: &mut ReelmeshClient, clip: TestClip, key: &str) -> 
     Ok(())
 }
 
+/// A PNG frame of the shared six-second clip, written into `dir`.
+fn still_image(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut progress = |_| {};
+    let mut control = media::Control::new(&cancel, Duration::from_secs(10), &mut progress);
+    let mut images = media::thumbnails(
+        clips::six_second_clip(),
+        &[1.0],
+        media::ImageFormat::Png,
+        None,
+        dir,
+        &mut control,
+    )?;
+    Ok(images.remove(0))
+}
+
 fn clip(seconds: f64, width: u32, height: u32, fps: u32, audio: bool) -> TestClip {
     TestClip {
         seconds,
@@ -294,18 +310,8 @@ async fn a_background_image_and_fields_become_a_video() -> anyhow::Result<()> {
     let mut client = cluster.client(KEY_A).await?;
     // A background image, made here from a generated clip.
     let dir = tempfile::tempdir()?;
-    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut progress = |_| {};
-    let mut control = media::Control::new(&cancel, Duration::from_secs(10), &mut progress);
-    let images = media::thumbnails(
-        clips::six_second_clip(),
-        &[1.0],
-        media::ImageFormat::Png,
-        None,
-        dir.path(),
-        &mut control,
-    )?;
-    client.upload_file(&images[0], "in/background.png").await?;
+    let image = still_image(dir.path())?;
+    client.upload_file(&image, "in/background.png").await?;
     client
         .upload_file(clips::six_second_clip(), "in/clip.mp4")
         .await?;
@@ -392,18 +398,12 @@ async fn an_edit_joins_clips_stills_colours_music_and_subtitles() -> anyhow::Res
     upload_clip(&mut client, clip(1.5, 320, 240, 30, true), "in/a.mp4").await?;
     upload_clip(&mut client, clip(1.0, 640, 360, 25, false), "in/b.mp4").await?;
     let dir = tempfile::tempdir()?;
+    client
+        .upload_file(&still_image(dir.path())?, "in/still.png")
+        .await?;
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut progress = |_| {};
     let mut control = media::Control::new(&cancel, Duration::from_secs(10), &mut progress);
-    let still = media::thumbnails(
-        clips::six_second_clip(),
-        &[1.0],
-        media::ImageFormat::Png,
-        None,
-        dir.path(),
-        &mut control,
-    )?;
-    client.upload_file(&still[0], "in/still.png").await?;
     let music = dir.path().join("music.m4a");
     media::extract_audio(
         clips::six_second_clip(),
