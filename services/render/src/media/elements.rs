@@ -311,7 +311,7 @@ fn dimension(value: u32) -> i32 {
 
 /// Crops the centre of the picture to the output's shape, so the scaler
 /// after it fills the frame.
-fn cover_crop(picture: Picture) -> Result<gst::Element, MediaError> {
+pub(crate) fn cover_crop(picture: Picture) -> Result<gst::Element, MediaError> {
     make(gst::ElementFactory::make("aspectratiocrop").property(
         "aspect-ratio",
         gst::Fraction::new(dimension(picture.width), dimension(picture.height)),

@@ -15,9 +15,9 @@ use gstreamer as gst;
 
 use crate::media::MediaError;
 use crate::media::elements::{
-    Fit, Kind, VideoFormat, add_chain, add_live_chain, capsfilter, discard, element, ends,
-    file_sink, file_source, link_pad_to_chain, link_to_mux, make, mux_queue, pipeline_error,
-    static_pad,
+    Fit, Kind, Picture, VideoFormat, add_chain, add_live_chain, capsfilter, cover_crop, discard,
+    element, ends, file_sink, file_source, link_pad_to_chain, link_to_mux, make, mux_queue,
+    pipeline_error, static_pad,
 };
 use crate::media::probe::{MediaInfo, probe};
 use crate::media::runner::{self, Control, Monitor, Session};
@@ -55,8 +55,8 @@ struct Shape {
     height: i32,
     fps: gst::Fraction,
     audio: bool,
-    /// Crop inputs of another shape instead of letterboxing them.
-    cover: bool,
+    /// Crop inputs of another shape to this picture instead of letterboxing.
+    cover: Option<Picture>,
 }
 
 impl Shape {
@@ -91,15 +91,8 @@ impl Shape {
             height: i32::try_from(height).unwrap_or(i32::MAX),
             fps,
             audio: infos.iter().any(|info| info.audio.is_some()),
-            cover: format.picture.is_some_and(|p| p.fit == Fit::Cover),
+            cover: format.picture.filter(|p| p.fit == Fit::Cover),
         })
-    }
-
-    fn cover_crop(&self) -> Result<gst::Element, MediaError> {
-        make(
-            gst::ElementFactory::make("aspectratiocrop")
-                .property("aspect-ratio", gst::Fraction::new(self.width, self.height)),
-        )
     }
 
     fn video_caps(&self) -> gst::Caps {
@@ -254,7 +247,7 @@ fn link_normalised(
     let chain = match kind {
         Kind::Video => [element("queue")?, element("videoconvert")?]
             .into_iter()
-            .chain(shape.cover.then(|| shape.cover_crop()).transpose()?)
+            .chain(shape.cover.map(cover_crop).transpose()?)
             .chain([
                 // Letterboxes rather than stretches when the aspect ratio differs.
                 make(gst::ElementFactory::make("videoscale").property("add-borders", true))?,
