@@ -306,16 +306,7 @@ fn check_subtitles(subtitles: &Subtitles) -> Checked {
                 .map_err(|err| GatewayError::InvalidArgument(format!("{field}.text: {err}")))?;
         }
     }
-    for (name, color) in [
-        ("color", &subtitles.color),
-        ("box_color", &subtitles.box_color),
-    ] {
-        if !color.is_empty() && reelmesh_proto::parse_color(color).is_none() {
-            return invalid(format!(
-                "{field}.{name} {color:?}: use #RRGGBB or #RRGGBBAA"
-            ));
-        }
-    }
+    check_text_colors(field, &subtitles.color, &subtitles.box_color)?;
     Ok(())
 }
 
@@ -462,17 +453,23 @@ fn check_times(times: &[f64], limits: &JobLimits) -> Checked {
     }
 }
 
+/// Text and box colours are optional; when given they must parse.
+fn check_text_colors(field: &str, color: &str, box_color: &str) -> Checked {
+    for (name, value) in [("color", color), ("box_color", box_color)] {
+        if !value.is_empty() && reelmesh_proto::parse_color(value).is_none() {
+            return invalid(format!(
+                "{field}.{name} {value:?}: use #RRGGBB or #RRGGBBAA"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_overlay(overlay: &TextOverlay, field: &str) -> Checked {
     if overlay.text.trim().is_empty() {
         return invalid(format!("{field}.text: must not be empty"));
     }
-    for (name, color) in [("color", &overlay.color), ("box_color", &overlay.box_color)] {
-        if !color.is_empty() && reelmesh_proto::parse_color(color).is_none() {
-            return invalid(format!(
-                "{field}.{name} {color:?}: use #RRGGBB or #RRGGBBAA"
-            ));
-        }
-    }
+    check_text_colors(field, &overlay.color, &overlay.box_color)?;
     if overlay.end_seconds != 0.0 && overlay.end_seconds <= overlay.start_seconds {
         return invalid(format!(
             "{field}.end_seconds must be 0 (to the end) or after start_seconds"
