@@ -14,6 +14,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod probe;
 pub mod runner;
+pub mod smartcut;
 pub mod subtitles;
 pub mod testsrc;
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub use overlay::{Position, TextOverlay};
 pub use pipeline::{TranscodeRequest, transcode, transcode_mp4};
 pub use probe::{AudioInfo, MediaInfo, VideoInfo, probe};
 pub use runner::{CancelFlag, Control, init};
+pub use smartcut::{SmartCut, trim_smart};
 pub use subtitles::{Cue, SrtError, parse_srt};
 pub use testsrc::{TestClip, write_test_clip};
 pub use timeline::{
