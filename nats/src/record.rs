@@ -163,9 +163,13 @@ pub struct JobOutput {
     /// Every object the job wrote, in order.
     #[serde(default)]
     pub keys: Vec<String>,
-    /// Whether streams were copied rather than re-encoded.
+    /// Whether video was copied rather than re-encoded (in part, for a
+    /// smart cut).
     #[serde(default)]
     pub copied: bool,
+    /// Seconds of video re-encoded ahead of the copied part of a smart cut.
+    #[serde(default)]
+    pub reencoded_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

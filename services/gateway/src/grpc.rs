@@ -162,6 +162,7 @@ pub fn output_to_proto(output: JobOutput) -> pb::JobOutput {
         }),
         keys: output.keys,
         copied: output.copied,
+        reencoded_seconds: output.reencoded_seconds,
     }
 }
 

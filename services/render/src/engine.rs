@@ -16,12 +16,27 @@ use crate::{
     plan::{RenderPlan, Work, decide_copy},
 };
 
-/// What a render produced: files in output order, and whether streams were
+/// What a render produced: files in output order, and how much of it was
 /// copied instead of re-encoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     pub files: Vec<PathBuf>,
-    pub copied: bool,
+    pub copy: Copied,
+}
+
+/// Whether video was copied: not at all, entirely, or after a re-encoded
+/// head (a smart cut).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Copied {
+    Nothing,
+    All,
+    AfterHead { reencoded_seconds: f64 },
+}
+
+impl Copied {
+    fn from_bool(copied: bool) -> Self {
+        if copied { Self::All } else { Self::Nothing }
+    }
 }
 
 /// How far apart a cut and a keyframe may be for the cut to count as on it.
@@ -40,7 +55,7 @@ pub fn execute(
     let output = scratch.join(format!("output.{}", plan.work.extension()));
     let paths: Vec<&Path> = inputs.iter().map(|input| input.path.as_path()).collect();
     let named = |err: MediaError| RenderError::from_media(err, inputs);
-    let copied = match &plan.work {
+    let copy = match &plan.work {
         Work::Transcode {
             range,
             overlays,
@@ -49,29 +64,23 @@ pub fn execute(
             ..
         } => {
             check_still(paths[0], *still_seconds).map_err(named)?;
-            let copy = match range {
-                Some(range) if overlays.is_empty() => {
-                    let copyable =
-                        copyable_to(*format).and_then(|()| trim_copyable(paths[0], *range));
-                    decide_copy(plan.copy, copyable)?
-                }
-                _ => false,
+            let request = TranscodeRequest {
+                input: paths[0],
+                output: &output,
+                range: *range,
+                overlays,
+                still_seconds: *still_seconds,
+                format: *format,
             };
-            if copy {
-                let range = range.unwrap_or_default();
-                media::trim_copy(paths[0], &output, range, control).map_err(named)?;
-            } else {
-                let request = TranscodeRequest {
-                    input: paths[0],
-                    output: &output,
-                    range: *range,
-                    overlays,
-                    still_seconds: *still_seconds,
-                    format: *format,
-                };
-                media::transcode(&request, control).map_err(named)?;
+            match range {
+                Some(range) if overlays.is_empty() => {
+                    trim(&request, *range, plan.copy, control, inputs)?
+                }
+                _ => {
+                    media::transcode(&request, control).map_err(named)?;
+                    Copied::Nothing
+                }
             }
-            copy
         }
         Work::Concat { format, .. } => {
             let probe = media::ConcatProbe::of(&paths).map_err(named)?;
@@ -86,21 +95,23 @@ pub fn execute(
             } else {
                 media::concat_reencode(&paths, &output, *format, control).map_err(named)?;
             }
-            copy
+            Copied::from_bool(copy)
         }
         Work::ExtractAudio {
             format,
             bitrate_kbps,
             ..
-        } => extract_audio(
-            paths[0],
-            &output,
-            *format,
-            *bitrate_kbps,
-            plan.copy,
-            control,
-        )
-        .map_err(named)?,
+        } => Copied::from_bool(
+            extract_audio(
+                paths[0],
+                &output,
+                *format,
+                *bitrate_kbps,
+                plan.copy,
+                control,
+            )
+            .map_err(named)?,
+        ),
         Work::Edit {
             timeline,
             subtitle_file,
@@ -111,7 +122,7 @@ pub fn execute(
                 track.cues = read_srt(key, inputs)?;
             }
             media::render_timeline(&timeline, &output, format, control).map_err(named)?;
-            false
+            Copied::Nothing
         }
         Work::Thumbnails {
             times,
@@ -123,13 +134,13 @@ pub fn execute(
                 .map_err(named)?;
             return Ok(Rendered {
                 files,
-                copied: false,
+                copy: Copied::Nothing,
             });
         }
     };
     Ok(Rendered {
         files: vec![output],
-        copied,
+        copy,
     })
 }
 
@@ -184,6 +195,41 @@ fn check_still(input: &Path, still_seconds: Option<f64>) -> Result<(), MediaErro
             "is not a still image, so duration_seconds must be 0",
         )),
         _ => Ok(()),
+    }
+}
+
+/// A plain trim: a packet copy when it starts on a keyframe, a smart cut
+/// (re-encode to the next keyframe, copy the rest) when it does not and
+/// the mode is AUTO, a full re-encode otherwise. REQUIRED refuses the
+/// smart cut because it re-encodes some frames.
+fn trim(
+    request: &TranscodeRequest<'_>,
+    range: (f64, f64),
+    mode: CopyMode,
+    control: &mut Control<'_>,
+    inputs: &[LocalInput],
+) -> Result<Copied, RenderError> {
+    let (input, output) = (request.input, request.output);
+    let named = |err: MediaError| RenderError::from_media(err, inputs);
+    let format_copyable = copyable_to(request.format);
+    let aligned = format_copyable
+        .clone()
+        .and_then(|()| trim_copyable(input, range));
+    if mode == CopyMode::Auto && format_copyable.is_ok() && aligned.is_err() {
+        let cut = media::trim_smart(input, output, range, control).map_err(named)?;
+        return Ok(match cut.copied_from {
+            Some(_) => Copied::AfterHead {
+                reencoded_seconds: cut.reencoded_seconds,
+            },
+            None => Copied::Nothing,
+        });
+    }
+    if decide_copy(mode, aligned)? {
+        media::trim_copy(input, output, range, control).map_err(named)?;
+        Ok(Copied::All)
+    } else {
+        media::transcode(request, control).map_err(named)?;
+        Ok(Copied::Nothing)
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     RenderConfig, RenderError,
-    engine::{self, Rendered},
+    engine::{self, Copied, Rendered},
     error::LocalInput,
     media::{self, Control},
     plan::{RenderPlan, Work},
@@ -207,7 +207,11 @@ impl RenderWorker {
             size_bytes,
             media: summary(media),
             keys,
-            copied: rendered.copied,
+            copied: rendered.copy != Copied::Nothing,
+            reencoded_seconds: match rendered.copy {
+                Copied::AfterHead { reencoded_seconds } => reencoded_seconds,
+                _ => 0.0,
+            },
         })
     }
 

@@ -2,11 +2,11 @@
 //! stored result is checked by GStreamer's discoverer (duration, codecs,
 //! streams, size), and copy paths report that nothing was re-encoded.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
-use reelmesh_integration_tests::{KEY_A, TestCluster, clips};
+use reelmesh_integration_tests::{KEY_A, TestCluster, clips, packets::video_packets};
 use reelmesh_proto::v1::{self as pb, job_spec::Operation};
 use reelmesh_render::media::{self, MediaInfo, TestClip};
 
@@ -18,11 +18,21 @@ async fn run(client: &mut ReelmeshClient, spec: pb::JobSpec) -> anyhow::Result<p
     Ok(client.get(&job.id).await?)
 }
 
-/// Downloads output `key` and probes it.
-async fn probe_output(client: &mut ReelmeshClient, key: &str) -> anyhow::Result<MediaInfo> {
+/// Downloads output `key` into a temporary directory (kept alive by the
+/// returned guard).
+async fn download(
+    client: &mut ReelmeshClient,
+    key: &str,
+) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
     let local = dir.path().join(key.rsplit('/').next().unwrap_or("out"));
     client.download_file(key, &local).await?;
+    Ok((dir, local))
+}
+
+/// Downloads output `key` and probes it.
+async fn probe_output(client: &mut ReelmeshClient, key: &str) -> anyhow::Result<MediaInfo> {
+    let (_dir, local) = download(client, key).await?;
     Ok(media::probe(&local)?)
 }
 
@@ -88,8 +98,9 @@ fn clip(seconds: f64, width: u32, height: u32, fps: u32, audio: bool) -> TestCli
 async fn compatible_clips_concatenate_by_stream_copy() -> anyhow::Result<()> {
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
+    let (_dir, input) = clips::make_clip(&clip(2.0, 320, 240, 30, true));
     for key in ["in/a.mp4", "in/b.mp4", "in/c.mp4"] {
-        upload_clip(&mut client, clip(2.0, 320, 240, 30, true), key).await?;
+        client.upload_file(&input, key).await?;
     }
     let job = run(
         &mut client,
@@ -101,7 +112,13 @@ async fn compatible_clips_concatenate_by_stream_copy() -> anyhow::Result<()> {
         output.copied,
         "compatible inputs should be copied, not re-encoded"
     );
-    let info = probe_output(&mut client, &output.key).await?;
+    let (_out_dir, result) = download(&mut client, &output.key).await?;
+    assert_eq!(
+        video_packets(&result)?,
+        video_packets(&input)?.repeat(3),
+        "the result holds the inputs' video packets unchanged, in order"
+    );
+    let info = media::probe(&result)?;
     assert!(
         (info.duration_seconds - 6.0).abs() <= 0.1,
         "duration {}",
@@ -150,36 +167,72 @@ async fn mixed_clips_are_normalised_or_refused_when_copy_is_required() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keyframe_aligned_trim_is_copied_and_an_unaligned_one_is_exact() -> anyhow::Result<()> {
+async fn trims_copy_on_keyframes_and_smart_cut_between_them() -> anyhow::Result<()> {
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
-    client
-        .upload_file(clips::six_second_clip(), "in/clip.mp4")
-        .await?;
-    let trim = |start, end| {
-        spec(Operation::Trim(pb::Trim {
+    let input = clips::six_second_clip();
+    client.upload_file(input, "in/clip.mp4").await?;
+    let source = video_packets(input)?;
+    let trim = |start, end, copy: pb::CopyMode| pb::JobSpec {
+        copy: copy as i32,
+        ..spec(Operation::Trim(pb::Trim {
             input: Some(asset_source("in/clip.mp4")),
             start_seconds: start,
             end_seconds: end,
         }))
     };
-    // Test clips have a keyframe every 2 s.
-    let aligned = completed(&run(&mut client, trim(2.0, 4.0)).await?);
+
+    // Test clips have a keyframe every 2 s (60 frames at 30 fps).
+    let aligned = completed(&run(&mut client, trim(2.0, 4.0, pb::CopyMode::Auto)).await?);
     assert!(aligned.copied, "a cut on keyframes needs no re-encode");
-    let info = probe_output(&mut client, &aligned.key).await?;
+    assert_eq!(aligned.reencoded_seconds, 0.0);
+    let (_dir, result) = download(&mut client, &aligned.key).await?;
+    assert_eq!(video_packets(&result)?, source[60..120]);
+
+    // 1.5 s is mid-GOP: frames 45..60 are re-encoded, 60..90 copied.
+    let smart = completed(&run(&mut client, trim(1.5, 3.0, pb::CopyMode::Auto)).await?);
     assert!(
-        (info.duration_seconds - 2.0).abs() <= 0.1,
+        smart.copied,
+        "everything after the keyframe at 2 s is copied"
+    );
+    assert!(
+        (smart.reencoded_seconds - 0.5).abs() < 0.01,
+        "re-encoded {} s",
+        smart.reencoded_seconds
+    );
+    let (_dir, result) = download(&mut client, &smart.key).await?;
+    let packets = video_packets(&result)?;
+    assert_eq!(packets.len(), 45, "1.5 s at 30 fps, frame-exact");
+    assert!(
+        packets[0].keyframe,
+        "the re-encoded head opens on a keyframe"
+    );
+    assert!(
+        packets[..15].iter().all(|p| !source.contains(p)),
+        "the head is newly encoded"
+    );
+    assert_eq!(
+        packets[15..],
+        source[60..90],
+        "the rest is the source's packets"
+    );
+    let info = media::probe(&result)?;
+    assert!(
+        (info.duration_seconds - 1.5).abs() <= 0.05,
         "duration {}",
         info.duration_seconds
     );
 
-    let exact = completed(&run(&mut client, trim(1.5, 3.0)).await?);
-    assert!(!exact.copied);
-    let info = probe_output(&mut client, &exact.key).await?;
+    let never = completed(&run(&mut client, trim(1.5, 3.0, pb::CopyMode::Never)).await?);
+    assert!(!never.copied && never.reencoded_seconds == 0.0, "{never:?}");
+    let required = run(&mut client, trim(1.5, 3.0, pb::CopyMode::Required)).await?;
+    assert_eq!(required.state(), pb::JobState::Failed);
     assert!(
-        (info.duration_seconds - 1.5).abs() <= 0.1,
-        "duration {}",
-        info.duration_seconds
+        required
+            .error
+            .contains("between keyframes at 0.000 s and 2.000 s"),
+        "{}",
+        required.error
     );
     Ok(())
 }
