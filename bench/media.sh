@@ -12,7 +12,7 @@
 #
 # Optional: BENCH_RUNS (default 5), BENCH_TOOLS (subset of
 # reelmesh,ffmpeg,moviepy), BENCH_OPS (subset of concat_copy,trim_copy,
-# trim_exact,add_text,concat_reencode,extract_audio), BENCH_TIMEOUT (seconds
+# trim_exact,trim_smart,add_text,concat_reencode,extract_audio), BENCH_TIMEOUT (seconds
 # per run, default 900). See bench/media/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -160,6 +160,13 @@ OPS = [
        {"trim": {"input": asset("long"), "start_seconds": 10.5, "end_seconds": 30.5},
         "copy": "COPY_MODE_NEVER"},
        moviepy=["trim", "--start", "10.5", "--end", "30.5"], moviepy_inputs=("long",)),
+    # The same frame-exact result in reelmesh's default mode: a smart cut.
+    # ffmpeg and MoviePy have no such path, so they re-encode again here.
+    Op("trim_smart", "trim 10.5–30.5 s of 60 s, frame-accurate (reelmesh: smart cut)", "mp4",
+       20.0, ffmpeg_trim_exact,
+       {"trim": {"input": asset("long"), "start_seconds": 10.5, "end_seconds": 30.5},
+        "copy": "COPY_MODE_AUTO"},
+       moviepy=["trim", "--start", "10.5", "--end", "30.5"], moviepy_inputs=("long",)),
     Op("add_text", "add_text \"Hello Oslo\" bottom-centre, 10 s", "mp4", 10.0, ffmpeg_add_text,
        {"add_text": {"input": asset("a"),
                      "overlays": [{"text": "Hello {{city}}", "size": TEXT_SIZE}]},
@@ -661,6 +668,10 @@ def render_report(args, info, results, tool_names, started, finished, clips, too
         add("")
     add("MoviePy has no stream-copy path: for the copy rows it would re-encode, so no ratio is "
         "given; the same re-encode is measured in the row named.")
+    add("")
+    add("Smart cut: reelmesh re-encodes only the frames from the cut to the next keyframe and "
+        "copies the rest; neither the ffmpeg CLI nor MoviePy can, so in that row they do the same "
+        "full re-encode as in the frame-accurate re-encode row.")
     add("")
     add(f"Encoder settings: {ENCODER_SETTINGS} Text: \"{TEXT}\", {TEXT_SIZE} px, white, "
         f"bottom-centre ({TEXT_MARGIN_PX} px margin in ffmpeg/MoviePy; reelmesh's own default "
