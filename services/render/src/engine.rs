@@ -63,7 +63,9 @@ pub fn execute(
             format,
             ..
         } => {
-            check_still(paths[0], *still_seconds).map_err(named)?;
+            tracing::info_span!("check_still")
+                .in_scope(|| check_still(paths[0], *still_seconds))
+                .map_err(named)?;
             let request = TranscodeRequest {
                 input: paths[0],
                 output: &output,
@@ -83,7 +85,9 @@ pub fn execute(
             }
         }
         Work::Concat { format, .. } => {
-            let probe = media::ConcatProbe::of(&paths).map_err(named)?;
+            let probe = tracing::info_span!("probe_inputs")
+                .in_scope(|| media::ConcatProbe::of(&paths))
+                .map_err(named)?;
             let compatible = copyable_to(*format).and_then(|()| {
                 probe
                     .copy_compatible(&paths)
@@ -91,7 +95,9 @@ pub fn execute(
             });
             let copy = decide_copy(plan.copy, compatible)?;
             if copy {
-                media::concat_probed(&paths, &probe, &output, control).map_err(named)?;
+                tracing::info_span!("concat_copy")
+                    .in_scope(|| media::concat_probed(&paths, &probe, &output, control))
+                    .map_err(named)?;
             } else {
                 media::concat_reencode(&paths, &output, *format, control).map_err(named)?;
             }
@@ -212,9 +218,11 @@ fn trim(
     let (input, output) = (request.input, request.output);
     let named = |err: MediaError| RenderError::from_media(err, inputs);
     let format_copyable = copyable_to(request.format);
-    let aligned = format_copyable
-        .clone()
-        .and_then(|()| trim_copyable(input, range));
+    let aligned = tracing::info_span!("find_keyframes").in_scope(|| {
+        format_copyable
+            .clone()
+            .and_then(|()| trim_copyable(input, range))
+    });
     if mode == CopyMode::Auto && format_copyable.is_ok() && aligned.is_err() {
         let cut = media::trim_smart(input, output, range, control).map_err(named)?;
         return Ok(match cut.copied_from {
@@ -225,7 +233,9 @@ fn trim(
         });
     }
     if decide_copy(mode, aligned)? {
-        media::trim_copy(input, output, range, control).map_err(named)?;
+        tracing::info_span!("trim_copy")
+            .in_scope(|| media::trim_copy(input, output, range, control))
+            .map_err(named)?;
         Ok(Copied::All)
     } else {
         media::transcode(request, control).map_err(named)?;

@@ -18,6 +18,7 @@ use reelmesh_nats::{
 use reelmesh_store::MediaStore;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     RenderConfig, RenderError,
@@ -99,11 +100,18 @@ impl RenderWorker {
     /// or not ours to run); Err means try again later.
     async fn process(&self, message: &Message) -> Result<(), RenderError> {
         let item = WorkItem::decode(&message.payload)?;
-        let Some(job) = self.start(&item).await? else {
-            return Ok(());
-        };
-        let outcome = self.render(&job, message).await;
-        self.finish(&job, outcome).await
+        let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
+        async {
+            let Some(job) = self.start(&item).await? else {
+                return Ok(());
+            };
+            let outcome = self.render(&job, message).await;
+            self.finish(&job, outcome)
+                .instrument(tracing::info_span!("finish"))
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Moves the job to RUNNING. `None` when there is nothing to do: the
@@ -134,7 +142,10 @@ impl RenderWorker {
         let scratch = tempfile::Builder::new()
             .prefix("reelmesh-render-")
             .tempdir_in(&self.config.work_dir)?;
-        let inputs = self.fetch_inputs(job, &plan, scratch.path()).await?;
+        let inputs = self
+            .fetch_inputs(job, &plan, scratch.path())
+            .instrument(tracing::info_span!("fetch_inputs"))
+            .await?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (progress_tx, progress_rx) = watch::channel(0.0);
         let watchers = CancellationToken::new();
@@ -148,9 +159,12 @@ impl RenderWorker {
         );
         let rendered = self
             .run_engine(&plan, &inputs, scratch.path(), cancel, progress_tx, message)
+            .instrument(tracing::info_span!("engine"))
             .await;
         watchers.cancel();
-        self.store_outputs(job, &plan, rendered?).await
+        self.store_outputs(job, &plan, rendered?)
+            .instrument(tracing::info_span!("store_outputs"))
+            .await
     }
 
     /// Copies every input into scratch space, naming a missing one.
@@ -185,7 +199,8 @@ impl RenderWorker {
         rendered: Rendered,
     ) -> Result<JobOutput, RenderError> {
         self.check_output_size(&rendered)?;
-        let media = media::probe(&rendered.files[0])
+        let media = tracing::info_span!("probe_result")
+            .in_scope(|| media::probe(&rendered.files[0]))
             .map_err(|err| RenderError::Pipeline(err.to_string()))?;
         let mut keys = Vec::new();
         let mut size_bytes = 0;
@@ -244,7 +259,9 @@ impl RenderWorker {
         let (plan, inputs) = (plan.clone(), inputs.to_vec());
         let scratch = scratch.to_path_buf();
         let stall_timeout = self.config.stall_timeout();
+        let span = tracing::Span::current();
         let engine = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let mut on_progress = |fraction: f64| {
                 progress.send_if_modified(|current| {
                     let changed = fraction > *current;

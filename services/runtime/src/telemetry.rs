@@ -1,12 +1,17 @@
 //! Logging and tracing: human-readable logs filtered by `RUST_LOG`, and spans
-//! exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. With
+//! `REELMESH_LOG_SPANS=1` the log also gets a line with the busy and idle
+//! time of every span as it closes: a quick look at where a job's time goes
+//! without an OTLP collector.
 //!
 //! Keep the returned [`Telemetry`] alive for the life of the process: dropping
 //! it flushes the spans that are still buffered.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, fmt::format::FmtSpan, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 #[derive(Debug)]
 pub struct Telemetry {
@@ -25,7 +30,13 @@ impl Drop for Telemetry {
 /// all-in-one dev mode): later calls keep the first subscriber.
 pub fn init_telemetry(service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let span_events = match std::env::var_os("REELMESH_LOG_SPANS") {
+        Some(value) if value != "0" => FmtSpan::CLOSE,
+        _ => FmtSpan::NONE,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_span_events(span_events);
     let provider =
         std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| otlp_provider(service));
     let otel = provider

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
     GetResultPayload, ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter,
-    memory::InMemory, path::Path, prefix::PrefixStore,
+    local::LocalFileSystem, memory::InMemory, path::Path, prefix::PrefixStore,
 };
 use reelmesh_nats::TenantId;
 use sha2::{Digest as _, Sha256};
@@ -45,6 +45,9 @@ pub struct StoredObject {
 #[derive(Debug, Clone)]
 pub struct MediaStore {
     backend: Arc<dyn ObjectStore>,
+    /// The same backend as a local filesystem, for file:// stores: lets a
+    /// render worker link its result into place instead of copying it.
+    local: Option<Arc<LocalFileSystem>>,
     url: String,
 }
 
@@ -58,13 +61,12 @@ impl MediaStore {
         if parsed.scheme() == "memory" {
             return Ok(MediaStore {
                 backend: shared_memory_store(parsed.host_str().unwrap_or_default()),
+                local: None,
                 url: url.to_string(),
             });
         }
         if parsed.scheme() == "file" {
-            // object_store's local backend wants the root to exist.
-            std::fs::create_dir_all(parsed.path())
-                .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
+            return Self::open_local(url, &parsed);
         }
         let env = std::env::vars()
             .filter(|(name, _)| {
@@ -83,6 +85,24 @@ impl MediaStore {
         };
         Ok(MediaStore {
             backend,
+            local: None,
+            url: url.to_string(),
+        })
+    }
+
+    fn open_local(url: &str, parsed: &url::Url) -> Result<Self, StoreError> {
+        let config = |why: String| StoreError::Config(format!("store url {url:?}: {why}"));
+        let root = parsed
+            .to_file_path()
+            .map_err(|()| config("not a local path".into()))?;
+        // object_store's local backend wants the root to exist.
+        std::fs::create_dir_all(&root).map_err(|err| config(err.to_string()))?;
+        let local = Arc::new(
+            LocalFileSystem::new_with_prefix(&root).map_err(|err| config(err.to_string()))?,
+        );
+        Ok(MediaStore {
+            backend: local.clone(),
+            local: Some(local),
             url: url.to_string(),
         })
     }
@@ -203,13 +223,18 @@ impl MediaStore {
         Ok(size)
     }
 
-    /// Stores a local file under `key`, streaming it in parts.
+    /// Stores a local file under `key`: hard-linked into place when the
+    /// store is a local directory on the same filesystem, otherwise
+    /// streamed in parts. The caller must not change `file` afterwards.
     pub async fn upload_file(
         &self,
         tenant: &TenantId,
         key: &ObjectKey,
         file: &FsPath,
     ) -> Result<u64, StoreError> {
+        if let Some(size) = self.link_file(tenant, key, file).await? {
+            return Ok(size);
+        }
         let mut input = tokio::fs::File::open(file)
             .await
             .map_err(StoreError::Local)?;
@@ -225,6 +250,43 @@ impl MediaStore {
                 Err(StoreError::Local(err))
             }
         }
+    }
+
+    /// Links `file` to `key`'s path in a local store, through a staging
+    /// name so readers never see a partial object and an existing object
+    /// is replaced at once. `None` when there is no local store or the
+    /// link is impossible (another filesystem): then the caller copies.
+    async fn link_file(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        file: &FsPath,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(local) = &self.local else {
+            return Ok(None);
+        };
+        let target = local.path_to_filesystem(&key.location(tenant))?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(StoreError::Local)?;
+        }
+        // object_store's listings skip names ending in '#' and digits, the
+        // form its own staged uploads use.
+        let mut staging = target.clone().into_os_string();
+        staging.push(format!("#{}", rand::random::<u64>()));
+        if tokio::fs::hard_link(file, &staging).await.is_err() {
+            return Ok(None);
+        }
+        if let Err(err) = tokio::fs::rename(&staging, &target).await {
+            let _ = tokio::fs::remove_file(&staging).await;
+            return Err(StoreError::Local(err));
+        }
+        let size = tokio::fs::metadata(&target)
+            .await
+            .map_err(StoreError::Local)?
+            .len();
+        Ok(Some(size))
     }
 
     /// The raw backend, for callers that need object_store directly.
@@ -406,5 +468,43 @@ mod file_tests {
             assert_eq!(size, body.len() as u64, "{url}");
             assert_eq!(std::fs::read(&local).expect("read"), body, "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn uploaded_files_are_linked_into_file_stores_and_replace_what_was_there() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tenant = TenantId::parse("t").expect("tenant");
+        let key = ObjectKey::parse("out/result.bin").expect("key");
+        let store =
+            MediaStore::open(&format!("file://{}/store", dir.path().display()), &[]).expect("open");
+        for body in [&b"first version"[..], b"second"] {
+            let file = dir.path().join("scratch.bin");
+            std::fs::write(&file, body).expect("write");
+            let size = store
+                .upload_file(&tenant, &key, &file)
+                .await
+                .expect("upload");
+            std::fs::remove_file(&file).expect("scratch goes away");
+            assert_eq!(size, body.len() as u64);
+            let local = dir.path().join("back.bin");
+            let _ = std::fs::remove_file(&local);
+            store
+                .download_to_file(&tenant, &key, &local)
+                .await
+                .expect("download");
+            assert_eq!(std::fs::read(&local).expect("read"), body);
+        }
+        let listed: Vec<_> = store
+            .backend()
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .expect("list");
+        assert_eq!(
+            listed,
+            vec!["tenants/t/out/result.bin".to_string()],
+            "no staging names"
+        );
     }
 }
