@@ -63,9 +63,6 @@ pub fn execute(
             format,
             ..
         } => {
-            tracing::info_span!("check_still")
-                .in_scope(|| check_still(paths[0], *still_seconds))
-                .map_err(named)?;
             let request = TranscodeRequest {
                 input: paths[0],
                 output: &output,
@@ -75,10 +72,16 @@ pub fn execute(
                 format: *format,
             };
             match range {
-                Some(range) if overlays.is_empty() => {
-                    trim(&request, *range, plan.copy, control, inputs)?
+                // Probing first would cost a copy-path trim a sixth of its
+                // time, so a still image is only looked for once it fails.
+                Some(range) if overlays.is_empty() && still_seconds.is_none() => {
+                    trim(&request, *range, plan.copy, control, inputs).or_else(|err| {
+                        check_still(paths[0], None).map_err(named)?;
+                        Err(err)
+                    })?
                 }
                 _ => {
+                    check_still(paths[0], *still_seconds).map_err(named)?;
                     media::transcode(&request, control).map_err(named)?;
                     Copied::Nothing
                 }

@@ -412,6 +412,20 @@ async fn a_background_image_and_fields_become_a_video() -> anyhow::Result<()> {
         "{}",
         video_with_duration.error
     );
+    let trimmed_image = spec(Operation::Trim(pb::Trim {
+        input: Some(asset_source("in/background.png")),
+        start_seconds: 0.5,
+        end_seconds: 1.0,
+    }));
+    let trimmed_image = run(&mut client, trimmed_image).await?;
+    assert_eq!(trimmed_image.state(), pb::JobState::Failed);
+    assert!(
+        trimmed_image
+            .error
+            .contains("in/background.png: is a still image"),
+        "{}",
+        trimmed_image.error
+    );
     Ok(())
 }
 
