@@ -111,8 +111,47 @@ impl ReelmeshClient {
     }
 
     pub async fn submit(&mut self, spec: pb::JobSpec) -> Result<pb::Job, Status> {
-        let request = pb::SubmitJobRequest { spec: Some(spec) };
+        self.submit_request(pb::SubmitJobRequest {
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Submits with an idempotency key: the same key returns the same job.
+    pub async fn submit_once(&mut self, spec: pb::JobSpec, key: &str) -> Result<pb::Job, Status> {
+        self.submit_request(pb::SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key: key.to_string(),
+        })
+        .await
+    }
+
+    async fn submit_request(&mut self, request: pb::SubmitJobRequest) -> Result<pb::Job, Status> {
         Ok(self.jobs.submit_job(request).await?.into_inner())
+    }
+
+    pub async fn retry(&mut self, id: &str) -> Result<pb::Job, Status> {
+        let request = pb::RetryJobRequest { id: id.to_string() };
+        Ok(self.jobs.retry_job(request).await?.into_inner())
+    }
+
+    pub async fn cancel(&mut self, id: &str) -> Result<pb::Job, Status> {
+        let request = pb::CancelJobRequest { id: id.to_string() };
+        Ok(self.jobs.cancel_job(request).await?.into_inner())
+    }
+
+    pub async fn list(
+        &mut self,
+        state: pb::JobState,
+        page_size: u32,
+    ) -> Result<pb::ListJobsResponse, Status> {
+        let request = pb::ListJobsRequest {
+            state: state as i32,
+            page_size,
+            page_token: String::new(),
+        };
+        Ok(self.jobs.list_jobs(request).await?.into_inner())
     }
 
     pub async fn get(&mut self, id: &str) -> Result<pb::Job, Status> {
@@ -124,7 +163,19 @@ impl ReelmeshClient {
         &mut self,
         id: &str,
     ) -> Result<impl Stream<Item = Result<pb::JobEvent, Status>> + use<>, Status> {
-        let request = pb::WatchJobRequest { id: id.to_string() };
+        self.watch_after(id, 0).await
+    }
+
+    /// Watches from after event sequence `after`: resumes a dropped watch.
+    pub async fn watch_after(
+        &mut self,
+        id: &str,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<pb::JobEvent, Status>> + use<>, Status> {
+        let request = pb::WatchJobRequest {
+            id: id.to_string(),
+            after_sequence: after,
+        };
         Ok(self.jobs.watch_job(request).await?.into_inner().boxed())
     }
 }

@@ -223,6 +223,12 @@ async fn follow(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
                 bar.set_message("queued");
             }
             Some(Kind::Started(_)) => bar.set_message("rendering"),
+            Some(Kind::Retrying(retrying)) => {
+                bar.set_message(format!("attempt {} failed, retrying", retrying.attempt));
+                if bar.is_hidden() {
+                    println!("  attempt {} failed: {}", retrying.attempt, retrying.error);
+                }
+            }
             Some(Kind::Progress(progress)) => {
                 bar.set_position(progress.percent as u64);
                 if bar.is_hidden() {

@@ -21,7 +21,7 @@ pub enum NatsError {
 impl NatsError {
     /// Wraps any client error as `Unavailable`: every async-nats failure we do not
     /// handle specifically means the server could not do what we asked.
-    pub(crate) fn unavailable(err: impl std::fmt::Display) -> Self {
+    pub fn unavailable(err: impl std::fmt::Display) -> Self {
         NatsError::Unavailable(err.to_string())
     }
 

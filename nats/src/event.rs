@@ -19,6 +19,9 @@ pub struct JobEvent {
     pub tenant: TenantId,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The job's RetryJob round (`JobRecord::round`) the event belongs to.
+    #[serde(default)]
+    pub round: u32,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -27,10 +30,24 @@ pub struct JobEvent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Queued,
-    Started,
+    Started {
+        #[serde(default)]
+        attempt: u32,
+    },
     Progress(Progress),
-    Completed { output: JobOutput },
-    Failed { error: String },
+    /// An attempt failed; the job waits in the queue for the next.
+    Retrying {
+        attempt: u32,
+        error: String,
+        #[serde(with = "time::serde::rfc3339")]
+        retry_at: OffsetDateTime,
+    },
+    Completed {
+        output: JobOutput,
+    },
+    Failed {
+        error: String,
+    },
     Cancelled,
 }
 
@@ -39,8 +56,9 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Queued => "queued",
-            EventKind::Started => "started",
+            EventKind::Started { .. } => "started",
             EventKind::Progress(_) => "progress",
+            EventKind::Retrying { .. } => "retrying",
             EventKind::Completed { .. } => "completed",
             EventKind::Failed { .. } => "failed",
             EventKind::Cancelled => "cancelled",
@@ -61,7 +79,16 @@ impl JobEvent {
             job_id: job_id.clone(),
             tenant: tenant.clone(),
             at: OffsetDateTime::now_utc(),
+            round: 0,
             kind,
+        }
+    }
+
+    /// An event of `job`'s current round.
+    pub fn of(job: &crate::JobRecord, kind: EventKind) -> Self {
+        JobEvent {
+            round: job.round,
+            ..Self::now(&job.tenant, &job.id, kind)
         }
     }
 
@@ -70,12 +97,17 @@ impl JobEvent {
     }
 
     /// Deduplication id: JetStream drops a second terminal event of the same
-    /// job, so a writer retrying after a lost ack cannot end a job twice.
+    /// job and round, so a writer retrying after a lost ack cannot end a job
+    /// twice; attempts' events are told apart by their number.
     fn message_id(&self) -> Option<String> {
+        let (job, round) = (&self.job_id, self.round);
         match &self.kind {
             EventKind::Progress(_) => None,
-            kind if kind.is_terminal() => Some(format!("{}.terminal", self.job_id)),
-            kind => Some(format!("{}.{}", self.job_id, kind.name())),
+            kind if kind.is_terminal() => Some(format!("{job}.{round}.terminal")),
+            EventKind::Started { attempt } | EventKind::Retrying { attempt, .. } => {
+                Some(format!("{job}.{round}.{}.{attempt}", self.kind.name()))
+            }
+            kind => Some(format!("{job}.{round}.{}", kind.name())),
         }
     }
 }
@@ -117,12 +149,14 @@ impl EventLog {
         Ok(ack.sequence)
     }
 
-    /// Every event of one job from the first, then live ones as they arrive.
-    /// The stream never ends by itself; the caller stops after the terminal event.
+    /// Every event of one job after stream sequence `after` (0: from the
+    /// first), then live ones as they arrive. The stream never ends by
+    /// itself; the caller stops after the terminal event.
     pub async fn follow(
         &self,
         tenant: &TenantId,
         job: &JobId,
+        after: u64,
     ) -> Result<impl Stream<Item = Result<SequencedEvent, NatsError>> + Send + 'static, NatsError>
     {
         let stream = self
@@ -135,7 +169,12 @@ impl EventLog {
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: names::job_events_filter(tenant, job),
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy: match after {
+                    0 => DeliverPolicy::All,
+                    after => DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
+                },
                 ..Default::default()
             })
             .await

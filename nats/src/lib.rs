@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod event;
+pub mod idempotency;
 pub mod names;
 pub mod record;
 pub mod server;
@@ -15,8 +16,10 @@ pub mod work;
 
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
+pub use idempotency::IdempotencyKeys;
 pub use record::{
-    JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary, Progress, TenantId,
+    Attempt, DEFAULT_MAX_ATTEMPTS, JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary,
+    NoAttempt, Priority, Progress, TenantId,
 };
 pub use topology::{Topology, TopologyConfig};
 pub use work::{WorkItem, WorkQueue};

@@ -3,19 +3,43 @@
 //! Subjects are built here and only here so that a rename is one edit and the
 //! wildcards that consumers filter on always match what publishers send.
 
-use crate::record::{JobId, TenantId};
+use crate::record::{JobId, Priority, TenantId};
 
 /// KV bucket of job records, keyed `<tenant>.<job id>`.
 pub const JOBS_BUCKET: &str = "reelmesh_jobs";
 
-/// Work-queue stream: one message per job waiting for a render worker.
+/// KV bucket mapping `<tenant>.<hash of idempotency key>` to a job id; its
+/// entries expire after the idempotency window.
+pub const IDEMPOTENCY_BUCKET: &str = "reelmesh_idempotency";
+
+/// Work-queue stream: one message per job waiting for (or held by) a
+/// render worker.
 pub const WORK_STREAM: &str = "REELMESH_WORK";
 /// Subjects the work stream captures.
 pub const WORK_SUBJECTS: &str = "reelmesh.work.>";
-/// Subject a job's work item is published on.
-pub const WORK_SUBJECT: &str = "reelmesh.work.render";
-/// Durable pull consumer shared by all render workers.
-pub const RENDER_CONSUMER: &str = "render";
+/// The consumer name of earlier releases, which took every priority.
+pub const LEGACY_RENDER_CONSUMER: &str = "render";
+
+/// `reelmesh.work.<priority>.<tenant>`: one queue per priority, and the
+/// tenant in the subject so a tenant's waiting jobs can be counted.
+pub fn work_subject(priority: Priority, tenant: &TenantId) -> String {
+    format!("reelmesh.work.{}.{tenant}", priority.name())
+}
+
+/// Filter of one priority's queue.
+pub fn work_priority_filter(priority: Priority) -> String {
+    format!("reelmesh.work.{}.*", priority.name())
+}
+
+/// Filter of every queue entry of one tenant.
+pub fn tenant_work_filter(tenant: &TenantId) -> String {
+    format!("reelmesh.work.*.{tenant}")
+}
+
+/// Durable pull consumer of one priority's queue, shared by all workers.
+pub fn render_consumer(priority: Priority) -> String {
+    format!("render-{}", priority.name())
+}
 
 /// Limits stream holding every job's events.
 pub const EVENTS_STREAM: &str = "REELMESH_EVENTS";
@@ -35,6 +59,10 @@ pub fn event_subject(tenant: &TenantId, job: &JobId, kind: &str) -> String {
 pub fn job_events_filter(tenant: &TenantId, job: &JobId) -> String {
     format!("reelmesh.events.{tenant}.{job}.*")
 }
+
+/// Filter matching every job's cancel event, which render workers follow
+/// (as plain NATS messages) to stop a running render.
+pub const CANCEL_EVENTS_FILTER: &str = "reelmesh.events.*.*.cancelled";
 
 /// Filters matching the terminal events of every job.
 pub fn terminal_event_filters() -> Vec<String> {
@@ -59,6 +87,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn work_subjects_match_their_filters() {
+        let tenant = TenantId::parse("acme").expect("valid tenant");
+        assert_eq!(
+            work_subject(Priority::High, &tenant),
+            "reelmesh.work.high.acme"
+        );
+        assert_eq!(work_priority_filter(Priority::Low), "reelmesh.work.low.*");
+        assert_eq!(tenant_work_filter(&tenant), "reelmesh.work.*.acme");
+    }
+
+    #[test]
     fn event_subjects_match_their_filters() {
         let tenant = TenantId::parse("acme").expect("valid tenant");
         let job = JobId::new();
@@ -66,5 +105,6 @@ mod tests {
         assert_eq!(subject, format!("reelmesh.events.acme.{job}.completed"));
         assert!(job_events_filter(&tenant, &job).ends_with(".*"));
         assert_eq!(terminal_event_filters().len(), 3);
+        assert!(terminal_event_filters().contains(&CANCEL_EVENTS_FILTER.to_string()));
     }
 }

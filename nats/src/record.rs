@@ -109,6 +109,38 @@ impl fmt::Display for JobId {
     }
 }
 
+/// Which queue a job waits in; workers drain higher ones first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    /// Highest first: the order workers look for work in.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn of(spec: &JobSpec) -> Self {
+        use reelmesh_proto::v1::Priority as Wire;
+        match spec.priority() {
+            Wire::High => Priority::High,
+            Wire::Normal => Priority::Normal,
+            Wire::Low => Priority::Low,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -128,11 +160,48 @@ impl JobState {
     /// "exactly one terminal state" hold under concurrent writers.
     pub fn can_move_to(self, next: JobState) -> bool {
         use JobState::*;
+        // Running -> Queued waits for a retry; Failed -> Queued is an
+        // explicit RetryJob, which starts a new round with its own terminal
+        // event (see `JobRecord::round`).
         matches!(
             (self, next),
-            (Queued, Running | Failed | Cancelled) | (Running, Completed | Failed | Cancelled)
+            (Queued, Running | Failed | Cancelled)
+                | (Running, Queued | Completed | Failed | Cancelled)
+                | (Failed, Queued)
         )
     }
+}
+
+/// One try at rendering a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt, counting across rounds.
+    pub number: u32,
+    /// The RetryJob round it belongs to; each round has its own budget.
+    #[serde(default)]
+    pub round: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Given back by a worker that was shutting down: not the job's fault,
+    /// so it does not count against `max_attempts`.
+    #[serde(default)]
+    pub handed_back: bool,
+}
+
+/// Attempts a job gets when its spec does not say.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Why an attempt could not begin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAttempt {
+    /// Finished or cancelled: nothing to do.
+    Ended,
+    /// Every attempt was used; the record is now FAILED with this error.
+    Exhausted(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,8 +221,8 @@ pub struct Progress {
     pub eta_seconds: Option<f64>,
 }
 
-/// What a completed job produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a completed job produced (nothing, for a noop job).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobOutput {
     /// Store key relative to the tenant: the main result (the first image
     /// for thumbnails).
@@ -198,6 +267,21 @@ pub struct JobRecord {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// When a failed attempt will be retried, while the job waits for it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub retry_at: Option<OffsetDateTime>,
+    /// Bumped by RetryJob: events and work items carry it so a new round
+    /// is not mistaken for (or deduplicated against) the one before.
+    #[serde(default)]
+    pub round: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
 }
 
 impl JobRecord {
@@ -213,7 +297,128 @@ impl JobRecord {
             output: None,
             created_at: now,
             updated_at: now,
+            attempts: Vec::new(),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_at: None,
+            round: 0,
         }
+    }
+
+    /// The attempt that is running, if any.
+    pub fn open_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.ended_at.is_none())
+    }
+
+    /// Attempts of this round that count against `max_attempts`.
+    pub fn attempts_used(&self) -> u32 {
+        let used = self
+            .attempts
+            .iter()
+            .filter(|a| a.round == self.round && !a.handed_back)
+            .count();
+        u32::try_from(used).unwrap_or(u32::MAX)
+    }
+
+    /// Starts the next attempt and returns its number. A job still RUNNING
+    /// was being rendered by a worker that stopped answering (its work item
+    /// came back after the ack wait): that attempt is closed as failed.
+    pub fn begin_attempt(&mut self) -> Result<u32, NoAttempt> {
+        match self.state {
+            JobState::Queued => {}
+            JobState::Running => self.end_attempt(Some(
+                "the worker stopped responding (no heartbeat within the ack wait)".into(),
+            )),
+            _ => return Err(NoAttempt::Ended),
+        }
+        if self.attempts_used() >= self.max_attempts {
+            let error = self.exhausted_error();
+            self.state = JobState::Failed;
+            self.error = Some(error.clone());
+            self.touch();
+            return Err(NoAttempt::Exhausted(error));
+        }
+        let number = u32::try_from(self.attempts.len() + 1).unwrap_or(u32::MAX);
+        self.attempts.push(Attempt {
+            number,
+            round: self.round,
+            started_at: OffsetDateTime::now_utc(),
+            ended_at: None,
+            error: None,
+            handed_back: false,
+        });
+        self.state = JobState::Running;
+        self.retry_at = None;
+        self.touch();
+        Ok(number)
+    }
+
+    /// Whether `attempt` is the one running now: only it may end the job.
+    pub fn is_running_attempt(&self, attempt: u32) -> bool {
+        self.state == JobState::Running && self.open_attempt().is_some_and(|a| a.number == attempt)
+    }
+
+    /// Closes the open attempt, with its error if it failed.
+    pub fn end_attempt(&mut self, error: Option<String>) {
+        if let Some(open) = self.attempts.last_mut().filter(|a| a.ended_at.is_none()) {
+            open.ended_at = Some(OffsetDateTime::now_utc());
+            open.error = error;
+        }
+    }
+
+    /// The attempt failed but may be tried again: back to QUEUED until `at`.
+    pub fn retry_at(&mut self, error: String, at: OffsetDateTime) -> Result<(), TransitionError> {
+        self.move_to(JobState::Queued)?;
+        self.end_attempt(Some(error));
+        self.retry_at = Some(at);
+        self.progress = None;
+        Ok(())
+    }
+
+    /// The attempt was handed back by a worker shutting down; it is queued
+    /// again at once and the attempt does not count.
+    pub fn hand_back(&mut self) -> Result<(), TransitionError> {
+        self.move_to(JobState::Queued)?;
+        self.end_attempt(Some("handed back: the worker was shutting down".into()));
+        if let Some(last) = self.attempts.last_mut() {
+            last.handed_back = true;
+        }
+        self.progress = None;
+        Ok(())
+    }
+
+    /// CancelJob: ends the job, and the attempt if one runs.
+    pub fn cancel(&mut self) -> Result<(), TransitionError> {
+        self.move_to(JobState::Cancelled)?;
+        self.end_attempt(Some("cancelled".into()));
+        self.retry_at = None;
+        Ok(())
+    }
+
+    /// RetryJob: a FAILED job gets a new round with a fresh attempt budget.
+    pub fn requeue(&mut self) -> Result<(), TransitionError> {
+        self.move_to(JobState::Queued)?;
+        self.round += 1;
+        self.error = None;
+        self.progress = None;
+        self.retry_at = None;
+        Ok(())
+    }
+
+    fn exhausted_error(&self) -> String {
+        let last = self
+            .attempts
+            .iter()
+            .rev()
+            .find_map(|a| a.error.as_deref())
+            .unwrap_or("no error recorded");
+        format!(
+            "gave up after {} attempts; the last failed with: {last}",
+            self.attempts_used()
+        )
+    }
+
+    fn touch(&mut self) {
+        self.updated_at = OffsetDateTime::now_utc();
     }
 
     pub fn key(&self) -> String {
@@ -229,18 +434,21 @@ impl JobRecord {
             });
         }
         self.state = next;
-        self.updated_at = OffsetDateTime::now_utc();
+        self.touch();
         Ok(())
     }
 
     pub fn fail(&mut self, error: impl Into<String>) -> Result<(), TransitionError> {
+        let error = error.into();
         self.move_to(JobState::Failed)?;
-        self.error = Some(error.into());
+        self.end_attempt(Some(error.clone()));
+        self.error = Some(error);
         Ok(())
     }
 
     pub fn complete(&mut self, output: JobOutput) -> Result<(), TransitionError> {
         self.move_to(JobState::Completed)?;
+        self.end_attempt(None);
         self.progress = Some(Progress {
             stage: "done".into(),
             percent: 100.0,
@@ -465,6 +673,37 @@ mod tests {
         let mut job = record();
         assert!(job.move_to(JobState::Completed).is_err());
         assert!(job.move_to(JobState::Cancelled).is_ok());
+    }
+
+    #[test]
+    fn attempts_are_counted_per_round_and_exhaust_into_failed() {
+        let mut job = record();
+        job.max_attempts = 2;
+        assert_eq!(job.begin_attempt(), Ok(1));
+        job.retry_at("boom".into(), OffsetDateTime::now_utc())
+            .expect("retry");
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(job.begin_attempt(), Ok(2));
+        // The worker died: the redelivered item finds it RUNNING.
+        let Err(NoAttempt::Exhausted(error)) = job.begin_attempt() else {
+            panic!("out of attempts");
+        };
+        assert!(error.contains("stopped responding"), "{error}");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts[0].error.as_deref(), Some("boom"));
+        job.requeue().expect("retry job");
+        assert_eq!(job.begin_attempt(), Ok(3), "a new round, a new budget");
+        assert!(job.is_running_attempt(3) && !job.is_running_attempt(2));
+    }
+
+    #[test]
+    fn handed_back_attempts_do_not_count() {
+        let mut job = record();
+        job.max_attempts = 1;
+        assert_eq!(job.begin_attempt(), Ok(1));
+        job.hand_back().expect("hand back");
+        assert_eq!(job.begin_attempt(), Ok(2));
+        assert_eq!(job.attempts_used(), 1);
     }
 
     #[test]

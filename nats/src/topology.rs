@@ -13,7 +13,7 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{EventLog, JobRecords, NatsError, WorkQueue, names};
+use crate::{EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names};
 
 /// Tunables of the topology; the defaults suit production and tests alike.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,8 +26,9 @@ pub struct TopologyConfig {
     /// its job is handed to another worker.
     #[serde(with = "humantime_secs")]
     pub work_ack_wait: Duration,
-    /// Deliveries of one work item before it is given up.
-    pub work_max_deliver: i64,
+    /// How long a submit's idempotency key keeps returning the same job.
+    #[serde(with = "humantime_secs")]
+    pub idempotency_window: Duration,
     /// Keep everything in memory instead of files (tests that want speed only).
     pub in_memory: bool,
 }
@@ -37,7 +38,7 @@ impl Default for TopologyConfig {
         TopologyConfig {
             event_retention: Duration::from_secs(30 * 24 * 3600),
             work_ack_wait: Duration::from_secs(30),
-            work_max_deliver: 5,
+            idempotency_window: Duration::from_secs(24 * 3600),
             in_memory: false,
         }
     }
@@ -68,6 +69,7 @@ pub struct Topology {
     pub jobs: JobRecords,
     pub events: EventLog,
     pub work: WorkQueue,
+    pub idempotency: IdempotencyKeys,
 }
 
 impl Topology {
@@ -101,6 +103,16 @@ impl Topology {
             })
             .await
             .map_err(NatsError::unavailable)?;
+        let idempotency = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::IDEMPOTENCY_BUCKET.into(),
+                description: "reelmesh idempotency keys -> job ids".into(),
+                max_age: config.idempotency_window,
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
             name: names::WORK_STREAM.into(),
             description: Some("reelmesh jobs waiting for a render worker".into()),
@@ -127,6 +139,7 @@ impl Topology {
         Ok(Topology {
             client,
             jobs: JobRecords::new(kv, js.clone()),
+            idempotency: IdempotencyKeys::new(idempotency),
             events: EventLog::new(js.clone()),
             work: WorkQueue::new(js, render_consumer_config(config)),
         })
@@ -159,11 +172,12 @@ impl Topology {
 
 fn render_consumer_config(config: &TopologyConfig) -> pull::Config {
     pull::Config {
-        durable_name: Some(names::RENDER_CONSUMER.into()),
         description: Some("render workers".into()),
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.work_ack_wait,
-        max_deliver: config.work_max_deliver,
+        // Unlimited: attempts are counted on the job record, which fails
+        // the job when they run out (see `JobRecord::begin_attempt`).
+        max_deliver: -1,
         ..Default::default()
     }
 }

@@ -1,16 +1,29 @@
 //! Work items: one message per job on the work-queue stream, taken by exactly
 //! one render worker and removed when that worker acks it.
+//!
+//! There is one queue (subject and durable consumer) per [`Priority`];
+//! workers look in them highest first. A message stays in the stream while a
+//! worker holds it, so the stream's count per tenant is the tenant's queued
+//! plus running jobs.
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use async_nats::jetstream::{
+    self,
+    consumer::{PullConsumer, pull},
+    message::PublishMessage,
+};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, NatsError, TenantId, names};
+use crate::{JobId, NatsError, Priority, TenantId, names};
 
 /// Just enough to find the job record; the record is the source of truth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkItem {
     pub tenant: TenantId,
     pub job_id: JobId,
+    /// The job's RetryJob round: a requeued job is a new message.
+    #[serde(default)]
+    pub round: u32,
 }
 
 impl WorkItem {
@@ -30,16 +43,17 @@ impl WorkQueue {
         WorkQueue { js, consumer }
     }
 
-    /// Enqueues a job. The job id is the message id, so a retried publish
-    /// within the stream's duplicate window does not queue the job twice.
-    pub async fn enqueue(&self, item: &WorkItem) -> Result<(), NatsError> {
+    /// Enqueues a job. Job id and round are the message id, so a retried
+    /// publish within the stream's duplicate window does not queue the job
+    /// twice.
+    pub async fn enqueue(&self, item: &WorkItem, priority: Priority) -> Result<(), NatsError> {
         let payload =
             serde_json::to_vec(item).map_err(|err| NatsError::Corrupt(err.to_string()))?;
         let publish = PublishMessage::build()
             .payload(payload.into())
-            .message_id(item.job_id.as_str());
+            .message_id(format!("{}.{}", item.job_id, item.round));
         self.js
-            .send_publish(names::WORK_SUBJECT, publish)
+            .send_publish(names::work_subject(priority, &item.tenant), publish)
             .await
             .map_err(NatsError::unavailable)?
             .await
@@ -47,17 +61,50 @@ impl WorkQueue {
         Ok(())
     }
 
-    /// The durable pull consumer shared by all render workers.
-    pub async fn render_consumer(&self) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+    /// The durable pull consumers shared by all render workers, highest
+    /// priority first.
+    pub async fn render_consumers(&self) -> Result<Vec<PullConsumer>, NatsError> {
         let stream = self
             .js
             .get_stream(names::WORK_STREAM)
             .await
             .map_err(NatsError::unavailable)?;
-        stream
-            .get_or_create_consumer(names::RENDER_CONSUMER, self.consumer.clone())
+        // Work-queue streams refuse overlapping consumers, and the single
+        // consumer of earlier releases overlaps all of these.
+        let _ = stream.delete_consumer(names::LEGACY_RENDER_CONSUMER).await;
+        let mut consumers = Vec::new();
+        for priority in Priority::ALL {
+            let name = names::render_consumer(priority);
+            let config = pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: names::work_priority_filter(priority),
+                ..self.consumer.clone()
+            };
+            let consumer = stream
+                .get_or_create_consumer(&name, config)
+                .await
+                .map_err(NatsError::unavailable)?;
+            consumers.push(consumer);
+        }
+        Ok(consumers)
+    }
+
+    /// A tenant's jobs in the queues, waiting or being rendered.
+    pub async fn tenant_depth(&self, tenant: &TenantId) -> Result<u64, NatsError> {
+        let stream = self
+            .js
+            .get_stream_no_info(names::WORK_STREAM)
             .await
-            .map_err(NatsError::unavailable)
+            .map_err(NatsError::unavailable)?;
+        let mut info = stream
+            .info_with_subjects(names::tenant_work_filter(tenant))
+            .await
+            .map_err(NatsError::unavailable)?;
+        let mut total = 0;
+        while let Some(subject) = info.next().await {
+            total += subject.map_err(NatsError::unavailable)?.1 as u64;
+        }
+        Ok(total)
     }
 
     /// Messages waiting for a worker: what autoscalers scale render workers on.

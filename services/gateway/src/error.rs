@@ -10,6 +10,12 @@ pub enum GatewayError {
     InvalidArgument(String),
     #[error("job {0} not found")]
     NotFound(String),
+    /// The job is not in a state the call applies to.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A tenant limit is reached; the client should wait and retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// NATS is unreachable or failing; the client may retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -32,6 +38,8 @@ impl From<GatewayError> for Status {
         let code = match &err {
             GatewayError::InvalidArgument(_) => Code::InvalidArgument,
             GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
+            GatewayError::ResourceExhausted(_) => Code::ResourceExhausted,
             GatewayError::Unavailable(_) => Code::Unavailable,
             GatewayError::Internal(_) => Code::Internal,
         };

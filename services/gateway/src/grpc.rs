@@ -2,7 +2,7 @@
 //! into [`JobsApi`] calls and records into proto messages.
 
 use futures::{StreamExt as _, stream::BoxStream};
-use reelmesh_nats::{EventKind, JobId, JobOutput, JobRecord, JobState, SequencedEvent};
+use reelmesh_nats::{Attempt, EventKind, JobId, JobOutput, JobRecord, JobState, SequencedEvent};
 use reelmesh_proto::v1::{self as pb, job_event, jobs_server::Jobs, jobs_server::JobsServer};
 use reelmesh_runtime::{ApiKeyAuth, Tenant};
 use time::OffsetDateTime;
@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, service::interceptor::InterceptedService}
 
 use crate::{
     GatewayError,
-    jobs::{JobsApi, ListQuery},
+    jobs::{JobsApi, ListQuery, Submission},
 };
 
 #[derive(Debug)]
@@ -51,11 +51,14 @@ impl<A: JobsApi> Jobs for JobsService<A> {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let tenant = Tenant::of(&request)?;
-        let spec = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| GatewayError::InvalidArgument("spec: required".into()))?;
-        let record = self.api.submit(tenant, spec).await?;
+        let request = request.into_inner();
+        let submission = Submission {
+            spec: request
+                .spec
+                .ok_or_else(|| GatewayError::InvalidArgument("spec: required".into()))?,
+            idempotency_key: Some(request.idempotency_key).filter(|key| !key.is_empty()),
+        };
+        let record = self.api.submit(tenant, submission).await?;
         Ok(Response::new(job_to_proto(record)))
     }
 
@@ -113,9 +116,21 @@ impl<A: JobsApi> Jobs for JobsService<A> {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let tenant = Tenant::of(&request)?;
         let id = job_id(&request.get_ref().id)?;
-        let events = self.api.watch(tenant, id).await?;
+        let after = request.get_ref().after_sequence;
+        let events = self.api.watch(tenant, id, after).await?;
         let events = events.map(|event| event.map(event_to_proto).map_err(Status::from));
         Ok(Response::new(events.boxed()))
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let id = job_id(&request.get_ref().id)?;
+        Ok(Response::new(job_to_proto(
+            self.api.retry(tenant, id).await?,
+        )))
     }
 }
 
@@ -184,6 +199,18 @@ pub fn job_to_proto(record: JobRecord) -> pb::Job {
         output: record.output.map(output_to_proto),
         created_at: Some(timestamp(record.created_at)),
         updated_at: Some(timestamp(record.updated_at)),
+        attempts: record.attempts.into_iter().map(attempt_to_proto).collect(),
+        max_attempts: record.max_attempts,
+        retry_at: record.retry_at.map(timestamp),
+    }
+}
+
+fn attempt_to_proto(attempt: Attempt) -> pb::Attempt {
+    pb::Attempt {
+        number: attempt.number,
+        started_at: Some(timestamp(attempt.started_at)),
+        ended_at: attempt.ended_at.map(timestamp),
+        error: attempt.error.unwrap_or_default(),
     }
 }
 
@@ -191,7 +218,16 @@ pub fn event_to_proto(sequenced: SequencedEvent) -> pb::JobEvent {
     let event = sequenced.event;
     let kind = match event.kind {
         EventKind::Queued => job_event::Kind::Queued(job_event::Queued {}),
-        EventKind::Started => job_event::Kind::Started(job_event::Started {}),
+        EventKind::Started { .. } => job_event::Kind::Started(job_event::Started {}),
+        EventKind::Retrying {
+            attempt,
+            error,
+            retry_at,
+        } => job_event::Kind::Retrying(job_event::Retrying {
+            attempt,
+            error,
+            retry_at: Some(timestamp(retry_at)),
+        }),
         EventKind::Progress(progress) => job_event::Kind::Progress(progress_to_proto(progress)),
         EventKind::Completed { output } => job_event::Kind::Completed(job_event::Completed {
             output: Some(output_to_proto(output)),

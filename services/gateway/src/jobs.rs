@@ -3,19 +3,26 @@
 //!
 //! The rule that keeps jobs from being lost or ended twice: whoever moves a
 //! record into a terminal state by compare-and-set publishes the terminal
-//! event, and the event log drops a second terminal event for the same job.
+//! event, and the event log drops a second terminal event for the same job
+//! and round (a RetryJob starts a new round).
 
 use futures::{Stream, StreamExt as _, future::BoxFuture, stream::BoxStream};
+use std::time::Duration;
+
 use reelmesh_nats::{
-    EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, SequencedEvent, TenantId, Topology,
-    WorkItem,
+    DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Priority,
+    SequencedEvent, TenantId, Topology, WorkItem,
 };
 use reelmesh_proto::v1::JobSpec;
 
 use crate::{
     GatewayError,
-    validate::{JobLimits, validate_spec},
+    validate::{JobLimits, check_idempotency_key, validate_spec},
 };
+
+/// How long a submit that lost an idempotency race waits for the winner's
+/// job record to appear.
+const CLAIMED_JOB_WAIT: Duration = Duration::from_secs(5);
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
@@ -35,6 +42,13 @@ pub struct ListQuery {
     pub after: Option<JobId>,
 }
 
+/// A SubmitJob request.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub spec: JobSpec,
+    pub idempotency_key: Option<String>,
+}
+
 pub type EventStream = BoxStream<'static, Result<SequencedEvent, GatewayError>>;
 
 /// What the Jobs gRPC service asks of the job logic.
@@ -42,7 +56,7 @@ pub trait JobsApi: Send + Sync + 'static {
     fn submit(
         &self,
         tenant: TenantId,
-        spec: JobSpec,
+        submission: Submission,
     ) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
     fn get(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
     fn list(
@@ -52,12 +66,16 @@ pub trait JobsApi: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<JobPage, GatewayError>>;
     fn cancel(&self, tenant: TenantId, id: JobId)
     -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
-    /// The job's history, then live events, ending after the terminal one.
+    /// The job's history after sequence `after`, then live events, ending
+    /// after the terminal one.
     fn watch(
         &self,
         tenant: TenantId,
         id: JobId,
+        after: u64,
     ) -> BoxFuture<'_, Result<EventStream, GatewayError>>;
+    /// Queues a FAILED job again for a new round of attempts.
+    fn retry(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
 }
 
 /// [`JobsApi`] on NATS JetStream.
@@ -72,28 +90,103 @@ impl NatsJobs {
         NatsJobs { topology, limits }
     }
 
-    async fn submit_job(&self, tenant: TenantId, spec: JobSpec) -> Result<JobRecord, GatewayError> {
-        let spec = validate_spec(spec, &self.limits)?;
-        let record = JobRecord::new(tenant, spec);
-        self.topology.jobs.create(&record).await?;
-        let queued = JobEvent::now(&record.tenant, &record.id, EventKind::Queued);
+    async fn submit_job(
+        &self,
+        tenant: TenantId,
+        submission: Submission,
+    ) -> Result<JobRecord, GatewayError> {
+        let spec = validate_spec(submission.spec, &self.limits)?;
+        let key = submission.idempotency_key;
+        if let Some(key) = &key {
+            check_idempotency_key(key)?;
+        }
+        let mut record = JobRecord::new(tenant, spec);
+        record.max_attempts = match record.spec.max_attempts {
+            0 => DEFAULT_MAX_ATTEMPTS,
+            n => n,
+        };
+        if let Some(key) = &key {
+            let claim = self
+                .topology
+                .idempotency
+                .claim(&record.tenant, key, &record.id);
+            if let Some(existing) = claim.await? {
+                return self.claimed_job(&record.tenant, &existing).await;
+            }
+        }
+        let created = async {
+            self.check_capacity(&record.tenant).await?;
+            self.topology.jobs.create(&record).await?;
+            Ok::<_, GatewayError>(())
+        }
+        .await;
+        if let Err(err) = created {
+            if let Some(key) = &key {
+                let _ = self.topology.idempotency.release(&record.tenant, key).await;
+            }
+            return Err(err);
+        }
+        self.enqueue(&record).await?;
+        tracing::info!(job = %record.id, tenant = %record.tenant, "job queued");
+        Ok(record)
+    }
+
+    /// Publishes the queued event and the work item of a record just moved
+    /// to QUEUED; if either fails, the job is ended rather than left queued
+    /// with no work item.
+    async fn enqueue(&self, record: &JobRecord) -> Result<(), GatewayError> {
+        let queued = JobEvent::of(record, EventKind::Queued);
+        let item = WorkItem {
+            tenant: record.tenant.clone(),
+            job_id: record.id.clone(),
+            round: record.round,
+        };
         let enqueued = async {
             self.topology.events.publish(&queued).await?;
-            self.topology
-                .work
-                .enqueue(&WorkItem {
-                    tenant: record.tenant.clone(),
-                    job_id: record.id.clone(),
-                })
-                .await
+            let priority = Priority::of(&record.spec);
+            self.topology.work.enqueue(&item, priority).await
         }
         .await;
         if let Err(err) = enqueued {
-            self.abandon(&record, &err).await;
+            self.abandon(record, &err).await;
             return Err(err.into());
         }
-        tracing::info!(job = %record.id, tenant = %record.tenant, "job queued");
-        Ok(record)
+        Ok(())
+    }
+
+    /// Refuses a tenant's job beyond its limit of queued and running jobs.
+    async fn check_capacity(&self, tenant: &TenantId) -> Result<(), GatewayError> {
+        let limit = self.limits.max_active_jobs_per_tenant;
+        if limit == 0 {
+            return Ok(());
+        }
+        let active = self.topology.work.tenant_depth(tenant).await?;
+        if active >= limit {
+            return Err(GatewayError::ResourceExhausted(format!(
+                "tenant {tenant} already has {active} jobs queued or running (limit {limit}); \
+                 retry once some finish"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The job another submit with the same idempotency key made. It may
+    /// still be on its way into the bucket, so wait for it briefly.
+    async fn claimed_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {
+        let deadline = tokio::time::Instant::now() + CLAIMED_JOB_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(found) = self.topology.jobs.get(tenant, id).await? {
+                return Ok(found.record);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(GatewayError::Unavailable(format!(
+                    "job {id} for this idempotency key is not stored yet; retry the submit"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     /// The record exists but the job could not be queued: end it as FAILED
@@ -109,11 +202,7 @@ impl NatsJobs {
             })
             .await;
         if failed.is_ok() {
-            let event = JobEvent::now(
-                &record.tenant,
-                &record.id,
-                EventKind::Failed { error: message },
-            );
+            let event = JobEvent::of(record, EventKind::Failed { error: message });
             let _ = self.topology.events.publish(&event).await;
         }
     }
@@ -145,26 +234,56 @@ impl NatsJobs {
                 if job.state.is_terminal() {
                     return Ok(false);
                 }
-                job.move_to(JobState::Cancelled)?;
+                job.cancel()?;
                 cancelled_now = true;
                 Ok(true)
             })
             .await?;
         if cancelled_now {
-            let event = JobEvent::now(&tenant, &id, EventKind::Cancelled);
+            let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
             self.topology.events.publish(&event).await?;
             tracing::info!(job = %id, %tenant, "job cancelled");
         }
         Ok(versioned.record)
     }
 
-    async fn watch_job(&self, tenant: TenantId, id: JobId) -> Result<EventStream, GatewayError> {
-        self.get_job(&tenant, &id).await?;
-        let events = self.topology.events.follow(&tenant, &id).await?;
+    async fn watch_job(
+        &self,
+        tenant: TenantId,
+        id: JobId,
+        after: u64,
+    ) -> Result<EventStream, GatewayError> {
+        let round = self.get_job(&tenant, &id).await?.round;
+        let events = self.topology.events.follow(&tenant, &id, after).await?;
         let events = events
             .map(|event| event.map_err(GatewayError::from))
             .boxed();
-        Ok(until_terminal(events).boxed())
+        Ok(until_terminal(events, round).boxed())
+    }
+
+    async fn retry_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
+        let mut state = None;
+        let versioned = self
+            .topology
+            .jobs
+            .modify(&tenant, &id, |job| {
+                state = Some(job.state);
+                if job.state != JobState::Failed {
+                    return Ok(false);
+                }
+                job.requeue()?;
+                Ok(true)
+            })
+            .await?;
+        if state != Some(JobState::Failed) {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "job {id} is {:?}; only FAILED jobs can be retried",
+                versioned.record.state
+            )));
+        }
+        self.enqueue(&versioned.record).await?;
+        tracing::info!(job = %id, %tenant, round = versioned.record.round, "job requeued");
+        Ok(versioned.record)
     }
 }
 
@@ -172,9 +291,9 @@ impl JobsApi for NatsJobs {
     fn submit(
         &self,
         tenant: TenantId,
-        spec: JobSpec,
+        submission: Submission,
     ) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
-        Box::pin(self.submit_job(tenant, spec))
+        Box::pin(self.submit_job(tenant, submission))
     }
 
     fn get(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
@@ -201,8 +320,13 @@ impl JobsApi for NatsJobs {
         &self,
         tenant: TenantId,
         id: JobId,
+        after: u64,
     ) -> BoxFuture<'_, Result<EventStream, GatewayError>> {
-        Box::pin(self.watch_job(tenant, id))
+        Box::pin(self.watch_job(tenant, id, after))
+    }
+
+    fn retry(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>> {
+        Box::pin(self.retry_job(tenant, id))
     }
 }
 
@@ -216,20 +340,24 @@ fn paginate(mut jobs: Vec<JobRecord>, page_size: usize) -> JobPage {
     JobPage { jobs, next }
 }
 
-/// Passes events through up to and including the first terminal one, or the
-/// first error, then ends without waiting for the source's next item (a
-/// job's subject stays open after its terminal event).
-fn until_terminal<S>(events: S) -> impl Stream<Item = Result<SequencedEvent, GatewayError>>
+/// Passes events through up to and including the first terminal one of
+/// round `round` or later (earlier rounds' ends were undone by RetryJob),
+/// or the first error, then ends without waiting for the source's next
+/// item (a job's subject stays open after its terminal event).
+fn until_terminal<S>(
+    events: S,
+    round: u32,
+) -> impl Stream<Item = Result<SequencedEvent, GatewayError>>
 where
     S: Stream<Item = Result<SequencedEvent, GatewayError>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold((events, false), |(mut events, finished)| async move {
+    futures::stream::unfold((events, false), move |(mut events, finished)| async move {
         if finished {
             return None;
         }
         let event = events.next().await?;
         let terminal = match &event {
-            Ok(sequenced) => sequenced.event.kind.is_terminal(),
+            Ok(sequenced) => sequenced.event.kind.is_terminal() && sequenced.event.round >= round,
             Err(_) => true,
         };
         Some((event, (events, terminal)))
@@ -255,12 +383,12 @@ mod tests {
     async fn watch_stops_after_the_terminal_event() {
         let events = futures::stream::iter(vec![
             event(1, EventKind::Queued),
-            event(2, EventKind::Started),
+            event(2, EventKind::Started { attempt: 1 }),
             event(3, EventKind::Cancelled),
         ])
         // Like a live subject: nothing more ever arrives.
         .chain(futures::stream::pending());
-        let seen: Vec<u64> = until_terminal(Box::pin(events))
+        let seen: Vec<u64> = until_terminal(Box::pin(events), 0)
             .map(|event| event.expect("event").sequence)
             .collect()
             .await;

@@ -33,6 +33,11 @@ pub struct JobLimits {
     /// length already exceed it is refused at submit, and a render that
     /// grows past it fails.
     pub max_output_bytes: u64,
+    /// Most attempts a job may ask for (`spec.max_attempts`).
+    pub max_attempts: u32,
+    /// Most jobs one tenant may have queued or running at once; submits
+    /// beyond it are RESOURCE_EXHAUSTED. 0 means no limit.
+    pub max_active_jobs_per_tenant: u64,
 }
 
 impl Default for JobLimits {
@@ -44,6 +49,8 @@ impl Default for JobLimits {
             max_width: 3840,
             max_height: 2160,
             max_output_bytes: 20 << 30,
+            max_attempts: 10,
+            max_active_jobs_per_tenant: 10_000,
         }
     }
 }
@@ -53,6 +60,7 @@ type Checked<T = ()> = Result<T, GatewayError>;
 /// Validates `spec` and fills in what the server decides (a callback secret
 /// when the client gave none, merge fields in overlay texts).
 pub fn validate_spec(mut spec: JobSpec, limits: &JobLimits) -> Checked<JobSpec> {
+    check_lifecycle(&spec, limits)?;
     let kind = operation_kind(&spec, limits)?;
     check_output(&spec, kind)?;
     check_output_settings(&spec, kind, limits)?;
@@ -64,12 +72,52 @@ pub fn validate_spec(mut spec: JobSpec, limits: &JobLimits) -> Checked<JobSpec> 
     Ok(spec)
 }
 
+/// Priority and attempts: the parts of a spec about its life in the queue.
+fn check_lifecycle(spec: &JobSpec, limits: &JobLimits) -> Checked {
+    if reelmesh_proto::v1::Priority::try_from(spec.priority).is_err() {
+        return invalid(format!(
+            "spec.priority: {} is not PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_LOW",
+            spec.priority
+        ));
+    }
+    if spec.max_attempts > limits.max_attempts {
+        return invalid(format!(
+            "spec.max_attempts: {} is more than this server allows ({})",
+            spec.max_attempts, limits.max_attempts
+        ));
+    }
+    Ok(())
+}
+
+fn check_noop(noop: &reelmesh_proto::v1::Noop, limits: &JobLimits) -> Checked<Produces> {
+    if !(noop.seconds.is_finite() && (0.0..=limits.max_seconds).contains(&noop.seconds)) {
+        return invalid(format!(
+            "spec.noop.seconds: must be between 0 and {}",
+            limits.max_seconds
+        ));
+    }
+    Ok(Produces::Nothing)
+}
+
+/// An idempotency key is 1-128 printable ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Checked {
+    let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if key.is_empty() || key.len() > 128 || !printable {
+        return invalid("idempotency_key: must be 1-128 printable ASCII characters");
+    }
+    Ok(())
+}
+
 /// What an operation produces, which decides the outputs it may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Produces {
-    Video { always_reencodes: bool },
+    Video {
+        always_reencodes: bool,
+    },
     Audio,
     Images,
+    /// A noop job.
+    Nothing,
 }
 
 fn invalid<T>(message: impl Into<String>) -> Checked<T> {
@@ -79,8 +127,9 @@ fn invalid<T>(message: impl Into<String>) -> Checked<T> {
 fn operation_kind(spec: &JobSpec, limits: &JobLimits) -> Checked<Produces> {
     match spec.operation.as_ref() {
         None => invalid(
-            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail, edit",
+            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail, edit, noop",
         ),
+        Some(Operation::Noop(noop)) => check_noop(noop, limits),
         Some(Operation::Edit(edit)) => {
             check_edit(edit, limits)?;
             Ok(Produces::Video {
@@ -488,8 +537,12 @@ fn check_output(spec: &JobSpec, produces: Produces) -> Checked {
         .output
         .as_ref()
         .map_or(Container::Unspecified, |o| o.container());
+    if produces == Produces::Nothing && spec.output.is_some() {
+        return invalid("spec.output: a noop job writes nothing, so it takes no output");
+    }
     let allowed = match (produces, container) {
         (_, Container::Unspecified) => true,
+        (Produces::Nothing, _) => false,
         (Produces::Video { .. }, c) => {
             matches!(c, Container::Mp4 | Container::Webm | Container::Mkv)
         }
@@ -511,6 +564,7 @@ fn check_output(spec: &JobSpec, produces: Produces) -> Checked {
                 Produces::Video { .. } => "video: CONTAINER_MP4, CONTAINER_WEBM or CONTAINER_MKV",
                 Produces::Audio => "audio: CONTAINER_M4A, CONTAINER_OPUS or CONTAINER_MP3",
                 Produces::Images => "images: CONTAINER_JPG or CONTAINER_PNG",
+                Produces::Nothing => "nothing",
             }
         ))
     }
@@ -550,7 +604,7 @@ fn check_copy(spec: &JobSpec, produces: Produces) -> Checked {
             always_reencodes || matches!(container, Container::Webm | Container::Mkv)
         }
         Produces::Audio => matches!(container, Container::Opus | Container::Mp3),
-        Produces::Images => true,
+        Produces::Images | Produces::Nothing => true,
     };
     if always_encodes {
         invalid(
@@ -763,7 +817,30 @@ mod tests {
             max_width: 1920,
             max_height: 1080,
             max_output_bytes: 10_000_000,
+            max_attempts: 5,
+            ..JobLimits::default()
         };
+        let mut greedy = trim(1.0, 2.0);
+        greedy.max_attempts = 6;
+        assert!(message(validate_spec(greedy, &limits)).contains("spec.max_attempts: 6"));
+        let mut odd = trim(1.0, 2.0);
+        odd.priority = 9;
+        assert!(message(validate_spec(odd, &limits)).contains("spec.priority"));
+        let noop = |seconds| {
+            spec(Operation::Noop(reelmesh_proto::v1::Noop {
+                seconds,
+                fail_attempts: 0,
+            }))
+        };
+        assert!(validate_spec(noop(1.0), &limits).is_ok());
+        assert!(message(validate_spec(noop(61.0), &limits)).contains("spec.noop.seconds"));
+        let mut noop_with_output = noop(0.0);
+        noop_with_output.output = Some(Default::default());
+        assert!(message(validate_spec(noop_with_output, &limits)).contains("spec.output"));
+        assert!(check_idempotency_key("order-42").is_ok());
+        for bad in ["", "tab\there", &"k".repeat(129)] {
+            assert!(check_idempotency_key(bad).is_err(), "{bad:?}");
+        }
         let three = spec(Operation::Concat(Concat {
             inputs: vec![asset("a.mp4"), asset("b.mp4"), asset("c.mp4")],
         }));

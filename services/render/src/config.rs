@@ -24,6 +24,45 @@ pub struct RenderConfig {
     /// A render whose result is larger fails instead of being stored
     /// (the gateway refuses what it can foresee; this catches the rest).
     pub max_output_bytes: u64,
+    /// When failed attempts are tried again.
+    pub retry: RetryPolicy,
+    /// On shutdown, how long renders in hand may run on before they are
+    /// stopped and handed back to the queue for another worker.
+    pub drain_grace_secs: f64,
+}
+
+/// Backoff between attempts: `base` doubled per failed attempt, capped at
+/// `max`, then spread by up to ±`jitter` (a fraction) so jobs that failed
+/// together do not all come back together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base_ms: 5_000,
+            max_ms: 300_000,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `failed`th failed attempt (from 1).
+    pub fn delay(&self, failed: u32) -> Duration {
+        let doubled = self
+            .base_ms
+            .saturating_mul(1u64 << failed.saturating_sub(1).min(32));
+        let capped = doubled.min(self.max_ms) as f64;
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        let spread = 1.0 + jitter * (2.0 * rand::random::<f64>() - 1.0);
+        Duration::from_secs_f64(capped * spread / 1000.0)
+    }
 }
 
 impl Default for RenderConfig {
@@ -37,6 +76,8 @@ impl Default for RenderConfig {
             work_dir: std::env::temp_dir(),
             stall_timeout_secs: 30,
             max_output_bytes: 20 << 30,
+            retry: RetryPolicy::default(),
+            drain_grace_secs: 60.0,
         }
     }
 }
@@ -45,11 +86,36 @@ impl RenderConfig {
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_secs(self.stall_timeout_secs)
     }
+
+    pub fn drain_grace(&self) -> Duration {
+        Duration::try_from_secs_f64(self.drain_grace_secs).unwrap_or_default()
+    }
 }
 
 impl ServiceConfig for RenderConfig {
     const SERVICE: &'static str = "render";
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_within_the_jitter() {
+        let policy = RetryPolicy {
+            base_ms: 1_000,
+            max_ms: 5_000,
+            jitter: 0.2,
+        };
+        for (failed, expected) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (40, 5.0)] {
+            let delay = policy.delay(failed).as_secs_f64();
+            assert!(
+                (expected * 0.8..=expected * 1.2).contains(&delay),
+                "attempt {failed}: {delay}"
+            );
+        }
     }
 }

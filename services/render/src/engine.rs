@@ -133,6 +133,18 @@ pub fn execute(
             media::render_timeline(&timeline, &output, format, control).map_err(named)?;
             Copied::Nothing
         }
+        Work::Noop { seconds, fail } => {
+            wait(*seconds, control)?;
+            if *fail {
+                return Err(RenderError::Pipeline(
+                    "noop: this attempt fails, as the job's fail_attempts asks".into(),
+                ));
+            }
+            return Ok(Rendered {
+                files: Vec::new(),
+                copy: Copied::Nothing,
+            });
+        }
         Work::Thumbnails {
             times,
             format,
@@ -151,6 +163,22 @@ pub fn execute(
         files: vec![output],
         copy,
     })
+}
+
+/// A noop's wait: in small steps, reporting progress and honouring cancel.
+fn wait(seconds: f64, control: &mut Control<'_>) -> Result<(), RenderError> {
+    const STEP: std::time::Duration = std::time::Duration::from_millis(20);
+    let total = std::time::Duration::from_secs_f64(seconds);
+    let started = std::time::Instant::now();
+    while started.elapsed() < total {
+        if control.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RenderError::Cancelled);
+        }
+        (control.on_progress)(started.elapsed().as_secs_f64() / seconds);
+        std::thread::sleep(STEP.min(total.saturating_sub(started.elapsed())));
+    }
+    (control.on_progress)(1.0);
+    Ok(())
 }
 
 fn local_path(key: &ObjectKey, inputs: &[LocalInput]) -> Result<PathBuf, RenderError> {

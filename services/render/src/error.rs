@@ -37,6 +37,15 @@ pub struct LocalInput {
 }
 
 impl RenderError {
+    /// Whether another attempt might succeed: pipeline, store and local
+    /// file failures might be passing; a bad spec or input will not change.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RenderError::Pipeline(_) | RenderError::Store(_) | RenderError::Local(_)
+        )
+    }
+
     /// Maps a media error, naming the asset instead of our scratch file.
     pub fn from_media(err: MediaError, inputs: &[LocalInput]) -> Self {
         match err {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod intake;
 pub mod media;
 pub mod plan;
 pub mod worker;
@@ -29,14 +30,14 @@ pub async fn run(
     media::init()?;
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let store = MediaStore::open(&config.store_url, &[])?;
-    let consumer = topology.work.render_consumer().await?;
+    let intake = intake::Intake::open(&topology).await?;
     let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
     tracing::info!(
         concurrency = config.concurrency,
         "render worker pulling jobs"
     );
     RenderWorker::new(topology, store, config)
-        .run(consumer, shutdown)
+        .run(intake, shutdown)
         .await;
     server.await??;
     Ok(())

@@ -23,12 +23,16 @@ use crate::{
 pub struct RenderPlan {
     pub work: Work,
     pub copy: CopyMode,
-    /// Store key of the (first) result.
-    pub output: ObjectKey,
+    /// Where this attempt writes: results go under a key of their own per
+    /// attempt, so an attempt that lost its job (it stalled and another
+    /// took over) can never overwrite the result the job records.
+    pub output_dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
+    /// No media: wait, then succeed, or fail as a render error would.
+    Noop { seconds: f64, fail: bool },
     /// Decode (or copy, for a keyframe-aligned trim), optionally cut and
     /// draw text, encode H.264/AAC MP4. Serves trim, transcode and add_text.
     Transcode {
@@ -78,6 +82,7 @@ impl Work {
             | Work::Thumbnails { input, .. } => {
                 vec![input]
             }
+            Work::Noop { .. } => Vec::new(),
         }
     }
 
@@ -93,12 +98,14 @@ impl Work {
                 AudioFormat::Mp3 => "mp3",
             },
             Work::Thumbnails { format, .. } => format.extension(),
+            Work::Noop { .. } => "none",
         }
     }
 }
 
 impl RenderPlan {
-    pub fn for_job(job: &JobId, spec: &JobSpec) -> Result<Self, RenderError> {
+    /// The plan of attempt number `attempt` (from 1) of `job`.
+    pub fn for_job(job: &JobId, attempt: u32, spec: &JobSpec) -> Result<Self, RenderError> {
         let output = spec.output.unwrap_or_default();
         let format = video_format(&output);
         let work = match spec.operation.as_ref() {
@@ -154,23 +161,29 @@ impl RenderPlan {
                 width: Some(output.width).filter(|width| *width > 0),
             },
             Some(Operation::Edit(edit)) => edit_work(edit, format)?,
+            Some(Operation::Noop(noop)) => Work::Noop {
+                seconds: noop.seconds,
+                fail: attempt <= noop.fail_attempts,
+            },
             None => return Err(RenderError::Plan("the job has no operation".into())),
         };
-        let output = output_key(&format!("outputs/{job}.{}", work.extension()))?;
         Ok(RenderPlan {
             work,
             copy: spec.copy(),
-            output,
+            output_dir: format!("outputs/{job}/{attempt}"),
         })
     }
 
-    /// Store key of the `index`th image of a thumbnail job.
-    pub fn thumbnail_key(
-        job: &JobId,
-        index: usize,
-        extension: &str,
-    ) -> Result<ObjectKey, RenderError> {
-        output_key(&format!("outputs/{job}/thumb-{index:03}.{extension}"))
+    /// Store key of the `index`th result file: `result.<ext>` for the one
+    /// result of most operations, `thumb-<index>.<ext>` for thumbnails.
+    pub fn output_key(&self, index: usize) -> Result<ObjectKey, RenderError> {
+        let ext = self.work.extension();
+        match self.work {
+            Work::Thumbnails { .. } => {
+                output_key(&format!("{}/thumb-{index:03}.{ext}", self.output_dir))
+            }
+            _ => output_key(&format!("{}/result.{ext}", self.output_dir)),
+        }
     }
 }
 
@@ -421,7 +434,7 @@ mod tests {
             output,
             ..Default::default()
         };
-        RenderPlan::for_job(&JobId::new(), &spec).expect("plan")
+        RenderPlan::for_job(&JobId::new(), 1, &spec).expect("plan")
     }
 
     #[test]
@@ -435,13 +448,16 @@ mod tests {
             })),
             ..Default::default()
         };
-        let plan = RenderPlan::for_job(&job, &spec).expect("plan");
+        let plan = RenderPlan::for_job(&job, 2, &spec).expect("plan");
         let Work::Transcode { input, range, .. } = &plan.work else {
             panic!("{plan:?}")
         };
         assert_eq!(input.as_str(), "inputs/a.mp4");
         assert_eq!(*range, Some((1.0, 4.0)));
-        assert_eq!(plan.output.as_str(), format!("outputs/{job}.mp4"));
+        assert_eq!(
+            plan.output_key(0).expect("key").as_str(),
+            format!("outputs/{job}/2/result.mp4")
+        );
         assert_eq!(plan.copy, CopyMode::Auto);
     }
 
@@ -477,14 +493,26 @@ mod tests {
                 ..
             }
         ));
-        assert!(audio.output.as_str().ends_with(".opus"));
+        assert!(
+            audio
+                .output_key(0)
+                .expect("key")
+                .as_str()
+                .ends_with("/result.opus")
+        );
         let default_audio = plan(
             Operation::ExtractAudio(ExtractAudio {
                 input: Some(asset("a.mp4")),
             }),
             None,
         );
-        assert!(default_audio.output.as_str().ends_with(".m4a"));
+        assert!(
+            default_audio
+                .output_key(0)
+                .expect("key")
+                .as_str()
+                .ends_with(".m4a")
+        );
 
         let thumbs = plan(
             Operation::Thumbnail(Thumbnail {
@@ -505,8 +533,8 @@ mod tests {
                 ..
             }
         ));
-        let key = RenderPlan::thumbnail_key(&JobId::new(), 7, "png").expect("key");
-        assert!(key.as_str().ends_with("/thumb-007.png"));
+        let key = thumbs.output_key(7).expect("key");
+        assert!(key.as_str().ends_with("/1/thumb-007.png"), "{key}");
     }
 
     #[test]

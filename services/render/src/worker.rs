@@ -1,21 +1,32 @@
-//! The render worker loop: take one job at a time per free slot, move it to
-//! RUNNING, render it, store the result and end the job exactly once.
+//! The render worker loop: take one job per free slot, start an attempt on
+//! its record, render it, store the result and end the job exactly once.
 //!
-//! Work is pulled one message per free slot rather than streamed in batches:
-//! a prefetched message would sit in this worker's buffer with its ack timer
-//! running while another worker could have started it.
+//! Every change to a job is a compare-and-set on its record, and an attempt
+//! may only end the job while it is still the record's running attempt. So
+//! when a stalled worker's job is handed to another (its work item comes
+//! back after the ack wait), whichever finishes second finds the record
+//! moved on, deletes what it wrote and ends nothing: one completion, one
+//! terminal event. What a failed attempt does next depends on its error:
+//! bad input or spec fails the job at once; anything else is retried after
+//! an exponential, jittered backoff until the job's attempts run out.
 
 use std::{
-    sync::{Arc, atomic::AtomicBool},
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
+use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
-    EventKind, JobEvent, JobOutput, JobRecord, JobState, MediaSummary, Progress, Topology, WorkItem,
+    EventKind, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError, NoAttempt,
+    Progress, Topology, WorkItem, names,
 };
-use reelmesh_store::MediaStore;
+use reelmesh_store::{MediaStore, ObjectKey};
+use time::OffsetDateTime;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -24,8 +35,9 @@ use crate::{
     RenderConfig, RenderError,
     engine::{self, Copied, Rendered},
     error::LocalInput,
+    intake::Intake,
     media::{self, Control},
-    plan::{RenderPlan, Work},
+    plan::RenderPlan,
 };
 
 /// Progress events are published at most this often, and only when the
@@ -35,12 +47,35 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const PROGRESS_STEP: f64 = 1.0;
 /// How often progress is written to the job record (GetJob pollers see it).
 const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// A work item that comes back early (its worker died right after asking
+/// for a retry) waits out the rest of the backoff unless it is this close.
+const RETRY_SLACK: Duration = Duration::from_millis(50);
+
+/// Flags of a render in progress, set from outside it.
+#[derive(Debug, Default)]
+struct Running {
+    /// Stop the render (the job was cancelled, or is being handed back).
+    stop: Arc<AtomicBool>,
+    /// The stop is a hand-back by a draining worker, not a cancel.
+    hand_back: AtomicBool,
+}
+
+type RunningJobs = Arc<Mutex<HashMap<JobId, Arc<Running>>>>;
 
 #[derive(Debug, Clone)]
 pub struct RenderWorker {
     topology: Topology,
     store: MediaStore,
     config: Arc<RenderConfig>,
+    running: RunningJobs,
+}
+
+/// What to tell JetStream about a work item once we are done with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Disposal {
+    Ack,
+    /// Deliver again after this long (a retry's backoff, or at once).
+    Nak(Duration),
 }
 
 impl RenderWorker {
@@ -49,64 +84,121 @@ impl RenderWorker {
             topology,
             store,
             config: Arc::new(config),
+            running: Arc::default(),
         }
     }
 
-    /// Pulls and renders jobs until `shutdown`, then waits for the jobs in
-    /// hand to finish.
-    pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
+    /// Pulls and renders jobs until `shutdown`. Then it drains: no new
+    /// work is taken, renders in hand get `drain_grace` to finish, and any
+    /// still running after that are stopped and handed back to the queue.
+    pub async fn run(&self, intake: Intake, shutdown: CancellationToken) {
+        let cancels = self.follow_cancels();
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         while let Some(permit) = tokio::select! {
             _ = shutdown.cancelled() => None,
             permit = slots.clone().acquire_owned() => permit.ok(),
         } {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                message = next_message(&consumer) => message,
+            let Some(message) = intake.next(&shutdown).await else {
+                break;
             };
-            let Some(message) = message else { continue };
             let worker = self.clone();
             tokio::spawn(async move {
                 worker.handle(message).await;
                 drop(permit);
             });
         }
-        let _ = slots
-            .acquire_many(self.config.concurrency.max(1) as u32)
-            .await;
+        drop(intake);
+        self.drain(&slots).await;
+        cancels.abort();
+    }
+
+    async fn drain(&self, slots: &Semaphore) {
+        let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
+        let grace = self.config.drain_grace();
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let running: Vec<_> = self.running_jobs().values().cloned().collect();
+        tracing::warn!(
+            jobs = running.len(),
+            "drain grace of {grace:?} is over: handing jobs back"
+        );
+        for job in running {
+            job.hand_back.store(true, Ordering::SeqCst);
+            job.stop.store(true, Ordering::SeqCst);
+        }
+        let _ = slots.acquire_many(all).await;
+    }
+
+    fn running_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Running>>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops a render as soon as its job's cancel event goes by. The
+    /// record is the authority (the end of a render checks it by
+    /// compare-and-set); this only makes a cancel take effect at once.
+    fn follow_cancels(&self) -> tokio::task::JoinHandle<()> {
+        let (client, running) = (self.topology.client.clone(), self.running.clone());
+        tokio::spawn(async move {
+            let Ok(mut cancels) = client.subscribe(names::CANCEL_EVENTS_FILTER).await else {
+                tracing::warn!("cannot follow cancel events; cancels apply when renders end");
+                return;
+            };
+            while let Some(message) = cancels.next().await {
+                let Ok(event) = JobEvent::decode(&message.payload) else {
+                    continue;
+                };
+                let jobs = running.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(job) = jobs.get(&event.job_id) {
+                    job.stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
     }
 
     async fn handle(&self, message: Message) {
-        let ack = match self.process(&message).await {
-            Ok(()) => AckKind::Ack,
-            Err(RenderError::Nats(reelmesh_nats::NatsError::Corrupt(why))) => {
+        let disposal = match self.process(&message).await {
+            Ok(disposal) => disposal,
+            Err(RenderError::Nats(NatsError::Corrupt(why))) => {
                 // Redelivery cannot fix bytes we cannot read.
                 tracing::error!("dropping unreadable work item: {why}");
-                AckKind::Term
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
             }
             Err(err) => {
-                // Only NATS or store outages get here; the job is still
-                // RUNNING and is picked up again after the delay.
+                // NATS failed under us: the record could not be updated, so
+                // leave the item to come back; its next start sees the
+                // attempt still open and closes it.
                 tracing::warn!("job interrupted, will be redelivered: {err}");
-                AckKind::Nak(Some(Duration::from_secs(2)))
+                Disposal::Nak(Duration::from_secs(2))
             }
+        };
+        let ack = match disposal {
+            Disposal::Ack => AckKind::Ack,
+            Disposal::Nak(delay) => AckKind::Nak(Some(delay)),
         };
         if let Err(err) = message.ack_with(ack).await {
             tracing::warn!("could not ack work item: {err}");
         }
     }
 
-    /// Ok means the work item is finished with (rendered, failed for good,
-    /// or not ours to run); Err means try again later.
-    async fn process(&self, message: &Message) -> Result<(), RenderError> {
+    async fn process(&self, message: &Message) -> Result<Disposal, RenderError> {
         let item = WorkItem::decode(&message.payload)?;
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
-            let Some(job) = self.start(&item).await? else {
-                return Ok(());
+            let (job, attempt) = match self.start(&item).await? {
+                Start::Run(job, attempt) => (job, attempt),
+                Start::Later(delay) => return Ok(Disposal::Nak(delay)),
+                Start::Nothing | Start::Exhausted(_) => return Ok(Disposal::Ack),
             };
-            let outcome = self.render(&job, message).await;
-            self.finish(&job, outcome)
+            let flags = Arc::new(Running::default());
+            self.running_jobs().insert(job.id.clone(), flags.clone());
+            let outcome = self.render(&job, attempt, message, &flags).await;
+            self.running_jobs().remove(&job.id);
+            self.finish(&job, attempt, outcome, &flags)
                 .instrument(tracing::info_span!("finish"))
                 .await
         }
@@ -114,31 +206,59 @@ impl RenderWorker {
         .await
     }
 
-    /// Moves the job to RUNNING. `None` when there is nothing to do: the
-    /// job is gone, already ended, or was cancelled while queued.
-    async fn start(&self, item: &WorkItem) -> Result<Option<JobRecord>, RenderError> {
-        let jobs = &self.topology.jobs;
-        let started = jobs
-            .modify(&item.tenant, &item.job_id, |job| match job.state {
-                JobState::Queued => Ok(job.move_to(JobState::Running).is_ok()),
-                _ => Ok(false),
+    /// Begins an attempt on the record.
+    async fn start(&self, item: &WorkItem) -> Result<Start, RenderError> {
+        let mut outcome = Start::Nothing;
+        let modified = self
+            .topology
+            .jobs
+            .modify(&item.tenant, &item.job_id, |job| {
+                outcome = Start::Nothing;
+                if job.round != item.round {
+                    return Ok(false);
+                }
+                if let Some(wait) = early_by(job) {
+                    outcome = Start::Later(wait);
+                    return Ok(false);
+                }
+                match job.begin_attempt() {
+                    Ok(attempt) => outcome = Start::Run(job.clone(), attempt),
+                    Err(NoAttempt::Ended) => return Ok(false),
+                    Err(NoAttempt::Exhausted(_)) => outcome = Start::Exhausted(job.clone()),
+                }
+                Ok(true)
             })
             .await;
-        let job = match started {
-            Ok(versioned) => versioned.record,
-            Err(reelmesh_nats::NatsError::JobNotFound(_)) => return Ok(None),
+        match modified {
+            Ok(_) => {}
+            Err(NatsError::JobNotFound(_)) => return Ok(Start::Nothing),
             Err(err) => return Err(err.into()),
-        };
-        if job.state != JobState::Running {
-            return Ok(None);
         }
-        self.publish(&job, EventKind::Started).await?;
-        tracing::info!(job = %job.id, tenant = %job.tenant, "render started");
-        Ok(Some(job))
+        match &outcome {
+            Start::Run(job, attempt) => {
+                self.publish(job, EventKind::Started { attempt: *attempt })
+                    .await?;
+                tracing::info!(attempt, "render started");
+            }
+            Start::Exhausted(job) => {
+                let error = job.error.clone().unwrap_or_default();
+                tracing::warn!("job failed: {error}");
+                self.publish(job, EventKind::Failed { error }).await?;
+                return Ok(Start::Nothing);
+            }
+            _ => {}
+        }
+        Ok(outcome)
     }
 
-    async fn render(&self, job: &JobRecord, message: &Message) -> Result<JobOutput, RenderError> {
-        let plan = RenderPlan::for_job(&job.id, &job.spec)?;
+    async fn render(
+        &self,
+        job: &JobRecord,
+        attempt: u32,
+        message: &Message,
+        flags: &Running,
+    ) -> Result<JobOutput, RenderError> {
+        let plan = RenderPlan::for_job(&job.id, attempt, &job.spec)?;
         let scratch = tempfile::Builder::new()
             .prefix("reelmesh-render-")
             .tempdir_in(&self.config.work_dir)?;
@@ -146,22 +266,24 @@ impl RenderWorker {
             .fetch_inputs(job, &plan, scratch.path())
             .instrument(tracing::info_span!("fetch_inputs"))
             .await?;
-        let cancel = Arc::new(AtomicBool::new(false));
         let (progress_tx, progress_rx) = watch::channel(0.0);
-        let watchers = CancellationToken::new();
+        let reporter = CancellationToken::new();
         tokio::spawn(
             self.clone()
-                .watch_for_cancel(job.clone(), cancel.clone(), watchers.clone()),
-        );
-        tokio::spawn(
-            self.clone()
-                .report_progress(job.clone(), progress_rx, watchers.clone()),
+                .report_progress(job.clone(), progress_rx, reporter.clone()),
         );
         let rendered = self
-            .run_engine(&plan, &inputs, scratch.path(), cancel, progress_tx, message)
+            .run_engine(
+                &plan,
+                &inputs,
+                scratch.path(),
+                flags.stop.clone(),
+                progress_tx,
+                message,
+            )
             .instrument(tracing::info_span!("engine"))
             .await;
-        watchers.cancel();
+        reporter.cancel();
         self.store_outputs(job, &plan, rendered?)
             .instrument(tracing::info_span!("store_outputs"))
             .await
@@ -199,18 +321,16 @@ impl RenderWorker {
         rendered: Rendered,
     ) -> Result<JobOutput, RenderError> {
         self.check_output_size(&rendered)?;
+        let Some(first) = rendered.files.first() else {
+            return Ok(JobOutput::default());
+        };
         let media = tracing::info_span!("probe_result")
-            .in_scope(|| media::probe(&rendered.files[0]))
+            .in_scope(|| media::probe(first))
             .map_err(|err| RenderError::Pipeline(err.to_string()))?;
         let mut keys = Vec::new();
         let mut size_bytes = 0;
         for (index, file) in rendered.files.iter().enumerate() {
-            let key = match plan.work {
-                Work::Thumbnails { .. } => {
-                    RenderPlan::thumbnail_key(&job.id, index, plan.work.extension())?
-                }
-                _ => plan.output.clone(),
-            };
+            let key = plan.output_key(index)?;
             let size = self.store.upload_file(&job.tenant, &key, file).await?;
             if index == 0 {
                 size_bytes = size;
@@ -252,7 +372,7 @@ impl RenderWorker {
         plan: &RenderPlan,
         inputs: &[LocalInput],
         scratch: &std::path::Path,
-        cancel: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
         progress: watch::Sender<f64>,
         message: &Message,
     ) -> Result<Rendered, RenderError> {
@@ -269,7 +389,7 @@ impl RenderWorker {
                     changed
                 });
             };
-            let mut control = Control::new(&cancel, stall_timeout, &mut on_progress);
+            let mut control = Control::new(&stop, stall_timeout, &mut on_progress);
             engine::execute(&plan, &inputs, &scratch, &mut control)
         });
         tokio::pin!(engine);
@@ -282,32 +402,6 @@ impl RenderWorker {
                 _ = tokio::time::sleep(heartbeat) => {
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
-            }
-        }
-    }
-
-    /// Sets `cancel` as soon as the job's record says CANCELLED.
-    async fn watch_for_cancel(
-        self,
-        job: JobRecord,
-        cancel: Arc<AtomicBool>,
-        done: CancellationToken,
-    ) {
-        let Ok(updates) = self.topology.jobs.watch(&job.tenant, &job.id).await else {
-            return;
-        };
-        let mut updates = std::pin::pin!(updates);
-        loop {
-            tokio::select! {
-                _ = done.cancelled() => return,
-                update = updates.next() => match update {
-                    Some(record) if record.state == JobState::Cancelled => {
-                        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return;
-                    }
-                    Some(_) => continue,
-                    None => return,
-                },
             }
         }
     }
@@ -355,99 +449,170 @@ impl RenderWorker {
         }
     }
 
-    /// Ends the job: COMPLETED or FAILED by compare-and-set, then the
-    /// matching event. A job cancelled meanwhile stays cancelled and its
-    /// output is removed.
+    /// Ends the attempt by compare-and-set, if it is still the job's
+    /// running attempt: COMPLETED; queued again for a retry; handed back;
+    /// or FAILED. Whoever makes the change publishes its event. An attempt
+    /// that lost the job removes what it stored.
     async fn finish(
         &self,
         job: &JobRecord,
+        attempt: u32,
         outcome: Result<JobOutput, RenderError>,
-    ) -> Result<(), RenderError> {
-        let output = match outcome {
-            Ok(output) => output,
+        flags: &Running,
+    ) -> Result<Disposal, RenderError> {
+        let end = match outcome {
+            Err(RenderError::Cancelled) if flags.hand_back.load(Ordering::SeqCst) => End::HandBack,
             Err(RenderError::Cancelled) => {
-                tracing::info!(job = %job.id, "render cancelled");
-                return Ok(());
+                tracing::info!("render cancelled");
+                return Ok(Disposal::Ack);
             }
-            Err(err @ (RenderError::Nats(_) | RenderError::Store(_))) => return Err(err),
-            Err(err) => return self.fail(job, err.to_string()).await,
+            Err(err @ RenderError::Nats(_)) => return Err(err),
+            Err(err) => self.after_failure(job, err),
+            Ok(output) => End::Complete(output),
         };
-        if !self
-            .end_running(job, |record| record.complete(output.clone()))
-            .await?
-        {
-            // Cancelled while we rendered: the cancel stands, the output goes.
-            let key = reelmesh_store::ObjectKey::parse(&output.key)
-                .map_err(reelmesh_store::StoreError::from)?;
-            self.store.delete(&job.tenant, &key).await?;
-            return Ok(());
-        }
-        self.publish(job, EventKind::Completed { output }).await?;
-        tracing::info!(job = %job.id, "render completed");
-        Ok(())
-    }
-
-    async fn fail(&self, job: &JobRecord, error: String) -> Result<(), RenderError> {
-        tracing::warn!(job = %job.id, "render failed: {error}");
-        if self
-            .end_running(job, |record| record.fail(error.clone()))
-            .await?
-        {
-            self.publish(job, EventKind::Failed { error }).await?;
-        }
-        Ok(())
-    }
-
-    /// Applies `end` by compare-and-set if the job is still RUNNING; true when
-    /// this call ended it (and so owns publishing the terminal event).
-    async fn end_running<F>(&self, job: &JobRecord, end: F) -> Result<bool, RenderError>
-    where
-        F: Fn(&mut JobRecord) -> Result<(), reelmesh_nats::record::TransitionError>,
-    {
-        let mut ended = false;
+        let mut ended = None;
         self.topology
             .jobs
             .modify(&job.tenant, &job.id, |record| {
-                ended = record.state == JobState::Running;
-                if ended {
-                    end(record)?;
+                ended = None;
+                if !record.is_running_attempt(attempt) {
+                    return Ok(false);
                 }
-                Ok(ended)
+                end.apply(record)?;
+                ended = Some(record.clone());
+                Ok(true)
             })
             .await?;
-        Ok(ended)
+        let Some(record) = ended else {
+            self.discard(job, &end).await?;
+            return Ok(Disposal::Ack);
+        };
+        end.announce(self, &record, attempt).await
+    }
+
+    /// A failed attempt's next step: retry after a backoff while attempts
+    /// remain and the error might pass, FAILED otherwise.
+    fn after_failure(&self, job: &JobRecord, err: RenderError) -> End {
+        let error = err.to_string();
+        let used = job.attempts_used() + 1;
+        if err.is_retryable() && used < job.max_attempts {
+            let delay = self.config.retry.delay(used);
+            End::Retry { error, delay }
+        } else if err.is_retryable() {
+            End::Fail(format!(
+                "gave up after {used} attempts; the last failed with: {error}"
+            ))
+        } else {
+            End::Fail(error)
+        }
+    }
+
+    /// Removes the result of an attempt that no longer owns its job.
+    async fn discard(&self, job: &JobRecord, end: &End) -> Result<(), RenderError> {
+        let End::Complete(output) = end else {
+            return Ok(());
+        };
+        tracing::info!("the job moved on while this attempt ran; removing its result");
+        for key in &output.keys {
+            let key = ObjectKey::parse(key).map_err(reelmesh_store::StoreError::from)?;
+            self.store.delete(&job.tenant, &key).await?;
+        }
+        Ok(())
     }
 
     async fn publish(&self, job: &JobRecord, kind: EventKind) -> Result<u64, RenderError> {
-        let event = JobEvent::now(&job.tenant, &job.id, kind);
-        Ok(self.topology.events.publish(&event).await?)
+        Ok(self
+            .topology
+            .events
+            .publish(&JobEvent::of(job, kind))
+            .await?)
     }
 }
 
-/// One message, or `None` when none arrived within the poll window.
-async fn next_message(consumer: &PullConsumer) -> Option<Message> {
-    let mut batch = match consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-    {
-        Ok(batch) => batch,
-        Err(err) => {
-            tracing::warn!("work consumer: {err}");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return None;
-        }
-    };
-    match batch.next().await {
-        Some(Ok(message)) => Some(message),
-        Some(Err(err)) => {
-            tracing::warn!("work consumer: {err}");
-            None
-        }
-        None => None,
+/// What [`RenderWorker::start`] found.
+#[derive(Debug)]
+enum Start {
+    /// Render it: the record (now RUNNING) and the attempt's number.
+    Run(JobRecord, u32),
+    /// Not yet: a retry's backoff has this long to go.
+    Later(Duration),
+    /// Out of attempts: the record is now FAILED.
+    Exhausted(JobRecord),
+    /// Nothing to do: ended, cancelled, gone, or a stale round's item.
+    Nothing,
+}
+
+/// How a job's running attempt ends.
+#[derive(Debug)]
+enum End {
+    Complete(JobOutput),
+    Retry { error: String, delay: Duration },
+    HandBack,
+    Fail(String),
+}
+
+impl End {
+    fn apply(&self, record: &mut JobRecord) -> Result<(), NatsError> {
+        let changed = match self {
+            End::Complete(output) => record.complete(output.clone()),
+            End::Retry { error, delay } => {
+                record.retry_at(error.clone(), OffsetDateTime::now_utc() + *delay)
+            }
+            End::HandBack => record.hand_back(),
+            End::Fail(error) => record.fail(error.clone()),
+        };
+        changed.map_err(|err| NatsError::Corrupt(err.to_string()))
     }
+
+    /// Publishes what happened and says what to do with the work item.
+    async fn announce(
+        &self,
+        worker: &RenderWorker,
+        record: &JobRecord,
+        attempt: u32,
+    ) -> Result<Disposal, RenderError> {
+        match self {
+            End::Complete(output) => {
+                let output = output.clone();
+                worker
+                    .publish(record, EventKind::Completed { output })
+                    .await?;
+                tracing::info!(attempt, "render completed");
+                Ok(Disposal::Ack)
+            }
+            End::Retry { error, delay } => {
+                let retry_at = record.retry_at.unwrap_or_else(OffsetDateTime::now_utc);
+                let kind = EventKind::Retrying {
+                    attempt,
+                    error: error.clone(),
+                    retry_at,
+                };
+                worker.publish(record, kind).await?;
+                tracing::warn!(attempt, "attempt failed, retrying in {delay:?}: {error}");
+                Ok(Disposal::Nak(*delay))
+            }
+            End::HandBack => {
+                tracing::info!(attempt, "handed back to the queue");
+                Ok(Disposal::Nak(Duration::ZERO))
+            }
+            End::Fail(error) => {
+                let error = error.clone();
+                tracing::warn!(attempt, "render failed: {error}");
+                worker.publish(record, EventKind::Failed { error }).await?;
+                Ok(Disposal::Ack)
+            }
+        }
+    }
+}
+
+/// How long a queued job's retry backoff still has to run, if it is not
+/// (nearly) over.
+fn early_by(job: &JobRecord) -> Option<Duration> {
+    if job.state != JobState::Queued {
+        return None;
+    }
+    let left = Duration::try_from(job.retry_at? - OffsetDateTime::now_utc()).ok()?;
+    (left > RETRY_SLACK).then_some(left)
 }
 
 /// Progress of the render stage, with an ETA from the rate so far once a

@@ -42,6 +42,9 @@ impl TestCluster {
         config.gateway.api_keys = test_api_keys();
         config.notify.first_retry_secs = 1;
         config.notify.max_retry_secs = 2;
+        // Retries within a test's patience.
+        config.render.retry.base_ms = 50;
+        config.render.retry.max_ms = 200;
         adjust(&mut config);
         let cluster = DevCluster::start(nats, config).await?;
         Ok(TestCluster { cluster, store_url })
@@ -58,16 +61,15 @@ impl TestCluster {
         let js = async_nats::jetstream::new(client);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-                .get_consumer_from_stream(names::RENDER_CONSUMER, names::WORK_STREAM)
-                .await?;
-            let info = consumer.info().await?;
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
+            // A work-queue stream keeps a message until a worker acks it.
+            let mut stream = js.get_stream(names::WORK_STREAM).await?;
+            let left = stream.info().await?.state.messages;
+            if left == 0 {
                 return Ok(());
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "work did not settle: {info:?}"
+                "work did not settle: {left} items left"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }

@@ -30,6 +30,7 @@ fn kind_name(event: &pb::JobEvent) -> &'static str {
         Some(Kind::Completed(_)) => "completed",
         Some(Kind::Failed(_)) => "failed",
         Some(Kind::Cancelled(_)) => "cancelled",
+        Some(Kind::Retrying(_)) => "retrying",
         None => "none",
     }
 }

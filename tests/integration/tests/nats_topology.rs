@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use reelmesh_nats::{
-    EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, TopologyConfig, WorkItem,
-    server::NatsServer,
+    EventKind, JobEvent, JobRecord, JobState, NatsError, Priority, Topology, TopologyConfig,
+    WorkItem, server::NatsServer,
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -24,13 +24,13 @@ fn tenant() -> reelmesh_nats::TenantId {
 async fn events_are_replayed_then_followed() -> anyhow::Result<()> {
     let (_server, topology) = topology().await?;
     let job = reelmesh_nats::JobId::new();
-    for kind in [EventKind::Queued, EventKind::Started] {
+    for kind in [EventKind::Queued, EventKind::Started { attempt: 1 }] {
         topology
             .events
             .publish(&JobEvent::now(&tenant(), &job, kind))
             .await?;
     }
-    let follow = topology.events.follow(&tenant(), &job).await?;
+    let follow = topology.events.follow(&tenant(), &job, 0).await?;
     let mut follow = Box::pin(follow);
     let first = tokio::time::timeout(Duration::from_secs(5), follow.next())
         .await?
@@ -39,7 +39,16 @@ async fn events_are_replayed_then_followed() -> anyhow::Result<()> {
     let second = tokio::time::timeout(Duration::from_secs(5), follow.next())
         .await?
         .expect("event")?;
-    assert_eq!(second.event.kind, EventKind::Started);
+    assert_eq!(second.event.kind, EventKind::Started { attempt: 1 });
+    // Resuming after the first event starts at the second.
+    let resumed = topology
+        .events
+        .follow(&tenant(), &job, first.sequence)
+        .await?;
+    let resumed = tokio::time::timeout(Duration::from_secs(5), Box::pin(resumed).next())
+        .await?
+        .expect("event")?;
+    assert_eq!(resumed, second);
     topology
         .events
         .publish(&JobEvent::now(
@@ -127,10 +136,18 @@ async fn the_same_job_is_queued_once() -> anyhow::Result<()> {
     let item = WorkItem {
         tenant: tenant(),
         job_id: reelmesh_nats::JobId::new(),
+        round: 0,
     };
-    topology.work.enqueue(&item).await?;
-    topology.work.enqueue(&item).await?;
+    topology.work.enqueue(&item, Priority::Normal).await?;
+    topology.work.enqueue(&item, Priority::Normal).await?;
     assert_eq!(topology.work.depth().await?, 1);
+    assert_eq!(topology.work.tenant_depth(&tenant()).await?, 1);
+    let other = reelmesh_nats::TenantId::parse("other").expect("tenant");
+    assert_eq!(topology.work.tenant_depth(&other).await?, 0);
+    // A RetryJob round is a new message.
+    let next_round = WorkItem { round: 1, ..item };
+    topology.work.enqueue(&next_round, Priority::Normal).await?;
+    assert_eq!(topology.work.depth().await?, 2);
     Ok(())
 }
 
@@ -139,15 +156,14 @@ async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> 
     let cluster = reelmesh_integration_tests::TestCluster::start().await?;
     let client = async_nats::connect(cluster.cluster.nats.url()).await?;
     let js = async_nats::jetstream::new(client);
-    js.publish(reelmesh_nats::names::WORK_SUBJECT, "not json".into())
-        .await?
-        .await?;
+    let subject = reelmesh_nats::names::work_subject(Priority::Normal, &tenant());
+    js.publish(subject, "not json".into()).await?.await?;
     // Terminated on the first delivery, so the queue settles instead of
     // holding a message that is redelivered until max_deliver.
     cluster.wait_until_work_settled().await?;
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(
-            reelmesh_nats::names::RENDER_CONSUMER,
+            &reelmesh_nats::names::render_consumer(Priority::Normal),
             reelmesh_nats::names::WORK_STREAM,
         )
         .await?;

@@ -1,0 +1,83 @@
+//! Idempotency keys: the first submit with a key claims it for its job by a
+//! KV create (which only one writer can win); every later submit with the
+//! same key, however close in time, finds the claim and returns that job.
+//! Claims expire with the bucket's max age, the idempotency window.
+
+use async_nats::jetstream::kv;
+use sha2::{Digest as _, Sha256};
+
+use crate::{JobId, NatsError, TenantId};
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyKeys {
+    kv: kv::Store,
+}
+
+impl IdempotencyKeys {
+    pub(crate) fn new(kv: kv::Store) -> Self {
+        IdempotencyKeys { kv }
+    }
+
+    /// Claims `key` for `job`. `None` when this call won the claim, or the
+    /// job that claimed it first.
+    pub async fn claim(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        job: &JobId,
+    ) -> Result<Option<JobId>, NatsError> {
+        let entry = entry_key(tenant, key);
+        match self.kv.create(&entry, job.as_str().to_owned().into()).await {
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let value = self
+                    .kv
+                    .get(&entry)
+                    .await
+                    .map_err(NatsError::unavailable)?
+                    .ok_or_else(|| NatsError::Unavailable(format!("claim on {key:?} vanished")))?;
+                let id = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|id| JobId::parse(id).ok())
+                    .ok_or_else(|| NatsError::Corrupt(format!("claim on {key:?}")))?;
+                Ok(Some(id))
+            }
+            Err(err) => Err(NatsError::unavailable(err)),
+        }
+    }
+
+    /// Gives up a claim whose job could not be created, so a retry of the
+    /// submit is not pointed at a job that does not exist.
+    pub async fn release(&self, tenant: &TenantId, key: &str) -> Result<(), NatsError> {
+        self.kv
+            .purge(entry_key(tenant, key))
+            .await
+            .map_err(NatsError::unavailable)
+    }
+}
+
+/// Client keys may hold any printable character; KV keys may not, so the
+/// key is hashed.
+fn entry_key(tenant: &TenantId, key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{tenant}.{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_keys_are_per_tenant_and_subject_safe() {
+        let a = TenantId::parse("a").expect("tenant");
+        let b = TenantId::parse("b").expect("tenant");
+        let key = "order 42 / retry.*>";
+        assert_ne!(entry_key(&a, key), entry_key(&b, key));
+        assert!(
+            entry_key(&a, key)
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.')
+        );
+    }
+}
