@@ -169,13 +169,48 @@ pub struct AudioBed<S = PathBuf> {
 pub(crate) struct Placement {
     pub start: f64,
     pub length: f64,
+    /// Seconds it fades in: from black and silence, or, entering by a
+    /// crossfade, over the previous clip.
     pub fade_in: f64,
+    /// Seconds it fades out to black and silence.
     pub fade_out: f64,
+    /// Seconds the next clip crossfades in over its end.
+    pub crossfade_out: f64,
+}
+
+/// How a level rises from zero at a clip's start and falls back to zero at
+/// its end, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Envelope {
+    pub length: f64,
+    pub rise: f64,
+    pub fall: f64,
 }
 
 impl Placement {
     fn end(&self) -> f64 {
         self.start + self.length
+    }
+
+    /// The picture stays opaque under a crossfade out: the next clip sits
+    /// on the layer above and fades in over it, so each pixel is
+    /// `A·(1−t) + B·t`. Fading this one out as well would let the black
+    /// background through.
+    pub(crate) fn picture(&self) -> Envelope {
+        Envelope {
+            length: self.length,
+            rise: self.fade_in,
+            fall: self.fade_out,
+        }
+    }
+
+    /// Sound has no layers: the mixer adds every clip playing, so under a
+    /// crossfade this clip's volume falls as the next one's rises.
+    pub(crate) fn sound(&self) -> Envelope {
+        Envelope {
+            fall: self.fade_out + self.crossfade_out,
+            ..self.picture()
+        }
     }
 }
 
@@ -190,14 +225,12 @@ const AUDIO_RATE: i32 = 48_000;
 pub(crate) fn layout<S>(clips: &[Clip<S>], lengths: &[f64]) -> Result<Vec<Placement>, String> {
     let mut placed: Vec<Placement> = Vec::with_capacity(clips.len());
     for (i, (clip, &length)) in clips.iter().zip(lengths).enumerate() {
-        // A crossfade may overlap the previous clip only: GES mixes two
-        // clips in a transition, never three.
-        let earlier_end = placed.iter().rev().nth(1).map_or(0.0, Placement::end);
         let mut here = Placement {
             start: placed.last().map_or(0.0, Placement::end),
             length,
             fade_in: 0.0,
             fade_out: 0.0,
+            crossfade_out: 0.0,
         };
         match (clip.transition, placed.last_mut()) {
             (None, _) => {}
@@ -207,14 +240,8 @@ pub(crate) fn layout<S>(clips: &[Clip<S>], lengths: &[f64]) -> Result<Vec<Placem
                 here.fade_in = t.seconds;
             }
             (Some(t), Some(previous)) => {
-                here.start -= t.seconds;
-                if here.start <= previous.start || here.start < earlier_end || t.seconds >= length {
-                    return Err(format!(
-                        "clips[{i}].transition: a {:.2} s crossfade needs both clips longer \
-                         than it, and no overlap with an earlier transition",
-                        t.seconds
-                    ));
-                }
+                overlap(previous, &mut here, t.seconds)
+                    .map_err(|reason| format!("clips[{i}].transition: {reason}"))?;
             }
         }
         placed.push(here);
@@ -228,6 +255,25 @@ pub(crate) fn layout<S>(clips: &[Clip<S>], lengths: &[f64]) -> Result<Vec<Placem
         }
     }
     Ok(placed)
+}
+
+/// Pulls `here` back over the end of `previous` for a crossfade of
+/// `seconds`, which both clips ramp over.
+fn overlap(previous: &mut Placement, here: &mut Placement, seconds: f64) -> Result<(), String> {
+    here.start -= seconds;
+    // The overlap may not reach back into the previous clip's own way in
+    // (a crossfade from the clip before it, or a fade from black): three
+    // clips would mix and the ramps would clash.
+    let entered = previous.start + previous.fade_in - 1e-9;
+    if here.start <= previous.start || here.start < entered || seconds >= here.length {
+        return Err(format!(
+            "a {seconds:.2} s crossfade needs both clips longer than it, and no overlap \
+             with an earlier transition"
+        ));
+    }
+    previous.crossfade_out = seconds;
+    here.fade_in = seconds;
+    Ok(())
 }
 
 /// What is known about each clip's media before the timeline is built.
@@ -408,8 +454,25 @@ fn seconds(value: f64) -> gst::ClockTime {
     gst::ClockTime::from_seconds_f64(value.max(0.0))
 }
 
-/// Builds the GES timeline: clips on one layer (so overlaps become
-/// crossfades), audio beds on a second.
+/// Builds the GES timeline: each clip on a layer of its own, later clips
+/// above earlier ones, then audio beds on one more layer.
+///
+/// Crossfades are our own ramps, not GES transitions: the incoming clip's
+/// alpha and volume rise over an outgoing clip that stays opaque and whose
+/// volume falls (see [`Placement::picture`], [`Placement::sound`]). GES
+/// 1.22's crossfade cannot be made a straight mix. Its transition fades
+/// the outgoing clip 1→0 and the incoming 0→1 in a compositor with a
+/// transparent background, asking for the operators "source" and "add";
+/// but its smart mixer copies each frame's operator from the clip's
+/// framepositioner onto the mixer pad ("over" unless set), so both are
+/// blended "over" and the result, over black, is `A·(1−t)² + B·t`: a
+/// quarter too dark at the midpoint. With "source" and "add" it would not
+/// be linear either, since the compositor's "add" sums alphas but weights
+/// colour like "over" (`A/3 + 2B/3` at the midpoint). An opaque picture
+/// under one at alpha `t` is the one stacking that mixes `A·(1−t) + B·t`.
+/// Where the incoming picture is transparent (bars of another aspect ratio
+/// under `Fit::Contain`, a transparent still) the outgoing one shows
+/// unfaded until it ends.
 fn build(
     timeline: &Timeline,
     placements: &[Placement],
@@ -431,10 +494,19 @@ fn build(
         );
         ges_timeline.add_track(&audio).map_err(pipeline_error)?;
     }
-    let clips = ges_timeline.append_layer();
-    clips.set_auto_transition(true);
-    for (clip, placement) in timeline.clips.iter().zip(placements) {
-        let added = add_clip(&clips, clip, placement)?;
+    // Layer 0 is the top, so the last clip gets the first layer.
+    let layers: Vec<ges::Layer> = timeline
+        .clips
+        .iter()
+        .map(|_| ges_timeline.append_layer())
+        .collect();
+    let stacked = timeline
+        .clips
+        .iter()
+        .zip(placements)
+        .zip(layers.iter().rev());
+    for ((clip, placement), layer) in stacked {
+        let added = add_clip(layer, clip, placement)?;
         if shape.cover && matches!(clip.source, ClipSource::Media(_)) {
             let crop = ges::Effect::new(&format!(
                 "aspectratiocrop aspect-ratio={}/{}",
@@ -520,13 +592,15 @@ fn add_bed(layer: &ges::Layer, bed: &AudioBed, length: f64) -> Result<(), MediaE
         length,
         fade_in: bed.fade_in_seconds.min(length),
         fade_out: bed.fade_out_seconds.min(length),
+        crossfade_out: 0.0,
     };
     fade(&added, bed.in_seconds, &placement, bed.volume)
 }
 
 /// Sets the clip's level (`volume` for sound, 1 for picture) and ramps it
 /// from and to zero over the placement's fades, on every track element:
-/// picture by alpha over the black background, sound by volume.
+/// picture by alpha over what lies below (black, or the clip it
+/// crossfades from), sound by volume.
 fn fade(
     clip: &ges::Clip,
     inpoint: f64,
@@ -537,14 +611,14 @@ fn fade(
         let Ok(element) = child.downcast::<ges::TrackElement>() else {
             continue;
         };
-        let property = if element.is::<ges::VideoSource>() {
-            "alpha"
+        let (property, envelope) = if element.is::<ges::VideoSource>() {
+            ("alpha", placement.picture())
         } else if element.is::<ges::AudioSource>() {
-            "volume"
+            ("volume", placement.sound())
         } else {
             continue;
         };
-        if placement.fade_in == 0.0 && placement.fade_out == 0.0 {
+        if envelope.rise == 0.0 && envelope.fall == 0.0 {
             if property == "volume" && level != 1.0 {
                 TimelineElementExtManual::set_child_property(&element, property, level.to_value())
                     .map_err(pipeline_error)?;
@@ -560,7 +634,7 @@ fn fade(
         } else {
             inpoint
         };
-        for (at, value) in ramp_points(placement, level) {
+        for (at, value) in ramp_points(&envelope, level) {
             ramp.set(seconds(base + at), value);
         }
         if !element.set_control_source(&ramp, property, "direct-absolute") {
@@ -581,16 +655,16 @@ fn placement_is_still(clip: &ges::Clip) -> bool {
             .is_some_and(|uri| uri.is_image())
 }
 
-/// (time in the clip, level) points of a fade-in / hold / fade-out ramp.
-pub(crate) fn ramp_points(placement: &Placement, level: f64) -> Vec<(f64, f64)> {
+/// (time in the clip, level) points of a rise / hold / fall ramp.
+pub(crate) fn ramp_points(envelope: &Envelope, level: f64) -> Vec<(f64, f64)> {
     let mut points = Vec::with_capacity(4);
-    if placement.fade_in > 0.0 {
+    if envelope.rise > 0.0 {
         points.push((0.0, 0.0));
     }
-    points.push((placement.fade_in, level));
-    points.push((placement.length - placement.fade_out, level));
-    if placement.fade_out > 0.0 {
-        points.push((placement.length, 0.0));
+    points.push((envelope.rise, level));
+    points.push((envelope.length - envelope.fall, level));
+    if envelope.fall > 0.0 {
+        points.push((envelope.length, 0.0));
     }
     points
 }
@@ -669,6 +743,26 @@ mod tests {
     }
 
     #[test]
+    fn a_crossfade_fades_the_picture_in_over_the_previous_and_mixes_sound() {
+        let placed = layout(&[clip(None), clip(crossfade(0.5))], &[2.0, 3.0]).expect("layout");
+        // The outgoing picture stays opaque under the incoming one.
+        assert_eq!(
+            ramp_points(&placed[0].picture(), 1.0),
+            vec![(0.0, 1.0), (2.0, 1.0)]
+        );
+        assert_eq!(
+            ramp_points(&placed[1].picture(), 1.0),
+            vec![(0.0, 0.0), (0.5, 1.0), (3.0, 1.0)]
+        );
+        // Sound falls as the incoming sound rises, over the same 0.5 s.
+        assert_eq!(
+            ramp_points(&placed[0].sound(), 1.0),
+            vec![(0.0, 1.0), (1.5, 1.0), (2.0, 0.0)]
+        );
+        assert_eq!(placed[1].sound(), placed[1].picture());
+    }
+
+    #[test]
     fn a_fade_darkens_both_sides_without_overlap() {
         let fade = Some(Transition {
             kind: TransitionKind::Fade,
@@ -678,7 +772,7 @@ mod tests {
         assert_eq!((placed[0].fade_in, placed[0].fade_out), (0.5, 0.5));
         assert_eq!((placed[1].start, placed[1].fade_in), (2.0, 0.5));
         assert_eq!(
-            ramp_points(&placed[0], 1.0),
+            ramp_points(&placed[0].picture(), 1.0),
             vec![(0.0, 0.0), (0.5, 1.0), (1.5, 1.0), (2.0, 0.0)]
         );
     }
@@ -694,9 +788,21 @@ mod tests {
         )
         .expect_err("three-way");
         assert!(err.starts_with("clips[2].transition"), "{err}");
+        // Nor may it overlap the previous clip's fade from black.
+        let fade = Some(Transition {
+            kind: TransitionKind::Fade,
+            seconds: 0.8,
+        });
+        let err = layout(
+            &[clip(None), clip(fade), clip(crossfade(0.5))],
+            &[2.0, 1.0, 2.0],
+        )
+        .expect_err("over a fade-in");
+        assert!(err.starts_with("clips[2].transition"), "{err}");
     }
 
     mod rendered {
+        use std::sync::{Arc, Mutex};
         use std::time::Duration;
 
         use super::*;
@@ -704,6 +810,7 @@ mod tests {
         use crate::media::frames::{ImageFormat, rgb_frame_at, thumbnails};
         use crate::media::overlay::Position;
         use crate::media::testsrc::{TestClip, write_clip};
+        use crate::media::testutil::run_launch;
         use crate::media::{AudioFormat, CancelFlag, extract_audio};
 
         const STALL: Duration = Duration::from_secs(20);
@@ -736,6 +843,44 @@ mod tests {
             }
             let mean = |c: usize| sum[c] as f64 / n as f64;
             (mean(0), mean(1), mean(2))
+        }
+
+        /// Checks the colour at `t` within 20 per channel, which YUV
+        /// round trips and frame timing stay well inside.
+        fn assert_colour(path: &Path, t: f64, want: (f64, f64, f64)) {
+            let got = colour_at(path, t);
+            let near = |a: f64, b: f64| (a - b).abs() <= 20.0;
+            assert!(
+                near(got.0, want.0) && near(got.1, want.1) && near(got.2, want.2),
+                "at {t} s: {got:?}, want {want:?}"
+            );
+        }
+
+        /// RMS of the decoded sound (mono) in `[from, to)` seconds.
+        fn loudness(path: &Path, from: f64, to: f64) -> f64 {
+            const RATE: f64 = 48_000.0;
+            let sums = Arc::new(Mutex::new((0.0f64, 0u64)));
+            let sink = Arc::clone(&sums);
+            let launch = format!(
+                "filesrc location=\"{}\" ! decodebin ! audioconvert ! audioresample ! \
+                 audio/x-raw,format=F32LE,rate={RATE},channels=1 ! fakesink name=sink sync=false",
+                path.display()
+            );
+            run_launch(&launch, move |_, buffer| {
+                let start = buffer.pts().map_or(0.0, gst::ClockTime::seconds_f64);
+                let map = buffer.map_readable().expect("map");
+                let mut sums = sink.lock().expect("lock");
+                for (i, bytes) in map.chunks_exact(4).enumerate() {
+                    let t = start + i as f64 / RATE;
+                    if (from..to).contains(&t) {
+                        let v = f64::from(f32::from_le_bytes(bytes.try_into().expect("4")));
+                        *sums = (sums.0 + v * v, sums.1 + 1);
+                    }
+                }
+            });
+            let (squares, n) = *sums.lock().expect("lock");
+            assert!(n > 0, "no sound in {from}..{to} s");
+            (squares / n as f64).sqrt()
         }
 
         fn media(source: PathBuf) -> Clip {
@@ -840,13 +985,11 @@ mod tests {
                 r > 200.0 && g > 200.0 && b > 200.0,
                 "white clip: {r} {g} {b}"
             );
-            // Mid-crossfade both clips show (GES 1.22 blends both over
-            // black, so the mix is darker than a plain average).
-            let (r, g, b) = colour_at(&output, 1.75);
-            assert!(
-                r > 150.0 && (20.0..150.0).contains(&g),
-                "crossfade: {r} {g} {b}"
-            );
+            // The 1.5..2.0 s crossfade mixes white·(1−t) + red·t. GES
+            // 1.22's own transition gave (189, 67, 68) at the midpoint.
+            for (t, rest) in [(0.25, 191.0), (0.5, 128.0), (0.75, 64.0)] {
+                assert_colour(&output, 1.5 + 0.5 * t, (255.0, rest, rest));
+            }
             let (r, g, b) = colour_at(&output, 2.04);
             assert!(r > 200.0 && g < 40.0 && b < 40.0, "red colour: {r} {g} {b}");
             let (r, g, b) = colour_at(&output, 2.5);
@@ -859,6 +1002,38 @@ mod tests {
                 b > 200.0 && r < 40.0,
                 "blue still after its fade-in: {r} {g} {b}"
             );
+        }
+
+        #[test]
+        fn crossfaded_sound_falls_as_the_next_picture_rises() {
+            let dir = tempfile::tempdir().expect("dir");
+            // 2 s of a 440 Hz tone, into a silent colour over its last 1 s.
+            let tone = pattern_clip(dir.path(), "tone.mp4", "black", TestClip::default());
+            let timeline = Timeline {
+                clips: vec![
+                    media(tone),
+                    Clip {
+                        duration_seconds: Some(1.5),
+                        transition: crossfade(1.0),
+                        ..media(PathBuf::new())
+                    }
+                    .with_source(ClipSource::Color(0xffff_ffff)),
+                ],
+                overlays: Vec::new(),
+                subtitles: None,
+                audio: Vec::new(),
+            };
+            let output = dir.path().join("xfade.mp4");
+            render(&timeline, &output, &VideoFormat::default());
+            let full = loudness(&output, 0.3, 0.7);
+            let (middle, late) = (
+                loudness(&output, 1.45, 1.55) / full,
+                loudness(&output, 1.85, 1.95) / full,
+            );
+            assert!(full > 0.1, "tone before the crossfade: {full}");
+            assert!((middle - 0.5).abs() < 0.1, "half way down: {middle}");
+            assert!(late < 0.3, "nearly silent: {late}");
+            assert_colour(&output, 1.5, (128.0, 128.0, 128.0));
         }
 
         #[test]
