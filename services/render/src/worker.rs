@@ -494,7 +494,8 @@ impl RenderWorker {
     /// remain and the error might pass, FAILED otherwise.
     fn after_failure(&self, job: &JobRecord, err: RenderError) -> End {
         let error = err.to_string();
-        let used = job.attempts_used() + 1;
+        // `job` is the record as this attempt began: it counts this attempt.
+        let used = job.attempts_used();
         if err.is_retryable() && used < job.max_attempts {
             let delay = self.config.retry.delay(used);
             End::Retry { error, delay }

@@ -1,0 +1,210 @@
+//! A job's life through the real services: retries and their recorded
+//! errors, dead letters and RetryJob, idempotent submits under concurrency,
+//! priorities, the tenant limit and resuming a watch. Noop jobs stand in for
+//! renders where only the job's path is under test.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use reelmesh_cli::{ReelmeshClient, client::asset_source};
+use reelmesh_integration_tests::{KEY_A, TestCluster};
+use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
+
+fn noop(seconds: f64, fail_attempts: u32) -> pb::JobSpec {
+    pb::JobSpec {
+        operation: Some(Operation::Noop(pb::Noop {
+            seconds,
+            fail_attempts,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Every event of a job until its watch ends.
+async fn events_of(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<Vec<pb::JobEvent>> {
+    let stream = client.watch(id).await?;
+    let events = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>()).await?;
+    Ok(events.into_iter().collect::<Result<_, _>>()?)
+}
+
+fn count(events: &[pb::JobEvent], is: fn(&Kind) -> bool) -> usize {
+    events
+        .iter()
+        .filter(|e| e.kind.as_ref().is_some_and(is))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_and_each_error_is_kept() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop(0.0, 2)).await?;
+    let events = events_of(&mut client, &job.id).await?;
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!(job.max_attempts, 3);
+    let errors: Vec<_> = job.attempts.iter().map(|a| a.error.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors[0].contains("fails, as the job's fail_attempts asks") && errors[2].is_empty());
+    assert!(job.attempts.iter().all(|a| a.ended_at.is_some()));
+    assert_eq!(count(&events, |k| matches!(k, Kind::Started(_))), 3);
+    assert_eq!(count(&events, |k| matches!(k, Kind::Retrying(_))), 2);
+    assert_eq!(count(&events, |k| matches!(k, Kind::Completed(_))), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_attempts_is_a_listable_dead_letter_that_retry_job_requeues() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut spec = noop(0.0, 3);
+    spec.max_attempts = 2;
+    let job = client.submit(spec).await?;
+    events_of(&mut client, &job.id).await?;
+    let failed = client.get(&job.id).await?;
+    assert_eq!(failed.state(), pb::JobState::Failed);
+    assert!(
+        failed.error.contains("gave up after 2 attempts"),
+        "{}",
+        failed.error
+    );
+    let dead = client.list(pb::JobState::Failed, 10).await?;
+    assert_eq!(dead.jobs.len(), 1);
+    assert_eq!(dead.jobs[0].id, job.id);
+
+    // A new round with a fresh budget of 2: attempt 3 still fails (noop
+    // fails the first 3), attempt 4 succeeds.
+    let requeued = client.retry(&job.id).await?;
+    assert_eq!(requeued.state(), pb::JobState::Queued);
+    let events = events_of(&mut client, &job.id).await?;
+    assert!(matches!(
+        events.last().and_then(|e| e.kind.as_ref()),
+        Some(Kind::Completed(_))
+    ));
+    let done = client.get(&job.id).await?;
+    assert_eq!(done.state(), pb::JobState::Completed);
+    assert_eq!(done.attempts.len(), 4, "earlier attempts stay on the job");
+    let again = client
+        .retry(&job.id)
+        .await
+        .expect_err("completed jobs are not retried");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_not_retried() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let spec = pb::JobSpec {
+        operation: Some(Operation::Trim(pb::Trim {
+            input: Some(asset_source("in/missing.mp4")),
+            start_seconds: 0.0,
+            end_seconds: 1.0,
+        })),
+        ..Default::default()
+    };
+    let job = client.submit(spec).await?;
+    events_of(&mut client, &job.id).await?;
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Failed);
+    assert_eq!(job.attempts.len(), 1, "{job:?}");
+    assert!(job.error.contains("in/missing.mp4"), "{}", job.error);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_with_one_idempotency_key_make_one_job() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let client = cluster.client(KEY_A).await?;
+    let submits = (0..100).map(|i| {
+        let mut client = client.clone();
+        // Two keys, fifty submits each.
+        let key = format!("order-{}", i % 2);
+        async move { client.submit_once(noop(0.0, 0), &key).await }
+    });
+    let jobs = futures::future::try_join_all(submits).await?;
+    let mut ids: Vec<_> = jobs.iter().map(|job| job.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "one job per key");
+    cluster.wait_until_work_settled().await?;
+    let mut client = client.clone();
+    let listed = client.list(pb::JobState::Unspecified, 500).await?;
+    assert_eq!(listed.jobs.len(), 2, "nothing else was stored");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_job_overtakes_the_normal_queue() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| config.render.concurrency = 1).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // Holds the only slot while the queue fills.
+    let blocker = client.submit(noop(1.0, 0)).await?;
+    let mut normal = Vec::new();
+    for _ in 0..50 {
+        normal.push(client.submit(noop(0.0, 0)).await?);
+    }
+    let mut urgent = noop(0.0, 0);
+    urgent.priority = pb::Priority::High as i32;
+    let urgent = client.submit(urgent).await?;
+    cluster.wait_until_work_settled().await?;
+    let started = |job: pb::Job| job.attempts.first().and_then(|a| a.started_at);
+    let urgent_start = started(client.get(&urgent.id).await?).expect("started");
+    let blocker_start = started(client.get(&blocker.id).await?).expect("started");
+    assert!(blocker_start.seconds <= urgent_start.seconds);
+    for job in normal {
+        let start = started(client.get(&job.id).await?).expect("started");
+        let later = (start.seconds, start.nanos) > (urgent_start.seconds, urgent_start.nanos);
+        assert!(later, "normal job {} started before the high one", job.id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_beyond_its_limit_is_told_to_wait() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.limits.max_active_jobs_per_tenant = 2;
+        config.render.concurrency = 1;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client.submit(noop(2.0, 0)).await?;
+    client.submit(noop(0.0, 0)).await?;
+    let refused = client
+        .submit(noop(0.0, 0))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("limit 2"),
+        "{}",
+        refused.message()
+    );
+    let mut other = cluster.client(reelmesh_integration_tests::KEY_B).await?;
+    other.submit(noop(0.0, 0)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_resumes_after_its_last_event_without_gap_or_repeat() -> anyhow::Result<()>
+{
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop(0.5, 0)).await?;
+    let full = events_of(&mut client, &job.id).await?;
+    assert!(
+        full.len() >= 4,
+        "queued, started, progress..., completed: {full:?}"
+    );
+    for cut in 1..full.len() {
+        let after = full[cut - 1].sequence;
+        let rest = client.watch_after(&job.id, after).await?;
+        let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), rest.collect::<Vec<_>>())
+            .await?
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        assert_eq!(rest, full[cut..], "resumed after event {cut}");
+    }
+    Ok(())
+}
