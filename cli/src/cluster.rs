@@ -25,6 +25,9 @@ pub struct ClusterConfig {
     pub render: RenderConfig,
     pub notify: NotifyConfig,
     pub store: StoreConfig,
+    /// Run no render worker in this process: workers are separate
+    /// processes (fault tests kill them).
+    pub render_elsewhere: bool,
 }
 
 impl ClusterConfig {
@@ -47,7 +50,8 @@ impl ClusterConfig {
 pub struct DevCluster {
     pub nats: NatsServer,
     pub gateway_addr: SocketAddr,
-    pub render_addr: SocketAddr,
+    /// `None` when render runs elsewhere.
+    pub render_addr: Option<SocketAddr>,
     pub notify_addr: SocketAddr,
     /// The standalone Store API (the gateway serves the same one).
     pub store_addr: SocketAddr,
@@ -76,14 +80,19 @@ impl DevCluster {
             reelmesh_gateway::run,
         )
         .await?;
-        let render_addr = spawn_service(
-            &mut services,
-            &shutdown,
-            config.render.listen,
-            config.render,
-            reelmesh_render::run,
-        )
-        .await?;
+        let render_addr = match config.render_elsewhere {
+            true => None,
+            false => Some(
+                spawn_service(
+                    &mut services,
+                    &shutdown,
+                    config.render.listen,
+                    config.render,
+                    reelmesh_render::run,
+                )
+                .await?,
+            ),
+        };
         let notify_addr = spawn_service(
             &mut services,
             &shutdown,
@@ -110,7 +119,13 @@ impl DevCluster {
             shutdown,
             services,
         };
-        for addr in [gateway_addr, render_addr, notify_addr, store_addr] {
+        let addrs = [
+            Some(gateway_addr),
+            render_addr,
+            Some(notify_addr),
+            Some(store_addr),
+        ];
+        for addr in addrs.into_iter().flatten() {
             cluster.wait_until_serving(addr).await?;
         }
         Ok(cluster)

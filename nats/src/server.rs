@@ -71,6 +71,18 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server (SIGKILL: no goodbye to clients) and starts it
+    /// again on the same port with the same JetStream files, as after a
+    /// crash. For fault tests.
+    pub fn restart(&mut self) -> Result<(), NatsError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut fresh = Self::start_in(&self.store_dir, self.port)?;
+        // `fresh` goes with the dead child; it owns no directory to remove.
+        std::mem::swap(&mut self.child, &mut fresh.child);
+        Ok(())
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -9,6 +9,7 @@
 pub mod clips;
 pub mod packets;
 pub mod webhook;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +27,8 @@ pub const KEY_B: &str = "key-tenant-b";
 pub struct TestCluster {
     pub cluster: DevCluster,
     pub store_url: String,
+    /// The file store's directory when workers run as processes.
+    _store_dir: Option<tempfile::TempDir>,
 }
 
 impl TestCluster {
@@ -47,7 +50,33 @@ impl TestCluster {
         config.render.retry.max_ms = 200;
         adjust(&mut config);
         let cluster = DevCluster::start(nats, config).await?;
-        Ok(TestCluster { cluster, store_url })
+        Ok(TestCluster {
+            cluster,
+            store_url,
+            _store_dir: None,
+        })
+    }
+
+    /// A cluster without an in-process render worker: the test starts
+    /// workers as processes ([`worker::WorkerProcess`]). The store is a
+    /// directory, since processes cannot share a memory store.
+    pub async fn start_without_render(
+        adjust: impl FnOnce(&mut ClusterConfig),
+    ) -> anyhow::Result<Self> {
+        init_test_logging();
+        let dir = tempfile::tempdir()?;
+        let store_url = format!("file://{}", dir.path().display());
+        let mut config = ClusterConfig::ephemeral(&store_url);
+        config.gateway.api_keys = test_api_keys();
+        config.render_elsewhere = true;
+        adjust(&mut config);
+        let nats = NatsServer::start_temporary()?;
+        let cluster = DevCluster::start(nats, config).await?;
+        Ok(TestCluster {
+            cluster,
+            store_url,
+            _store_dir: Some(dir),
+        })
     }
 
     pub async fn client(&self, api_key: &str) -> anyhow::Result<ReelmeshClient> {

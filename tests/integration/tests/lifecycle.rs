@@ -114,24 +114,32 @@ async fn bad_input_is_not_retried() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_submits_with_one_idempotency_key_make_one_job() -> anyhow::Result<()> {
-    let cluster = TestCluster::start().await?;
+async fn concurrent_submits_with_duplicate_keys_make_one_job_per_key() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| config.render.concurrency = 4).await?;
     let client = cluster.client(KEY_A).await?;
-    let submits = (0..100).map(|i| {
+    // 200 submits at once over 50 keys, four each.
+    let submits = (0..200).map(|i| {
         let mut client = client.clone();
-        // Two keys, fifty submits each.
-        let key = format!("order-{}", i % 2);
+        let key = format!("order-{}", i % 50);
         async move { client.submit_once(noop(0.0, 0), &key).await }
     });
     let jobs = futures::future::try_join_all(submits).await?;
     let mut ids: Vec<_> = jobs.iter().map(|job| job.id.clone()).collect();
+    for key in 0..50 {
+        let same: Vec<_> = ids.iter().skip(key).step_by(50).collect();
+        assert!(same.windows(2).all(|w| w[0] == w[1]), "key {key}: {same:?}");
+    }
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 2, "one job per key");
+    assert_eq!(ids.len(), 50, "one job per key");
     cluster.wait_until_work_settled().await?;
     let mut client = client.clone();
     let listed = client.list(pb::JobState::Unspecified, 500).await?;
-    assert_eq!(listed.jobs.len(), 2, "nothing else was stored");
+    assert_eq!(listed.jobs.len(), 50, "nothing else was stored");
+    for job in &listed.jobs {
+        assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+        assert_eq!(job.attempts.len(), 1, "each ran once: {job:?}");
+    }
     Ok(())
 }
 

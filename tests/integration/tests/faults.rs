@@ -1,0 +1,217 @@
+//! Fault tests with real processes: a render worker SIGKILLed mid-job, and
+//! nats-server killed and restarted under load. Each asserts exact counts:
+//! every job terminal once, none lost, none doubled.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use reelmesh_cli::{ReelmeshClient, client::asset_source};
+use reelmesh_integration_tests::{KEY_A, TestCluster, clips, worker::WorkerProcess};
+use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_render-worker");
+/// Short enough that a dead worker's job comes back within a test.
+const ACK_WAIT: (&str, &str) = ("TOPOLOGY__WORK_ACK_WAIT", "2");
+
+fn noop(seconds: f64) -> pb::JobSpec {
+    pb::JobSpec {
+        operation: Some(Operation::Noop(pb::Noop {
+            seconds,
+            fail_attempts: 0,
+        })),
+        ..Default::default()
+    }
+}
+
+fn is_terminal(event: &pb::JobEvent) -> bool {
+    matches!(
+        event.kind,
+        Some(Kind::Completed(_) | Kind::Failed(_) | Kind::Cancelled(_))
+    )
+}
+
+/// The job's whole history as a watcher replaying it sees it.
+async fn history(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<Vec<pb::JobEvent>> {
+    let events = client.watch(id).await?;
+    let events = tokio::time::timeout(Duration::from_secs(60), events.collect::<Vec<_>>()).await?;
+    Ok(events.into_iter().collect::<Result<_, _>>()?)
+}
+
+/// Terminal events of a job straight off the event subjects, including any
+/// a watcher would never reach because it stops at the first.
+async fn terminal_events(cluster: &TestCluster, job: &str) -> anyhow::Result<usize> {
+    let client = async_nats::connect(cluster.cluster.nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(reelmesh_nats::names::EVENTS_STREAM).await?;
+    let mut subjects = stream
+        .info_with_subjects(format!("reelmesh.events.*.{job}.*"))
+        .await?;
+    let mut counts = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        counts.push(subject?);
+    }
+    Ok(counts
+        .iter()
+        .filter(|(subject, _)| {
+            ["completed", "failed", "cancelled"]
+                .iter()
+                .any(|kind| subject.ends_with(kind))
+        })
+        .map(|(_, n)| *n)
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_replaced_and_the_job_ends_once() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let (nats, store) = (cluster.cluster.nats.url(), cluster.store_url.clone());
+    let mut client = cluster.client(KEY_A).await?;
+    let doomed = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
+
+    let job = client.submit(noop(3.0)).await?;
+    let mut events = client.watch(&job.id).await?;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await?
+            .expect("events until started")?;
+        if matches!(event.kind, Some(Kind::Started(_))) {
+            break;
+        }
+    }
+    doomed.kill()?;
+    let _rescuer = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(30), events.collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    assert!(rest.last().is_some_and(is_terminal), "{rest:?}");
+
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts.len(), 2, "{:?}", job.attempts);
+    assert!(
+        job.attempts[0].error.contains("stopped responding"),
+        "{:?}",
+        job.attempts
+    );
+    assert_eq!(terminal_events(&cluster, &job.id).await?, 1);
+
+    // The rescuing process renders real media too.
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let trim = pb::JobSpec {
+        operation: Some(Operation::Trim(pb::Trim {
+            input: Some(asset_source("in/clip.mp4")),
+            start_seconds: 1.5,
+            end_seconds: 3.0,
+        })),
+        ..Default::default()
+    };
+    let trim = client.submit(trim).await?;
+    let events = history(&mut client, &trim.id).await?;
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.kind.as_ref()),
+            Some(Kind::Completed(_))
+        ),
+        "{events:?}"
+    );
+    cluster.wait_until_work_settled().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_job_is_lost_across_a_nats_restart() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(|config| {
+        config.render.concurrency = 2;
+        config.render.topology.work_ack_wait = Duration::from_secs(2);
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut accepted = Vec::new();
+    for _ in 0..20 {
+        accepted.push(client.submit(noop(0.1)).await?.id);
+    }
+    cluster.cluster.nats.restart()?;
+    // While NATS comes back the gateway answers UNAVAILABLE, never
+    // anything that would lose a submit silently.
+    for _ in 0..10 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.submit(noop(0.1)).await {
+                Ok(job) => break accepted.push(job.id),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "NATS did not come back"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    cluster.wait_until_work_settled().await?;
+    for id in &accepted {
+        let job = client.get(id).await?;
+        assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+        assert_eq!(terminal_events(&cluster, id).await?, 1, "job {id}");
+    }
+    let all = client.list(pb::JobState::Unspecified, 500).await?;
+    assert_eq!(all.jobs.len(), accepted.len(), "no job made twice");
+    Ok(())
+}
+
+/// Waits for the job's `started` event.
+async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
+    let mut events = client.watch(id).await?;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await?
+            .expect("events until started")?;
+        if matches!(event.kind, Some(Kind::Started(_))) {
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_worker_finishes_its_job_or_hands_it_back() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let (nats, store) = (cluster.cluster.nats.url(), cluster.store_url.clone());
+    let mut client = cluster.client(KEY_A).await?;
+
+    // Within the grace period the draining worker finishes the job.
+    let patient = [ACK_WAIT, ("DRAIN_GRACE_SECS", "20")];
+    let worker = WorkerProcess::spawn(WORKER, &nats, &store, &patient)?;
+    let job = client.submit(noop(1.0)).await?;
+    started(&mut client, &job.id).await?;
+    assert!(
+        worker.terminate()?.success(),
+        "a drained worker exits cleanly"
+    );
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts.len(), 1);
+
+    // Past it, the job goes back to the queue for the next worker.
+    let hasty = [ACK_WAIT, ("DRAIN_GRACE_SECS", "0.2")];
+    let worker = WorkerProcess::spawn(WORKER, &nats, &store, &hasty)?;
+    let mut spec = noop(3.0);
+    spec.max_attempts = 1;
+    let job = client.submit(spec).await?;
+    started(&mut client, &job.id).await?;
+    assert!(worker.terminate()?.success());
+    let handed_back = client.get(&job.id).await?;
+    assert_eq!(handed_back.state(), pb::JobState::Queued, "{handed_back:?}");
+    assert!(handed_back.attempts[0].error.contains("handed back"));
+    let _next = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
+    history(&mut client, &job.id).await?;
+    let job = client.get(&job.id).await?;
+    // One attempt allowed, two made: a hand-back does not count.
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts.len(), 2);
+    assert_eq!(terminal_events(&cluster, &job.id).await?, 1);
+    Ok(())
+}
