@@ -65,6 +65,21 @@ impl EventKind {
         }
     }
 
+    /// The terminal event a record in a terminal state calls for.
+    pub fn ending(record: &crate::JobRecord) -> Option<Self> {
+        use crate::JobState;
+        match record.state {
+            JobState::Completed => Some(EventKind::Completed {
+                output: record.output.clone().unwrap_or_default(),
+            }),
+            JobState::Failed => Some(EventKind::Failed {
+                error: record.error.clone().unwrap_or_default(),
+            }),
+            JobState::Cancelled => Some(EventKind::Cancelled),
+            JobState::Queued | JobState::Running => None,
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,

@@ -192,7 +192,9 @@ impl RenderWorker {
             let (job, attempt) = match self.start(&item).await? {
                 Start::Run(job, attempt) => (job, attempt),
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
-                Start::Nothing | Start::Exhausted(_) => return Ok(Disposal::Ack),
+                Start::Nothing | Start::Exhausted(_) | Start::Ended(_) => {
+                    return Ok(Disposal::Ack);
+                }
             };
             let flags = Arc::new(Running::default());
             self.running_jobs().insert(job.id.clone(), flags.clone());
@@ -223,7 +225,10 @@ impl RenderWorker {
                 }
                 match job.begin_attempt() {
                     Ok(attempt) => outcome = Start::Run(job.clone(), attempt),
-                    Err(NoAttempt::Ended) => return Ok(false),
+                    Err(NoAttempt::Ended) => {
+                        outcome = Start::Ended(job.clone());
+                        return Ok(false);
+                    }
                     Err(NoAttempt::Exhausted(_)) => outcome = Start::Exhausted(job.clone()),
                 }
                 Ok(true)
@@ -241,9 +246,12 @@ impl RenderWorker {
                 tracing::info!(attempt, "render started");
             }
             Start::Exhausted(job) => {
-                let error = job.error.clone().unwrap_or_default();
-                tracing::warn!("job failed: {error}");
-                self.publish(job, EventKind::Failed { error }).await?;
+                tracing::warn!("job failed: {}", job.error.as_deref().unwrap_or_default());
+                self.confirm_end(job).await?;
+                return Ok(Start::Nothing);
+            }
+            Start::Ended(job) => {
+                self.confirm_end(job).await?;
                 return Ok(Start::Nothing);
             }
             _ => {}
@@ -471,7 +479,8 @@ impl RenderWorker {
             Ok(output) => End::Complete(output),
         };
         let mut ended = None;
-        self.topology
+        let current = self
+            .topology
             .jobs
             .modify(&job.tenant, &job.id, |record| {
                 ended = None;
@@ -485,6 +494,9 @@ impl RenderWorker {
             .await?;
         let Some(record) = ended else {
             self.discard(job, &end).await?;
+            if current.record.round == job.round {
+                self.confirm_end(&current.record).await?;
+            }
             return Ok(Disposal::Ack);
         };
         end.announce(self, &record, attempt).await
@@ -521,6 +533,18 @@ impl RenderWorker {
         Ok(())
     }
 
+    /// Publishes the terminal event of a job that has ended. Whoever ended
+    /// it publishes that event, but may have failed to (NATS went away
+    /// between the two); the event's message id makes this a no-op when the
+    /// event is already in the stream (within its duplicate window), and
+    /// without it watchers and webhooks would wait for ever.
+    async fn confirm_end(&self, job: &JobRecord) -> Result<(), RenderError> {
+        if let Some(kind) = EventKind::ending(job) {
+            self.publish(job, kind).await?;
+        }
+        Ok(())
+    }
+
     async fn publish(&self, job: &JobRecord, kind: EventKind) -> Result<u64, RenderError> {
         Ok(self
             .topology
@@ -539,6 +563,8 @@ enum Start {
     Later(Duration),
     /// Out of attempts: the record is now FAILED.
     Exhausted(JobRecord),
+    /// Already ended (finished or cancelled) in this round.
+    Ended(JobRecord),
     /// Nothing to do: ended, cancelled, gone, or a stale round's item.
     Nothing,
 }

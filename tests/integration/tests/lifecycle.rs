@@ -216,3 +216,31 @@ async fn a_dropped_watch_resumes_after_its_last_event_without_gap_or_repeat() ->
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -> anyhow::Result<()>
+{
+    use reelmesh_nats::{JobRecord, Priority, TenantId, Topology, TopologyConfig, WorkItem};
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // As if the gateway cancelled the job and NATS failed before the
+    // `cancelled` event went out: the record is ended, its item queued.
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    record.cancel()?;
+    nats.jobs.create(&record).await?;
+    let item = WorkItem {
+        tenant: record.tenant.clone(),
+        job_id: record.id.clone(),
+        round: 0,
+    };
+    nats.work.enqueue(&item, Priority::Normal).await?;
+    // Without the worker's confirmation this watch would never end.
+    let events = events_of(&mut client, record.id.as_str()).await?;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
+    assert!(
+        matches!(kinds.as_slice(), [Some(Kind::Cancelled(_))]),
+        "{kinds:?}"
+    );
+    Ok(())
+}
