@@ -7,11 +7,13 @@
 //! and round (a RetryJob starts a new round).
 
 use futures::{Stream, StreamExt as _, future::BoxFuture, stream::BoxStream};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::OnceCell;
 
 use reelmesh_nats::{
     DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Priority,
-    SequencedEvent, TenantId, Topology, WorkItem,
+    SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem,
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -79,15 +81,36 @@ pub trait JobsApi: Send + Sync + 'static {
 }
 
 /// [`JobsApi`] on NATS JetStream.
+///
+/// The gateway starts and answers even while NATS is unreachable: calls
+/// then fail with UNAVAILABLE, and the connection is made by whichever
+/// call (or [`NatsJobs::connect`]) comes first once NATS is back. After
+/// that the NATS client reconnects by itself through later outages.
 #[derive(Debug, Clone)]
 pub struct NatsJobs {
-    topology: Topology,
+    topology: Arc<OnceCell<Topology>>,
+    nats: Arc<(String, TopologyConfig)>,
     limits: JobLimits,
 }
 
 impl NatsJobs {
-    pub fn new(topology: Topology, limits: JobLimits) -> Self {
-        NatsJobs { topology, limits }
+    /// Jobs on the NATS server at `url`, connected on first use.
+    pub fn new(url: &str, config: TopologyConfig, limits: JobLimits) -> Self {
+        NatsJobs {
+            topology: Arc::default(),
+            nats: Arc::new((url.to_string(), config)),
+            limits,
+        }
+    }
+
+    /// Connects (and declares streams and buckets) unless already done.
+    pub async fn connect(&self) -> Result<&Topology, GatewayError> {
+        let (url, config) = &*self.nats;
+        let topology = self
+            .topology
+            .get_or_try_init(|| Topology::connect(url, config))
+            .await?;
+        Ok(topology)
     }
 
     async fn submit_job(
@@ -107,7 +130,8 @@ impl NatsJobs {
         };
         if let Some(key) = &key {
             let claim = self
-                .topology
+                .connect()
+                .await?
                 .idempotency
                 .claim(&record.tenant, key, &record.id);
             if let Some(existing) = claim.await? {
@@ -116,13 +140,13 @@ impl NatsJobs {
         }
         let created = async {
             self.check_capacity(&record.tenant).await?;
-            self.topology.jobs.create(&record).await?;
+            self.connect().await?.jobs.create(&record).await?;
             Ok::<_, GatewayError>(())
         }
         .await;
         if let Err(err) = created {
-            if let Some(key) = &key {
-                let _ = self.topology.idempotency.release(&record.tenant, key).await;
+            if let (Some(key), Ok(nats)) = (&key, self.connect().await) {
+                let _ = nats.idempotency.release(&record.tenant, key).await;
             }
             return Err(err);
         }
@@ -141,10 +165,10 @@ impl NatsJobs {
             job_id: record.id.clone(),
             round: record.round,
         };
+        let nats = self.connect().await?;
         let enqueued = async {
-            self.topology.events.publish(&queued).await?;
-            let priority = Priority::of(&record.spec);
-            self.topology.work.enqueue(&item, priority).await
+            nats.events.publish(&queued).await?;
+            nats.work.enqueue(&item, Priority::of(&record.spec)).await
         }
         .await;
         if let Err(err) = enqueued {
@@ -160,7 +184,7 @@ impl NatsJobs {
         if limit == 0 {
             return Ok(());
         }
-        let active = self.topology.work.tenant_depth(tenant).await?;
+        let active = self.connect().await?.work.tenant_depth(tenant).await?;
         if active >= limit {
             return Err(GatewayError::ResourceExhausted(format!(
                 "tenant {tenant} already has {active} jobs queued or running (limit {limit}); \
@@ -176,7 +200,7 @@ impl NatsJobs {
         let deadline = tokio::time::Instant::now() + CLAIMED_JOB_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
-            if let Some(found) = self.topology.jobs.get(tenant, id).await? {
+            if let Some(found) = self.connect().await?.jobs.get(tenant, id).await? {
                 return Ok(found.record);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -193,8 +217,10 @@ impl NatsJobs {
     /// so it does not sit in QUEUED forever, then report the outage.
     async fn abandon(&self, record: &JobRecord, cause: &NatsError) {
         let message = format!("the job could not be queued: {cause}");
-        let failed = self
-            .topology
+        let Ok(nats) = self.connect().await else {
+            return;
+        };
+        let failed = nats
             .jobs
             .modify(&record.tenant, &record.id, |job| {
                 job.fail(message.clone())?;
@@ -203,12 +229,13 @@ impl NatsJobs {
             .await;
         if failed.is_ok() {
             let event = JobEvent::of(record, EventKind::Failed { error: message });
-            let _ = self.topology.events.publish(&event).await;
+            let _ = nats.events.publish(&event).await;
         }
     }
 
     async fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {
-        self.topology
+        self.connect()
+            .await?
             .jobs
             .get(tenant, id)
             .await?
@@ -217,7 +244,7 @@ impl NatsJobs {
     }
 
     async fn list_jobs(&self, tenant: TenantId, query: ListQuery) -> Result<JobPage, GatewayError> {
-        let mut jobs = self.topology.jobs.list(&tenant).await?;
+        let mut jobs = self.connect().await?.jobs.list(&tenant).await?;
         jobs.retain(|job| query.state.is_none_or(|state| job.state == state));
         jobs.retain(|job| query.after.as_ref().is_none_or(|after| job.id < *after));
         // Ids are UUIDv7, so descending id order is newest first.
@@ -228,7 +255,8 @@ impl NatsJobs {
     async fn cancel_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
         let mut cancelled_now = false;
         let versioned = self
-            .topology
+            .connect()
+            .await?
             .jobs
             .modify(&tenant, &id, |job| {
                 if job.state.is_terminal() {
@@ -241,7 +269,7 @@ impl NatsJobs {
             .await?;
         if cancelled_now {
             let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
-            self.topology.events.publish(&event).await?;
+            self.connect().await?.events.publish(&event).await?;
             tracing::info!(job = %id, %tenant, "job cancelled");
         }
         Ok(versioned.record)
@@ -254,7 +282,12 @@ impl NatsJobs {
         after: u64,
     ) -> Result<EventStream, GatewayError> {
         let round = self.get_job(&tenant, &id).await?.round;
-        let events = self.topology.events.follow(&tenant, &id, after).await?;
+        let events = self
+            .connect()
+            .await?
+            .events
+            .follow(&tenant, &id, after)
+            .await?;
         let events = events
             .map(|event| event.map_err(GatewayError::from))
             .boxed();
@@ -264,7 +297,8 @@ impl NatsJobs {
     async fn retry_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
         let mut state = None;
         let versioned = self
-            .topology
+            .connect()
+            .await?
             .jobs
             .modify(&tenant, &id, |job| {
                 state = Some(job.state);

@@ -10,7 +10,8 @@ pub mod grpc;
 pub mod jobs;
 pub mod validate;
 
-use reelmesh_nats::Topology;
+use std::time::Duration;
+
 use reelmesh_proto::v1::{jobs_server::JobsServer, store_server::StoreServer};
 use reelmesh_store::{MediaStore, StoreService};
 use tokio::net::TcpListener;
@@ -28,21 +29,52 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
-    let topology = Topology::connect(&config.nats_url, &config.topology).await?;
+    let jobs = NatsJobs::new(&config.nats_url, config.topology, config.limits);
     let store = MediaStore::open(&config.store_url, &[])?;
     let (router, health) = reelmesh_runtime::grpc::router()?;
     health
-        .set_serving::<JobsServer<JobsService<NatsJobs>>>()
+        .set_not_serving::<JobsServer<JobsService<NatsJobs>>>()
         .await;
+    tokio::spawn(connect_in_background(
+        jobs.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     health
         .set_serving::<StoreServer<StoreService<MediaStore>>>()
         .await;
     let router = router
-        .add_service(
-            JobsService::new(NatsJobs::new(topology, config.limits)).into_server(auth.clone()),
-        )
+        .add_service(JobsService::new(jobs).into_server(auth.clone()))
         .add_service(StoreService::new(store).into_server(auth));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     reelmesh_runtime::grpc::serve(router, listener, shutdown).await?;
     Ok(())
+}
+
+/// Connects to NATS until it works, so the Jobs service turns SERVING (and
+/// a readiness probe passes) as soon as NATS is reachable, without waiting
+/// for a call to try. Until then calls answer UNAVAILABLE.
+async fn connect_in_background(
+    jobs: NatsJobs,
+    health: reelmesh_runtime::grpc::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match jobs.connect().await {
+            Ok(_) => {
+                health
+                    .set_serving::<JobsServer<JobsService<NatsJobs>>>()
+                    .await;
+                tracing::info!("connected to NATS");
+                return;
+            }
+            Err(err) => tracing::warn!("NATS not reachable yet, retrying in {pause:?}: {err}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::Router};
-use tonic_health::server::HealthReporter;
+pub use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},

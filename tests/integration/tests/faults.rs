@@ -215,3 +215,48 @@ async fn a_terminated_worker_finishes_its_job_or_hands_it_back() -> anyhow::Resu
     assert_eq!(terminal_events(&cluster, &job.id).await?, 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_nats_answers_unavailable_then_recovers() -> anyhow::Result<()> {
+    // A port nothing listens on yet; NATS will start there later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = reelmesh_gateway::GatewayConfig {
+        nats_url: format!("nats://127.0.0.1:{port}"),
+        store_url: "memory://gateway-before-nats".into(),
+        api_keys: reelmesh_runtime::ApiKeys(
+            [(KEY_A.to_string(), "tenant-a".to_string())]
+                .into_iter()
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(reelmesh_gateway::run(config, listener, shutdown.clone()));
+
+    let mut client = ReelmeshClient::connect(&endpoint, KEY_A).await?;
+    let refused = client.submit(noop(0.0)).await.expect_err("no NATS yet");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+
+    let dir = tempfile::tempdir()?;
+    let _nats = reelmesh_nats::server::NatsServer::start_in(dir.path(), port)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        match client.submit(noop(0.0)).await {
+            Ok(job) => break job,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                assert!(tokio::time::Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(job.state(), pb::JobState::Queued);
+    assert_eq!(client.get(&job.id).await?.id, job.id);
+    shutdown.cancel();
+    gateway.await??;
+    Ok(())
+}
