@@ -164,6 +164,21 @@ impl EventLog {
         Ok(ack.sequence)
     }
 
+    /// Deletes every event of one job (retention).
+    pub async fn purge(&self, tenant: &TenantId, job: &JobId) -> Result<(), NatsError> {
+        let stream = self
+            .js
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        stream
+            .purge()
+            .filter(names::job_events_filter(tenant, job))
+            .await
+            .map_err(NatsError::unavailable)?;
+        Ok(())
+    }
+
     /// Every event of one job after stream sequence `after` (0: from the
     /// first), then live ones as they arrive. The stream never ends by
     /// itself; the caller stops after the terminal event.

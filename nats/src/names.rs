@@ -82,6 +82,11 @@ pub fn tenant_jobs_filter(tenant: &TenantId) -> String {
     format!("$KV.{JOBS_BUCKET}.{tenant}.*")
 }
 
+/// KV key filter for every job of every tenant.
+pub fn all_jobs_filter() -> String {
+    format!("$KV.{JOBS_BUCKET}.*.*")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

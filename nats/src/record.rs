@@ -278,6 +278,10 @@ pub struct JobRecord {
     /// is not mistaken for (or deduplicated against) the one before.
     #[serde(default)]
     pub round: u32,
+    /// The output's objects were deleted by the retention sweeper; `output`
+    /// still describes what they were.
+    #[serde(default)]
+    pub output_expired: bool,
 }
 
 fn default_max_attempts() -> u32 {
@@ -301,6 +305,7 @@ impl JobRecord {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_at: None,
             round: 0,
+            output_expired: false,
         }
     }
 
@@ -585,6 +590,23 @@ impl JobRecords {
     /// straight off the bucket's stream, so it costs one pass over the tenant's
     /// jobs; fine until tenants keep very many jobs (retention bounds them).
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<JobRecord>, NatsError> {
+        self.list_matching(names::tenant_jobs_filter(tenant)).await
+    }
+
+    /// Every current record of every tenant (the retention sweeper's view).
+    pub async fn list_all(&self) -> Result<Vec<JobRecord>, NatsError> {
+        self.list_matching(names::all_jobs_filter()).await
+    }
+
+    /// Removes a record and its history of values for good.
+    pub async fn purge(&self, tenant: &TenantId, id: &JobId) -> Result<(), NatsError> {
+        self.kv
+            .purge(names::job_key(tenant, id))
+            .await
+            .map_err(NatsError::unavailable)
+    }
+
+    async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull};
         let stream = self
             .js
@@ -593,7 +615,7 @@ impl JobRecords {
             .map_err(NatsError::unavailable)?;
         let mut consumer = stream
             .create_consumer(pull::OrderedConfig {
-                filter_subject: names::tenant_jobs_filter(tenant),
+                filter_subject: filter,
                 deliver_policy: DeliverPolicy::LastPerSubject,
                 ..Default::default()
             })

@@ -6,7 +6,7 @@ use reelmesh_nats::TopologyConfig;
 use reelmesh_runtime::{ApiKeys, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::validate::JobLimits;
+use crate::{retention::RetentionConfig, validate::JobLimits};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -18,6 +18,7 @@ pub struct GatewayConfig {
     pub api_keys: ApiKeys,
     pub topology: TopologyConfig,
     pub limits: JobLimits,
+    pub retention: RetentionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -29,6 +30,7 @@ impl Default for GatewayConfig {
             api_keys: ApiKeys::default(),
             topology: TopologyConfig::default(),
             limits: JobLimits::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

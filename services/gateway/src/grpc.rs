@@ -202,6 +202,7 @@ pub fn job_to_proto(record: JobRecord) -> pb::Job {
         attempts: record.attempts.into_iter().map(attempt_to_proto).collect(),
         max_attempts: record.max_attempts,
         retry_at: record.retry_at.map(timestamp),
+        output_expired: record.output_expired,
     }
 }
 

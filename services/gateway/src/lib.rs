@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod jobs;
+pub mod retention;
 pub mod validate;
 
 use std::time::Duration;
@@ -38,6 +39,12 @@ pub async fn run(
     tokio::spawn(connect_in_background(
         jobs.clone(),
         health.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(retention::sweep_until(
+        jobs.clone(),
+        store.clone(),
+        config.retention,
         shutdown.clone(),
     ));
     health

@@ -244,3 +244,93 @@ async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -
     );
     Ok(())
 }
+
+/// Polls `done` every 50 ms for up to 30 s.
+async fn eventually<F, Fut>(what: &str, mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn trim_of_clip() -> pb::JobSpec {
+    pb::JobSpec {
+        operation: Some(Operation::Trim(pb::Trim {
+            input: Some(asset_source("in/clip.mp4")),
+            start_seconds: 2.0,
+            end_seconds: 4.0,
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_lose_their_outputs_and_later_themselves() -> anyhow::Result<()> {
+    use reelmesh_integration_tests::clips;
+    // Outputs go at once; jobs stay.
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.retention.output_retention_secs = 0;
+        config.gateway.retention.sweep_every_secs = 0.1;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client
+        .upload_file(clips::six_second_clip(), "in/clip.mp4")
+        .await?;
+    let job = client.submit(trim_of_clip()).await?;
+    events_of(&mut client, &job.id).await?;
+    let poll = client.clone();
+    let id = job.id.clone();
+    eventually("output expired", || {
+        let (mut client, id) = (poll.clone(), id.clone());
+        async move { Ok(client.get(&id).await?.output_expired) }
+    })
+    .await?;
+    let job = client.get(&job.id).await?;
+    let key = job.output.expect("output described").key;
+    let dir = tempfile::tempdir()?;
+    let gone = client.download_file(&key, &dir.path().join("x")).await;
+    assert!(gone.is_err(), "the output object was deleted");
+    client
+        .download_file("in/clip.mp4", &dir.path().join("input"))
+        .await
+        .expect("inputs are not the sweeper's");
+
+    // Jobs go at once too.
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.retention.job_retention_secs = 0;
+        config.gateway.retention.sweep_every_secs = 0.1;
+        config.render.concurrency = 2;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let long = client.submit(noop(5.0, 0)).await?;
+    let job = client.submit(noop(0.0, 0)).await?;
+    let poll = client.clone();
+    let id = job.id.clone();
+    eventually("job removed", || {
+        let (mut client, id) = (poll.clone(), id.clone());
+        async move {
+            match client.get(&id).await {
+                Ok(_) => Ok(false),
+                Err(status) if status.code() == tonic::Code::NotFound => Ok(true),
+                Err(status) => Err(status.into()),
+            }
+        }
+    })
+    .await?;
+    let watch = client.watch(&job.id).await;
+    assert_eq!(watch.err().map(|s| s.code()), Some(tonic::Code::NotFound));
+    let running = client.get(&long.id).await?;
+    assert!(
+        !matches!(running.state(), pb::JobState::Completed),
+        "checked before it ends"
+    );
+    Ok(())
+}

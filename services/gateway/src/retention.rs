@@ -1,0 +1,132 @@
+//! The retention sweeper: ended jobs do not stay for ever. Their outputs
+//! are deleted after `output_retention_secs`, and the job itself (record
+//! and events) after `job_retention_secs`, both counted from when the job
+//! ended. Queued and running jobs are never touched.
+//!
+//! Every gateway runs one; sweeps are idempotent, so several gateways
+//! sweeping at once only repeat each other's deletes.
+
+use std::time::Duration;
+
+use reelmesh_nats::{JobRecord, NatsError, Topology};
+use reelmesh_store::{MediaStore, ObjectKey};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::{GatewayError, NatsJobs};
+
+const DAY: u64 = 24 * 3600;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Ended jobs (record and events) are removed this long after they end.
+    pub job_retention_secs: u64,
+    /// Their outputs are deleted this long after they end (at the latest
+    /// with the job).
+    pub output_retention_secs: u64,
+    pub sweep_every_secs: f64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            job_retention_secs: 30 * DAY,
+            output_retention_secs: 30 * DAY,
+            sweep_every_secs: 3600.0,
+        }
+    }
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub outputs: usize,
+    pub jobs: usize,
+}
+
+/// Sweeps now and then every `sweep_every_secs` until `shutdown`.
+pub async fn sweep_until(
+    jobs: NatsJobs,
+    store: MediaStore,
+    config: RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    let every = Duration::try_from_secs_f64(config.sweep_every_secs).unwrap_or(Duration::MAX);
+    loop {
+        match jobs.connect().await {
+            Ok(nats) => match sweep(nats, &store, &config).await {
+                Ok(swept) if swept != Swept::default() => {
+                    tracing::info!(
+                        outputs = swept.outputs,
+                        jobs = swept.jobs,
+                        "retention sweep"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!("retention sweep: {err}"),
+            },
+            Err(err) => tracing::debug!("retention sweep waits for NATS: {err}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One pass over every job.
+pub async fn sweep(
+    nats: &Topology,
+    store: &MediaStore,
+    config: &RetentionConfig,
+) -> Result<Swept, GatewayError> {
+    let now = OffsetDateTime::now_utc();
+    let mut swept = Swept::default();
+    for job in nats.jobs.list_all().await? {
+        if !job.state.is_terminal() {
+            continue;
+        }
+        let age = Duration::try_from(now - job.updated_at).unwrap_or_default();
+        if age >= Duration::from_secs(config.job_retention_secs) {
+            // Record last: if a delete fails, the next sweep finds the job.
+            delete_outputs(store, &job).await?;
+            nats.events.purge(&job.tenant, &job.id).await?;
+            nats.jobs.purge(&job.tenant, &job.id).await?;
+            swept.jobs += 1;
+        } else if age >= Duration::from_secs(config.output_retention_secs)
+            && !job.output_expired
+            && job.output.as_ref().is_some_and(|o| !o.keys.is_empty())
+        {
+            delete_outputs(store, &job).await?;
+            mark_expired(nats, &job).await?;
+            swept.outputs += 1;
+        }
+    }
+    Ok(swept)
+}
+
+async fn delete_outputs(store: &MediaStore, job: &JobRecord) -> Result<(), GatewayError> {
+    let keys = job.output.iter().flat_map(|output| &output.keys);
+    for key in keys {
+        let key = ObjectKey::parse(key).map_err(|err| GatewayError::Internal(err.to_string()))?;
+        store
+            .delete(&job.tenant, &key)
+            .await
+            .map_err(|err| GatewayError::Unavailable(err.to_string()))?;
+    }
+    Ok(())
+}
+
+async fn mark_expired(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {
+    nats.jobs
+        .modify(&job.tenant, &job.id, |record| {
+            // A RetryJob since the listing made new outputs: leave them.
+            let same = record.round == job.round && record.state.is_terminal();
+            record.output_expired |= same;
+            Ok(same)
+        })
+        .await?;
+    Ok(())
+}
