@@ -949,17 +949,7 @@ mod tests {
         );
         crate::media::init().expect("init");
         let pipeline = gst::parse::launch(&launch).expect("parse");
-        pipeline.set_state(gst::State::Playing).expect("play");
-        let msg = pipeline
-            .bus()
-            .expect("bus")
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(60),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("finished");
-        pipeline.set_state(gst::State::Null).expect("stop");
-        assert_eq!(msg.type_(), gst::MessageType::Eos, "{msg:?}");
+        crate::media::testutil::play_to_eos(&pipeline, &launch);
         path
     }
 

@@ -59,6 +59,12 @@ pub(crate) fn run_launch(
         }
         gst::PadProbeReturn::Ok
     });
+    play_to_eos(pipeline.upcast_ref(), launch);
+}
+
+/// Plays `pipeline` to its end (a minute at most), failing the test if it
+/// errors; `what` names it in the failure.
+pub(crate) fn play_to_eos(pipeline: &gst::Element, what: &str) {
     pipeline.set_state(gst::State::Playing).expect("play");
     let msg = pipeline
         .bus()
@@ -69,7 +75,7 @@ pub(crate) fn run_launch(
         )
         .expect("pipeline finished");
     pipeline.set_state(gst::State::Null).expect("stop");
-    assert_eq!(msg.type_(), gst::MessageType::Eos, "{launch}: {msg:?}");
+    assert_eq!(msg.type_(), gst::MessageType::Eos, "{what}: {msg:?}");
 }
 
 /// Encoded packets of the first `stream` ("video" or "audio") of an MP4,
