@@ -69,22 +69,11 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_ends_once() -> anyhow::
     let doomed = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
 
     let job = client.submit(noop(3.0)).await?;
-    let mut events = client.watch(&job.id).await?;
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
-            .await?
-            .expect("events until started")?;
-        if matches!(event.kind, Some(Kind::Started(_))) {
-            break;
-        }
-    }
+    started(&mut client, &job.id).await?;
     doomed.kill()?;
     let _rescuer = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
-    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(30), events.collect::<Vec<_>>())
-        .await?
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    assert!(rest.last().is_some_and(is_terminal), "{rest:?}");
+    let events = history(&mut client, &job.id).await?;
+    assert!(events.last().is_some_and(is_terminal), "{events:?}");
 
     let job = client.get(&job.id).await?;
     assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
