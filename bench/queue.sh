@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Queue benchmark: N no-op jobs through reelmesh (submit -> work queue ->
+# render worker -> completed event) vs BullMQ + Redis, on this machine.
+# Run as root on Debian 12:
+#
+#   bench/queue.sh                          # 2000 jobs, 1 then 16 producers, 5 runs each
+#   BENCH_RUNS=1 BENCH_JOBS=500 bench/queue.sh   # quick pass
+#
+# Installs what is missing (scripts/setup.sh; redis-server, and Node.js/npm
+# if absent, from apt; BullMQ and ioredis as pinned in bench/queue/package.json
+# into .tools/bench-node), builds reelmesh and the load generator
+# (bench/queue/load) in release mode, starts on free ports with throw-away
+# data directories:
+#   - reelmesh: nats-server (JetStream file storage) and the gateway, render
+#     and notify services, each its own process, render with
+#     REELMESH_RENDER_CONCURRENCY=$BENCH_CONCURRENCY;
+#   - BullMQ: redis-server (appendonly yes, appendfsync everysec) and a
+#     BullMQ Worker process with the same concurrency;
+# runs bench/queue/run.py and stops everything. Results:
+# bench/queue/results.md (also printed).
+#
+# Optional: BENCH_JOBS (default 2000), BENCH_PRODUCERS (default "1,16"),
+# BENCH_RUNS (default 5), BENCH_WARMUP (untimed jobs before each run, default
+# 200), BENCH_CONCURRENCY (worker concurrency of both, default 16),
+# BENCH_TOOLS (subset of reelmesh,bullmq), BENCH_TIMEOUT (seconds per run,
+# default 300), BENCH_REELMESH=dev (run `reelmesh dev` instead of separate
+# services; its render concurrency is always 1). See bench/queue/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+
+# The command as it was given, with the BENCH_* settings that shaped it.
+command_line="bench/queue.sh"
+for name in BENCH_REELMESH BENCH_TIMEOUT BENCH_TOOLS BENCH_CONCURRENCY BENCH_WARMUP BENCH_RUNS BENCH_PRODUCERS BENCH_JOBS; do
+  if [[ -n "${!name:-}" ]]; then command_line="$name=${!name} $command_line"; fi
+done
+
+export BENCH_JOBS="${BENCH_JOBS:-2000}"
+export BENCH_PRODUCERS="${BENCH_PRODUCERS:-1,16}"
+export BENCH_RUNS="${BENCH_RUNS:-5}"
+export BENCH_WARMUP="${BENCH_WARMUP:-200}"
+export BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-16}"
+export BENCH_TOOLS="${BENCH_TOOLS:-reelmesh,bullmq}"
+BENCH_REELMESH="${BENCH_REELMESH:-services}"
+
+if [[ $EUID -ne 0 ]]; then
+  echo "bench/queue.sh: run as root (it installs packages)" >&2
+  exit 1
+fi
+if [[ "$BENCH_REELMESH" != services && "$BENCH_REELMESH" != dev ]]; then
+  echo "bench/queue.sh: BENCH_REELMESH must be services or dev" >&2
+  exit 1
+fi
+if [[ "$BENCH_REELMESH" == dev && "$BENCH_CONCURRENCY" != 1 ]]; then
+  echo "bench/queue.sh: \`reelmesh dev\` renders one job at a time; use BENCH_CONCURRENCY=1 with BENCH_REELMESH=dev" >&2
+  exit 1
+fi
+
+uses() { [[ ",$BENCH_TOOLS," == *",$1,"* ]]; }
+
+# --- installs --------------------------------------------------------------
+if uses reelmesh; then
+  scripts/setup.sh
+fi
+apt_packages=(python3)
+if uses bullmq; then
+  apt_packages+=(redis-server)
+  command -v node >/dev/null || apt_packages+=(nodejs)
+  command -v npm >/dev/null || apt_packages+=(npm)
+fi
+missing=()
+for package in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "bench: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# shellcheck source=../scripts/env.sh
+source scripts/env.sh
+
+node_dir="$repo/.tools/bench-node"
+if uses bullmq && ! cmp -s bench/queue/package.json "$node_dir/package.json"; then
+  echo "bench: installing BullMQ and ioredis (bench/queue/package.json) into .tools/bench-node"
+  rm -rf "$node_dir"
+  mkdir -p "$node_dir"
+  cp bench/queue/package.json "$node_dir/package.json"
+  (cd "$node_dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# --- processes -----------------------------------------------------------------
+pids=()
+data_dirs=()
+logs="$repo/bench/queue/logs"
+mkdir -p "$logs"
+
+cleanup() {
+  local pid
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid="${pids[$i]}"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  for dir in "${data_dirs[@]}"; do rm -rf "$dir"; done
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits up to 60 s for a check command, giving up early if process $1 died.
+wait_for() {
+  local pid="$1" what="$2" log="$3"
+  shift 3
+  for _ in $(seq 120); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.5
+  done
+  echo "bench: $what did not come up; last lines of $log:" >&2
+  tail -n 20 "$log" >&2 || true
+  exit 1
+}
+
+run_args=(--command "$command_line" --concurrency "$BENCH_CONCURRENCY" --tools "$BENCH_TOOLS"
+          --reelmesh-mode "$BENCH_REELMESH")
+target="${CARGO_TARGET_DIR:-$repo/target}/release"
+
+if uses reelmesh; then
+  echo "bench: cargo build --release (reelmesh, its services and the load generator)"
+  cargo build --release -p reelmesh -p reelmesh-gateway -p reelmesh-render -p reelmesh-notify \
+    -p reelmesh-queue-bench
+  data_dir="$(mktemp -d /var/tmp/reelmesh-queue-bench.XXXXXX)"
+  data_dirs+=("$data_dir")
+  grpc_port="$(free_port)"
+  nats_port="$(free_port)"
+  while [[ "$nats_port" == "$grpc_port" ]]; do nats_port="$(free_port)"; done
+  addr="127.0.0.1:$grpc_port"
+  reelmesh_start=${#pids[@]}
+  if [[ "$BENCH_REELMESH" == dev ]]; then
+    echo "bench: starting reelmesh dev on $addr (nats port $nats_port, log bench/queue/logs/reelmesh-dev.log)"
+    "$target/reelmesh" dev --data-dir "$data_dir" --listen "$addr" --nats-port "$nats_port" \
+      >"$logs/reelmesh-dev.log" 2>&1 &
+    pids+=($!)
+    wait_for "$!" "reelmesh dev" "$logs/reelmesh-dev.log" grpcurl -plaintext "$addr" list
+    # The dev process and the nats-server it started.
+    reelmesh_pids="$!,$(pgrep -d, -P "$!" || true)"
+  else
+    echo "bench: starting nats-server (port $nats_port), reelmesh gateway ($addr), render" \
+         "(concurrency $BENCH_CONCURRENCY) and notify; logs in bench/queue/logs/"
+    mkdir -p "$data_dir/nats" "$data_dir/store"
+    # As `reelmesh dev` starts it: JetStream with file storage in the data dir.
+    "$REELMESH_NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$data_dir/nats" \
+      >"$logs/nats-server.log" 2>&1 &
+    pids+=($!)
+    nats_url="nats://127.0.0.1:$nats_port"
+    store_url="file://$data_dir/store"
+    health_ports=("$(free_port)" "$(free_port)")
+    REELMESH_GATEWAY_LISTEN="$addr" REELMESH_GATEWAY_NATS_URL="$nats_url" \
+      REELMESH_GATEWAY_STORE_URL="$store_url" \
+      "$target/reelmesh-gateway" >"$logs/reelmesh-gateway.log" 2>&1 &
+    pids+=($!)
+    wait_for "$!" "reelmesh gateway" "$logs/reelmesh-gateway.log" grpcurl -plaintext "$addr" list
+    REELMESH_RENDER_LISTEN="127.0.0.1:${health_ports[0]}" REELMESH_RENDER_NATS_URL="$nats_url" \
+      REELMESH_RENDER_STORE_URL="$store_url" REELMESH_RENDER_CONCURRENCY="$BENCH_CONCURRENCY" \
+      "$target/reelmesh-render" >"$logs/reelmesh-render.log" 2>&1 &
+    pids+=($!)
+    wait_for "$!" "reelmesh render" "$logs/reelmesh-render.log" \
+      grpcurl -plaintext "127.0.0.1:${health_ports[0]}" grpc.health.v1.Health/Check
+    REELMESH_NOTIFY_LISTEN="127.0.0.1:${health_ports[1]}" REELMESH_NOTIFY_NATS_URL="$nats_url" \
+      "$target/reelmesh-notify" >"$logs/reelmesh-notify.log" 2>&1 &
+    pids+=($!)
+    wait_for "$!" "reelmesh notify" "$logs/reelmesh-notify.log" \
+      grpcurl -plaintext "127.0.0.1:${health_ports[1]}" grpc.health.v1.Health/Check
+    reelmesh_pids="$(IFS=,; echo "${pids[*]:$reelmesh_start}")"
+  fi
+  run_args+=(--load-bin "$target/reelmesh-queue-bench" --reelmesh-bin "$target/reelmesh"
+             --endpoint "http://$addr" --nats-url "nats://127.0.0.1:$nats_port"
+             --reelmesh-pids "$reelmesh_pids")
+fi
+
+if uses bullmq; then
+  redis_dir="$(mktemp -d /var/tmp/reelmesh-queue-bench-redis.XXXXXX)"
+  data_dirs+=("$redis_dir")
+  redis_port="$(free_port)"
+  echo "bench: starting redis-server (port $redis_port, appendonly yes, appendfsync everysec)" \
+       "and a BullMQ worker (concurrency $BENCH_CONCURRENCY)"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$redis_dir" \
+    --appendonly yes --appendfsync everysec --save '' --daemonize no \
+    >"$logs/redis-server.log" 2>&1 &
+  pids+=($!)
+  wait_for "$!" "redis-server" "$logs/redis-server.log" redis-cli -p "$redis_port" ping
+  node bench/queue/bullmq.mjs worker --port "$redis_port" --concurrency "$BENCH_CONCURRENCY" \
+    --node-modules "$node_dir/node_modules" >"$logs/bullmq-worker.log" 2>&1 &
+  pids+=($!)
+  wait_for "$!" "BullMQ worker" "$logs/bullmq-worker.log" grep -qx ready "$logs/bullmq-worker.log"
+  run_args+=(--redis-port "$redis_port" --node-modules "$node_dir/node_modules"
+             --bullmq-pids "${pids[-2]},${pids[-1]}")
+fi
+
+# --- benchmark -----------------------------------------------------------------
+python3 bench/queue/run.py "${run_args[@]}"
