@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import capture, host, revision  # noqa: E402  (bench/machine.py)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -507,54 +510,19 @@ def benchmark(tools, ops, clips, runs, outdir):
 # ---------------------------------------------------------------- report
 
 
-def capture(argv, line=0):
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "not found"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[line].strip() if len(lines) > line else "unknown"
-
-
 def machine_info(args):
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    os_name = "unknown"
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                os_name = line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
     moviepy = capture([args.moviepy_python, "-c",
                        "import importlib.metadata as m, moviepy.config as c; "
                        "print(m.version('moviepy'), 'running', c.FFMPEG_BINARY)"])
-    dirty = capture(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
-    commit = capture(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     info = {
-        "nproc": capture(["nproc"]),
-        "CPU": cpu,
-        "memory": mem,
-        "OS": f"{os_name}, kernel {platform.release()}",
+        **host(),
         "ffmpeg": capture(["ffmpeg", "-version"]),
         "MoviePy": f"{moviepy} (IMAGEIO_FFMPEG_EXE={os.environ.get('IMAGEIO_FFMPEG_EXE', 'unset')})",
         "GStreamer": capture(["gst-launch-1.0", "--version"], line=1),
         "nats-server": capture(["nats-server", "--version"]),
         "grpcurl": capture(["grpcurl", "--version"]),
         "reelmesh": f"{capture([args.reelmesh_bin, '--version']) if args.reelmesh_bin else args.reelmesh_down or 'not used'}"
-                    f", git {commit}{' + uncommitted changes' if dirty not in ('unknown', '') else ''}",
+                    f", {revision()}",
         "libx264 / libopus (dpkg)": capture(
             ["sh", "-c", "dpkg-query -W 'libx264-[0-9]*' libopus0 2>/dev/null | "
                          "tr '\\t' ' ' | paste -sd ';' -"]),

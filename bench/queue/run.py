@@ -28,6 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import capture, host, revision  # noqa: E402  (bench/machine.py)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 TOOLS = ("reelmesh", "bullmq")
@@ -134,15 +137,6 @@ def medians(runs):
     return {key: statistics.median(run[key] for run in ok if key in run) for key in keys}
 
 
-def capture(argv, line=0, cwd=None):
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=cwd)
-    except (OSError, subprocess.TimeoutExpired):
-        return "not found"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[line].strip() if len(lines) > line else "unknown"
-
-
 def package_version(node_modules, name):
     try:
         return json.loads((Path(node_modules) / name / "package.json").read_text())["version"]
@@ -151,37 +145,10 @@ def package_version(node_modules, name):
 
 
 def machine_info(args):
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    os_name = "unknown"
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                os_name = line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-    dirty = capture(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
-    commit = capture(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     reelmesh = capture([args.reelmesh_bin, "--version"]) if args.reelmesh_bin else "unknown"
     return {
-        "nproc": capture(["nproc"]),
-        "CPU": cpu,
-        "memory": mem,
-        "OS": f"{os_name}, kernel {platform.release()}",
-        "reelmesh": f"{reelmesh}, git {commit}{' + uncommitted changes' if dirty not in ('unknown', '') else ''}"
-                    " (release build)",
+        **host(),
+        "reelmesh": f"{reelmesh}, {revision()} (release build)",
         "nats-server": capture(["nats-server", "--version"]),
         "redis-server": capture(["redis-server", "--version"]),
         "Node.js": capture([args.node, "--version"]),
