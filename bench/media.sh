@@ -40,15 +40,9 @@ if uses reelmesh; then
   scripts/setup.sh
 fi
 apt_packages=(ffmpeg fonts-dejavu-core python3 python3-venv)
-missing=()
-for package in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "bench: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=../scripts/apt.sh
+source scripts/apt.sh
+install_missing_apt bench "${apt_packages[@]}"
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
 

