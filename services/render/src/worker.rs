@@ -190,11 +190,9 @@ impl RenderWorker {
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
             let (job, attempt) = match self.start(&item).await? {
-                Start::Run(job, attempt) => (job, attempt),
+                Start::Run(job, attempt) => (*job, attempt),
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
-                Start::Nothing | Start::Exhausted(_) | Start::Ended(_) => {
-                    return Ok(Disposal::Ack);
-                }
+                Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
             };
             let flags = Arc::new(Running::default());
             self.running_jobs().insert(job.id.clone(), flags.clone());
@@ -211,11 +209,13 @@ impl RenderWorker {
     /// Begins an attempt on the record.
     async fn start(&self, item: &WorkItem) -> Result<Start, RenderError> {
         let mut outcome = Start::Nothing;
+        // Set when the job has ended (before, or now for want of attempts).
+        let mut ended = None;
         let modified = self
             .topology
             .jobs
             .modify(&item.tenant, &item.job_id, |job| {
-                outcome = Start::Nothing;
+                (outcome, ended) = (Start::Nothing, None);
                 if job.round != item.round {
                     return Ok(false);
                 }
@@ -224,12 +224,15 @@ impl RenderWorker {
                     return Ok(false);
                 }
                 match job.begin_attempt() {
-                    Ok(attempt) => outcome = Start::Run(job.clone(), attempt),
+                    Ok(attempt) => outcome = Start::Run(Box::new(job.clone()), attempt),
                     Err(NoAttempt::Ended) => {
-                        outcome = Start::Ended(job.clone());
+                        ended = Some(job.clone());
                         return Ok(false);
                     }
-                    Err(NoAttempt::Exhausted(_)) => outcome = Start::Exhausted(job.clone()),
+                    Err(NoAttempt::Exhausted(error)) => {
+                        tracing::warn!("job failed: {error}");
+                        ended = Some(job.clone());
+                    }
                 }
                 Ok(true)
             })
@@ -239,22 +242,14 @@ impl RenderWorker {
             Err(NatsError::JobNotFound(_)) => return Ok(Start::Nothing),
             Err(err) => return Err(err.into()),
         }
-        match &outcome {
-            Start::Run(job, attempt) => {
-                self.publish(job, EventKind::Started { attempt: *attempt })
-                    .await?;
-                tracing::info!(attempt, "render started");
-            }
-            Start::Exhausted(job) => {
-                tracing::warn!("job failed: {}", job.error.as_deref().unwrap_or_default());
-                self.confirm_end(job).await?;
-                return Ok(Start::Nothing);
-            }
-            Start::Ended(job) => {
-                self.confirm_end(job).await?;
-                return Ok(Start::Nothing);
-            }
-            _ => {}
+        if let Some(job) = ended {
+            self.confirm_end(&job).await?;
+            return Ok(Start::Ended);
+        }
+        if let Start::Run(job, attempt) = &outcome {
+            self.publish(job, EventKind::Started { attempt: *attempt })
+                .await?;
+            tracing::info!(attempt, "render started");
         }
         Ok(outcome)
     }
@@ -558,14 +553,13 @@ impl RenderWorker {
 #[derive(Debug)]
 enum Start {
     /// Render it: the record (now RUNNING) and the attempt's number.
-    Run(JobRecord, u32),
+    Run(Box<JobRecord>, u32),
     /// Not yet: a retry's backoff has this long to go.
     Later(Duration),
-    /// Out of attempts: the record is now FAILED.
-    Exhausted(JobRecord),
-    /// Already ended (finished or cancelled) in this round.
-    Ended(JobRecord),
-    /// Nothing to do: ended, cancelled, gone, or a stale round's item.
+    /// The job has ended in this round (finished or cancelled before, or
+    /// FAILED just now for want of attempts); its terminal event is out.
+    Ended,
+    /// Nothing to do: the job is gone, or the item is a stale round's.
     Nothing,
 }
 
