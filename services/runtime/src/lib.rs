@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod egress;
 pub mod grpc;
 pub mod process;
 pub mod shutdown;
@@ -11,6 +12,7 @@ pub mod telemetry;
 
 pub use auth::{ApiKeyAuth, ApiKeys, Tenant};
 pub use config::{ConfigError, EXIT_BAD_CONFIG, load_config};
+pub use egress::{EgressConfig, EgressPolicy, EgressRefused};
 pub use process::{ServiceConfig, run_process};
 pub use shutdown::shutdown_on_signal;
 pub use telemetry::{Telemetry, init_telemetry};

@@ -15,6 +15,11 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     const SERVICE: &'static str;
     /// Address the service's gRPC server (API or health) binds.
     fn listen(&self) -> SocketAddr;
+    /// Checks what parsing cannot (an allowlist entry, a URL), so a bad
+    /// value exits with the config code before anything starts.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Runs a service process to completion and maps the outcome to an exit
@@ -33,6 +38,10 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
+    if let Err(message) = config.validate() {
+        tracing::error!("bad configuration for {}: {message}", C::SERVICE);
+        return ExitCode::from(EXIT_BAD_CONFIG as u8);
+    }
     let listener = match TcpListener::bind(config.listen()).await {
         Ok(listener) => listener,
         Err(err) => {
