@@ -459,11 +459,39 @@ fn check_audio_codec(container: Container, codec: AudioCodec, video: bool) -> Ch
 
 fn check_source(source: Option<&Source>, field: &str) -> Checked {
     match source.and_then(|source| source.kind.as_ref()) {
-        None => invalid(format!("{field}: an input is required (set asset)")),
+        None => invalid(format!("{field}: an input is required (set asset or url)")),
         Some(Kind::Asset(key)) => ObjectKey::parse(key)
             .map(|_| ())
             .map_err(|err| GatewayError::InvalidArgument(format!("{field}.asset: {err}"))),
+        Some(Kind::Url(url)) => check_url(url)
+            .map_err(|why| GatewayError::InvalidArgument(format!("{field}.url: {why}"))),
     }
+}
+
+/// Longest input URL accepted; longer ones are almost surely not URLs.
+const MAX_URL_LEN: usize = 4096;
+
+/// The URL's shape only: whether its host may be reached is decided by the
+/// render worker's egress policy when it resolves the name.
+fn check_url(text: &str) -> Result<(), String> {
+    if text.len() > MAX_URL_LEN {
+        return Err(format!("longer than {MAX_URL_LEN} bytes"));
+    }
+    let url = url::Url::parse(text).map_err(|err| format!("{text:?} is not a URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "only http and https are fetched, not {}:",
+            url.scheme()
+        ));
+    }
+    if url.host().is_none() {
+        return Err("the URL has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // They would be stored in the job record for anyone reading it.
+        return Err("credentials in the URL are not accepted; use a signed URL".into());
+    }
+    Ok(())
 }
 
 fn check_range(start: f64, end: f64, limits: &JobLimits) -> Checked {
@@ -732,6 +760,31 @@ mod tests {
             trim.input = Some(asset("../etc/passwd"));
         }
         assert!(message(validate_spec_test(bad)).contains("spec.trim.input.asset"));
+    }
+
+    #[test]
+    fn url_inputs_are_checked_for_shape() {
+        let trim_of = |url: &str| {
+            spec(Operation::Trim(Trim {
+                input: Some(Source {
+                    kind: Some(Kind::Url(url.into())),
+                }),
+                start_seconds: 0.0,
+                end_seconds: 1.0,
+            }))
+        };
+        assert!(validate_spec_test(trim_of("https://cdn.example.com/a.mp4?sig=1")).is_ok());
+        for (url, why) in [
+            ("ftp://example.com/a.mp4", "only http and https"),
+            ("not a url", "is not a URL"),
+            ("https://user:pw@example.com/a.mp4", "credentials"),
+        ] {
+            let text = message(validate_spec_test(trim_of(url)));
+            assert!(
+                text.contains("spec.trim.input.url") && text.contains(why),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use reelmesh_nats::TopologyConfig;
-use reelmesh_runtime::ServiceConfig;
+use reelmesh_runtime::{EgressPolicy, ServiceConfig};
+
+pub use crate::input::UrlInputConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +31,8 @@ pub struct RenderConfig {
     /// On shutdown, how long renders in hand may run on before they are
     /// stopped and handed back to the queue for another worker.
     pub drain_grace_secs: f64,
+    /// Limits on http(s) inputs and which non-public hosts they may name.
+    pub url_inputs: UrlInputConfig,
 }
 
 /// Backoff between attempts: `base` doubled per failed attempt, capped at
@@ -78,6 +82,7 @@ impl Default for RenderConfig {
             max_output_bytes: 20 << 30,
             retry: RetryPolicy::default(),
             drain_grace_secs: 60.0,
+            url_inputs: UrlInputConfig::default(),
         }
     }
 }
@@ -96,6 +101,11 @@ impl ServiceConfig for RenderConfig {
     const SERVICE: &'static str = "render";
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+    fn validate(&self) -> Result<(), String> {
+        EgressPolicy::new(&self.url_inputs.egress)
+            .map(|_| ())
+            .map_err(|err| err.to_string())
     }
 }
 

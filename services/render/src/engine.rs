@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use reelmesh_proto::v1::CopyMode;
-use reelmesh_store::ObjectKey;
 
 use crate::{
     RenderError,
     error::LocalInput,
+    input::InputRef,
     media::{self, AudioFormat, Control, MediaError, TranscodeRequest, VideoFormat},
     plan::{RenderPlan, Work, decide_copy},
 };
@@ -181,15 +181,15 @@ fn wait(seconds: f64, control: &mut Control<'_>) -> Result<(), RenderError> {
     Ok(())
 }
 
-fn local_path(key: &ObjectKey, inputs: &[LocalInput]) -> Result<PathBuf, RenderError> {
+fn local_path(wanted: &InputRef, inputs: &[LocalInput]) -> Result<PathBuf, RenderError> {
     inputs
         .iter()
-        .find(|input| &input.key == key)
-        .map(|input| input.path.clone())
-        .ok_or_else(|| RenderError::InputNotFound(key.to_string()))
+        .find(|local| &local.input == wanted)
+        .map(|local| local.path.clone())
+        .ok_or_else(|| RenderError::InputNotFound(wanted.to_string()))
 }
 
-fn read_srt(key: &ObjectKey, inputs: &[LocalInput]) -> Result<Vec<media::Cue>, RenderError> {
+fn read_srt(key: &InputRef, inputs: &[LocalInput]) -> Result<Vec<media::Cue>, RenderError> {
     let bad = |reason: String| RenderError::BadInput {
         asset: key.to_string(),
         reason,
@@ -208,11 +208,11 @@ fn copyable_to(format: VideoFormat) -> Result<(), String> {
     }
 }
 
-/// Replaces scratch paths in `text` with the asset keys they hold, so a
+/// Replaces scratch paths in `text` with the inputs they hold, so a
 /// message a client sees names its own inputs.
 fn name_inputs(text: &str, inputs: &[LocalInput]) -> String {
-    inputs.iter().fold(text.to_string(), |text, input| {
-        text.replace(&input.path.display().to_string(), input.key.as_str())
+    inputs.iter().fold(text.to_string(), |text, local| {
+        text.replace(&local.path.display().to_string(), &local.input.to_string())
     })
 }
 
@@ -336,17 +336,19 @@ fn extract_audio(
 
 #[cfg(test)]
 mod tests {
+    use reelmesh_store::ObjectKey;
+
     use super::*;
 
     #[test]
     fn messages_name_assets_not_scratch_files() {
         let inputs = vec![
             LocalInput {
-                key: ObjectKey::parse("in/a.mp4").expect("key"),
+                input: InputRef::Asset(ObjectKey::parse("in/a.mp4").expect("key")),
                 path: PathBuf::from("/tmp/scratch/input-0"),
             },
             LocalInput {
-                key: ObjectKey::parse("in/b.mp4").expect("key"),
+                input: InputRef::Asset(ObjectKey::parse("in/b.mp4").expect("key")),
                 path: PathBuf::from("/tmp/scratch/input-1"),
             },
         ];

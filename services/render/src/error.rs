@@ -3,20 +3,25 @@
 use reelmesh_nats::NatsError;
 use std::path::PathBuf;
 
-use reelmesh_store::{ObjectKey, StoreError};
+use reelmesh_store::StoreError;
 
-use crate::media::MediaError;
+use crate::{input::InputRef, media::MediaError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     /// The job cannot be rendered as asked; retrying will not help.
     #[error("{0}")]
     Plan(String),
-    #[error("input asset {0} not found")]
+    #[error("input {0} not found")]
     InputNotFound(String),
-    /// The input exists but is not media we can decode.
-    #[error("input asset {asset}: {reason}")]
+    /// The input exists but is not media we can decode, or may not be
+    /// fetched at all.
+    #[error("input {asset}: {reason}")]
     BadInput { asset: String, reason: String },
+    /// Downloading a URL input failed in a way that may pass (a 5xx, a
+    /// dropped connection, a timeout).
+    #[error("{0}")]
+    Fetch(String),
     #[error("render pipeline failed: {0}")]
     Pipeline(String),
     #[error("render cancelled")]
@@ -32,7 +37,7 @@ pub enum RenderError {
 /// An input asset and its copy in scratch space.
 #[derive(Debug, Clone)]
 pub struct LocalInput {
-    pub key: ObjectKey,
+    pub input: InputRef,
     pub path: PathBuf,
 }
 
@@ -42,7 +47,10 @@ impl RenderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            RenderError::Pipeline(_) | RenderError::Store(_) | RenderError::Local(_)
+            RenderError::Pipeline(_)
+                | RenderError::Fetch(_)
+                | RenderError::Store(_)
+                | RenderError::Local(_)
         )
     }
 
@@ -53,7 +61,7 @@ impl RenderError {
                 asset: inputs
                     .iter()
                     .find(|local| local.path.as_os_str() == input.as_str())
-                    .map_or(input, |local| local.key.to_string()),
+                    .map_or(input, |local| local.input.to_string()),
                 reason,
             },
             MediaError::Cancelled => RenderError::Cancelled,

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod input;
 pub mod intake;
 pub mod media;
 pub mod plan;
@@ -36,7 +37,7 @@ pub async fn run(
         concurrency = config.concurrency,
         "render worker pulling jobs"
     );
-    RenderWorker::new(topology, store, config)
+    RenderWorker::new(topology, store, config)?
         .run(intake, shutdown)
         .await;
     server.await??;

@@ -9,9 +9,11 @@ use reelmesh_proto::v1::{
     self as pb, Container, CopyMode, JobSpec, Source, job_spec::Operation, source::Kind,
 };
 use reelmesh_store::ObjectKey;
+use url::Url;
 
 use crate::{
     RenderError,
+    input::InputRef,
     media::{
         AudioBed, AudioCodec, AudioFormat, Clip, ClipSource, Fit, ImageFormat, Picture, Position,
         SubtitleTrack, TextOverlay, Timeline, Transition, TransitionKind, VideoCodec,
@@ -36,7 +38,7 @@ pub enum Work {
     /// Decode (or copy, for a keyframe-aligned trim), optionally cut and
     /// draw text, encode H.264/AAC MP4. Serves trim, transcode and add_text.
     Transcode {
-        input: ObjectKey,
+        input: InputRef,
         range: Option<(f64, f64)>,
         overlays: Vec<TextOverlay>,
         /// The input is a still image shown for this many seconds.
@@ -44,32 +46,32 @@ pub enum Work {
         format: VideoFormat,
     },
     Concat {
-        inputs: Vec<ObjectKey>,
+        inputs: Vec<InputRef>,
         format: VideoFormat,
     },
     ExtractAudio {
-        input: ObjectKey,
+        input: InputRef,
         format: AudioFormat,
         bitrate_kbps: Option<u32>,
     },
     Thumbnails {
-        input: ObjectKey,
+        input: InputRef,
         times: Vec<f64>,
         format: ImageFormat,
         width: Option<u32>,
     },
     /// A timeline of clips, transitions, text, subtitles and audio.
     Edit {
-        timeline: Timeline<ObjectKey>,
+        timeline: Timeline<InputRef>,
         /// An SRT file whose cues fill `timeline.subtitles` once fetched.
-        subtitle_file: Option<ObjectKey>,
+        subtitle_file: Option<InputRef>,
         format: VideoFormat,
     },
 }
 
 impl Work {
     /// The inputs to fetch, in the order the work uses them.
-    pub fn inputs(&self) -> Vec<&ObjectKey> {
+    pub fn inputs(&self) -> Vec<&InputRef> {
         match self {
             Work::Concat { inputs, .. } => inputs.iter().collect(),
             Work::Edit {
@@ -110,21 +112,21 @@ impl RenderPlan {
         let format = video_format(&output);
         let work = match spec.operation.as_ref() {
             Some(Operation::Trim(trim)) => Work::Transcode {
-                input: asset_key(trim.input.as_ref())?,
+                input: input_ref(trim.input.as_ref())?,
                 range: Some((trim.start_seconds, trim.end_seconds)),
                 overlays: Vec::new(),
                 still_seconds: None,
                 format,
             },
             Some(Operation::Transcode(transcode)) => Work::Transcode {
-                input: asset_key(transcode.input.as_ref())?,
+                input: input_ref(transcode.input.as_ref())?,
                 range: None,
                 overlays: Vec::new(),
                 still_seconds: None,
                 format,
             },
             Some(Operation::AddText(add_text)) => Work::Transcode {
-                input: asset_key(add_text.input.as_ref())?,
+                input: input_ref(add_text.input.as_ref())?,
                 range: None,
                 overlays: add_text
                     .overlays
@@ -138,12 +140,12 @@ impl RenderPlan {
                 inputs: concat
                     .inputs
                     .iter()
-                    .map(|s| asset_key(Some(s)))
+                    .map(|s| input_ref(Some(s)))
                     .collect::<Result<_, _>>()?,
                 format,
             },
             Some(Operation::ExtractAudio(extract)) => Work::ExtractAudio {
-                input: asset_key(extract.input.as_ref())?,
+                input: input_ref(extract.input.as_ref())?,
                 format: match output.container() {
                     Container::Opus => AudioFormat::Opus,
                     Container::Mp3 => AudioFormat::Mp3,
@@ -152,7 +154,7 @@ impl RenderPlan {
                 bitrate_kbps: Some(output.audio_bitrate_kbps).filter(|kbps| *kbps > 0),
             },
             Some(Operation::Thumbnail(thumbnail)) => Work::Thumbnails {
-                input: asset_key(thumbnail.input.as_ref())?,
+                input: input_ref(thumbnail.input.as_ref())?,
                 times: thumbnail.times_seconds.clone(),
                 format: match output.container() {
                     Container::Png => ImageFormat::Png,
@@ -255,7 +257,7 @@ fn edit_work(edit: &pb::Edit, format: VideoFormat) -> Result<Work, RenderError> 
         .iter()
         .map(|track| {
             Ok(AudioBed {
-                source: asset_key(track.source.as_ref())?,
+                source: input_ref(track.source.as_ref())?,
                 volume: track.volume.unwrap_or(1.0),
                 start_seconds: track.start_seconds,
                 in_seconds: track.in_seconds,
@@ -279,7 +281,7 @@ fn edit_work(edit: &pb::Edit, format: VideoFormat) -> Result<Work, RenderError> 
                     None,
                 ),
                 Some(pb::subtitles::Srt::File(source)) => {
-                    (Vec::new(), Some(asset_key(Some(source))?))
+                    (Vec::new(), Some(input_ref(Some(source))?))
                 }
                 None => return Err(RenderError::Plan("edit.subtitles has no srt".into())),
             };
@@ -305,9 +307,9 @@ fn edit_work(edit: &pb::Edit, format: VideoFormat) -> Result<Work, RenderError> 
     })
 }
 
-fn clip(spec: &pb::Clip) -> Result<Clip<ObjectKey>, RenderError> {
+fn clip(spec: &pb::Clip) -> Result<Clip<InputRef>, RenderError> {
     let source = match &spec.source {
-        Some(pb::clip::Source::Media(media)) => ClipSource::Media(asset_key(Some(media))?),
+        Some(pb::clip::Source::Media(media)) => ClipSource::Media(input_ref(Some(media))?),
         Some(pb::clip::Source::Color(text)) => ClipSource::Color(
             reelmesh_proto::parse_color(text)
                 .ok_or_else(|| RenderError::Plan(format!("bad colour {text:?}")))?,
@@ -351,11 +353,14 @@ fn subtitle_style(spec: &pb::Subtitles) -> Result<TextOverlay, RenderError> {
     Ok(style)
 }
 
-fn asset_key(source: Option<&Source>) -> Result<ObjectKey, RenderError> {
+fn input_ref(source: Option<&Source>) -> Result<InputRef, RenderError> {
     match source.and_then(|source| source.kind.as_ref()) {
-        Some(Kind::Asset(key)) => {
-            ObjectKey::parse(key).map_err(|err| RenderError::Plan(err.to_string()))
-        }
+        Some(Kind::Asset(key)) => ObjectKey::parse(key)
+            .map(InputRef::Asset)
+            .map_err(|err| RenderError::Plan(err.to_string())),
+        Some(Kind::Url(url)) => Url::parse(url)
+            .map(InputRef::Url)
+            .map_err(|err| RenderError::Plan(format!("input URL {url:?}: {err}"))),
         None => Err(RenderError::Plan("the job has no input".into())),
     }
 }
@@ -452,13 +457,37 @@ mod tests {
         let Work::Transcode { input, range, .. } = &plan.work else {
             panic!("{plan:?}")
         };
-        assert_eq!(input.as_str(), "inputs/a.mp4");
+        assert_eq!(input.to_string(), "inputs/a.mp4");
         assert_eq!(*range, Some((1.0, 4.0)));
         assert_eq!(
             plan.output_key(0).expect("key").as_str(),
             format!("outputs/{job}/2/result.mp4")
         );
         assert_eq!(plan.copy, CopyMode::Auto);
+    }
+
+    #[test]
+    fn url_sources_become_url_inputs() {
+        let url = |text: &str| Source {
+            kind: Some(Kind::Url(text.into())),
+        };
+        let plan = plan(
+            Operation::Concat(Concat {
+                inputs: vec![url("https://cdn.example.com/a.mp4?sig=x"), asset("b.mp4")],
+            }),
+            None,
+        );
+        let inputs = plan.work.inputs();
+        assert!(matches!(inputs[0], InputRef::Url(u) if u.query() == Some("sig=x")));
+        assert!(matches!(inputs[1], InputRef::Asset(_)));
+        let bad = JobSpec {
+            operation: Some(Operation::Transcode(pb::Transcode {
+                input: Some(url("https://")),
+            })),
+            ..Default::default()
+        };
+        let err = RenderPlan::for_job(&JobId::new(), 1, &bad).expect_err("no host");
+        assert!(err.to_string().contains("input URL"), "{err}");
     }
 
     #[test]
@@ -469,7 +498,7 @@ mod tests {
             }),
             None,
         );
-        let keys: Vec<&str> = plan.work.inputs().iter().map(|k| k.as_str()).collect();
+        let keys: Vec<String> = plan.work.inputs().iter().map(|k| k.to_string()).collect();
         assert_eq!(keys, vec!["b.mp4", "a.mp4", "c.mp4"]);
     }
 

@@ -35,6 +35,7 @@ use crate::{
     RenderConfig, RenderError,
     engine::{self, Copied, Rendered},
     error::LocalInput,
+    input::{InputRef, UrlFetcher, UrlFetcherError},
     intake::Intake,
     media::{self, Control},
     plan::RenderPlan,
@@ -66,6 +67,7 @@ type RunningJobs = Arc<Mutex<HashMap<JobId, Arc<Running>>>>;
 pub struct RenderWorker {
     topology: Topology,
     store: MediaStore,
+    urls: UrlFetcher,
     config: Arc<RenderConfig>,
     running: RunningJobs,
 }
@@ -79,13 +81,18 @@ enum Disposal {
 }
 
 impl RenderWorker {
-    pub fn new(topology: Topology, store: MediaStore, config: RenderConfig) -> Self {
-        RenderWorker {
+    pub fn new(
+        topology: Topology,
+        store: MediaStore,
+        config: RenderConfig,
+    ) -> Result<Self, UrlFetcherError> {
+        Ok(RenderWorker {
             topology,
             store,
+            urls: UrlFetcher::new(&config.url_inputs)?,
             config: Arc::new(config),
             running: Arc::default(),
-        }
+        })
     }
 
     /// Pulls and renders jobs until `shutdown`. Then it drains: no new
@@ -300,20 +307,34 @@ impl RenderWorker {
         scratch: &std::path::Path,
     ) -> Result<Vec<LocalInput>, RenderError> {
         let mut local = Vec::new();
-        for (index, key) in plan.work.inputs().into_iter().enumerate() {
+        for (index, input) in plan.work.inputs().into_iter().enumerate() {
             let path = scratch.join(format!("input-{index}"));
-            match self.store.download_to_file(&job.tenant, key, &path).await {
-                Err(reelmesh_store::StoreError::NotFound(_)) => {
-                    return Err(RenderError::InputNotFound(key.to_string()));
-                }
-                other => other?,
-            };
+            self.fetch_input(job, input, &path).await?;
             local.push(LocalInput {
-                key: key.clone(),
+                input: input.clone(),
                 path,
             });
         }
         Ok(local)
+    }
+
+    async fn fetch_input(
+        &self,
+        job: &JobRecord,
+        input: &InputRef,
+        path: &std::path::Path,
+    ) -> Result<(), RenderError> {
+        match input {
+            InputRef::Url(url) => self.urls.download(url, path).await.map(drop),
+            InputRef::Asset(key) => {
+                match self.store.download_to_file(&job.tenant, key, path).await {
+                    Err(reelmesh_store::StoreError::NotFound(_)) => {
+                        Err(RenderError::InputNotFound(key.to_string()))
+                    }
+                    other => other.map(drop).map_err(Into::into),
+                }
+            }
+        }
     }
 
     /// Uploads what the render produced and describes it.

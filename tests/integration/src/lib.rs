@@ -3,10 +3,12 @@
 //! [`TestCluster`] runs the real services in-process against a real
 //! nats-server on a free port with its own store directory (both removed on
 //! drop); [`WebhookReceiver`] is a real HTTP server that records what it is
-//! sent; [`clips`] generates media with GStreamer test sources and
+//! sent; [`media_server::MediaServer`] serves media to URL inputs;
+//! [`clips`] generates media with GStreamer test sources and
 //! [`packets`] reads their encoded packets back.
 
 pub mod clips;
+pub mod media_server;
 pub mod packets;
 pub mod webhook;
 pub mod worker;

@@ -54,6 +54,11 @@ impl WorkerProcess {
         Ok(())
     }
 
+    /// Waits for the process to exit by itself (e.g. refusing its config).
+    pub fn wait(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
     /// SIGTERM, then waits for the process to exit by itself.
     pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
         let pid = i32::try_from(self.child.id())?;
