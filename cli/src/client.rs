@@ -97,6 +97,7 @@ impl ReelmeshClient {
             .store
             .download(pb::DownloadRequest {
                 key: key.to_string(),
+                ..Default::default()
             })
             .await?
             .into_inner();

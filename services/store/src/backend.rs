@@ -8,19 +8,21 @@ use std::{
     collections::HashMap,
     path::Path as FsPath,
     sync::{Arc, Mutex, OnceLock},
+    time::SystemTime,
 };
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
-    GetResultPayload, ObjectStore, ObjectStoreExt as _, WriteMultipart, buffered::BufWriter,
-    local::LocalFileSystem, memory::InMemory, path::Path, prefix::PrefixStore,
+    GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore, ObjectStoreExt as _,
+    WriteMultipart, buffered::BufWriter, local::LocalFileSystem, memory::InMemory, path::Path,
+    prefix::PrefixStore,
 };
 use reelmesh_nats::TenantId;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::{ObjectKey, StoreError};
+use crate::{KeyPrefix, ObjectKey, StoreError, key::key_of};
 
 /// Part size for multipart uploads: S3's minimum is 5 MiB, and larger parts
 /// mean fewer requests for big media.
@@ -40,6 +42,39 @@ pub struct StoredObject {
     pub key: String,
     pub size_bytes: u64,
     pub sha256: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+impl StoredObject {
+    fn from_meta(key: String, meta: &ObjectMeta) -> Self {
+        StoredObject {
+            key,
+            size_bytes: meta.size,
+            sha256: None,
+            last_modified: Some(meta.last_modified.into()),
+        }
+    }
+}
+
+/// Part of an object: from `offset`, `length` bytes or to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub length: Option<u64>,
+}
+
+impl ByteRange {
+    fn is_whole(&self) -> bool {
+        self.offset == 0 && self.length.is_none()
+    }
+}
+
+/// One page of a listing, in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Listing {
+    pub objects: Vec<StoredObject>,
+    /// Whether more objects follow the last one.
+    pub more: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +192,7 @@ impl MediaStore {
             key: key.to_string(),
             size_bytes: size,
             sha256: Some(sha256),
+            last_modified: None,
         })
     }
 
@@ -166,7 +202,40 @@ impl MediaStore {
         tenant: &TenantId,
         key: &ObjectKey,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        let result = self.backend.get(&key.location(tenant)).await?;
+        self.download_range(tenant, key, ByteRange::default()).await
+    }
+
+    /// Part of the object's bytes. A range starting past the end is an
+    /// error; one running past it stops at the end.
+    pub async fn download_range(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        range: ByteRange,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let location = key.location(tenant);
+        if range.is_whole() {
+            let result = self.backend.get(&location).await?;
+            return Ok(result.into_stream().map_err(StoreError::from).boxed());
+        }
+        let size = self.backend.head(&location).await?.size;
+        if range.offset >= size {
+            return Err(StoreError::OutOfRange(format!(
+                "offset {} is beyond the end of {key} ({size} bytes)",
+                range.offset
+            )));
+        }
+        let end = range
+            .length
+            .map_or(size, |length| range.offset.saturating_add(length).min(size));
+        if end == range.offset {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range.offset..end)),
+            ..Default::default()
+        };
+        let result = self.backend.get_opts(&location, options).await?;
         Ok(result.into_stream().map_err(StoreError::from).boxed())
     }
 
@@ -176,11 +245,48 @@ impl MediaStore {
         key: &ObjectKey,
     ) -> Result<StoredObject, StoreError> {
         let meta = self.backend.head(&key.location(tenant)).await?;
-        Ok(StoredObject {
-            key: key.to_string(),
-            size_bytes: meta.size,
-            sha256: None,
-        })
+        Ok(StoredObject::from_meta(key.to_string(), &meta))
+    }
+
+    /// Up to `limit` of the tenant's objects under `prefix` whose keys sort
+    /// after `after`, in key order.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        prefix: &KeyPrefix,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        let directory = prefix.directory(tenant);
+        let listed = match after {
+            Some(after) => self
+                .backend
+                .list_with_offset(Some(&directory), &after.location(tenant)),
+            None => self.backend.list(Some(&directory)),
+        };
+        let tenant = tenant.clone();
+        let prefix = prefix.clone();
+        let matching = listed
+            .map_err(StoreError::from)
+            .try_filter_map(move |meta| {
+                let object = key_of(&tenant, &meta.location)
+                    .filter(|key| prefix.matches(key))
+                    .map(|key| StoredObject::from_meta(key, &meta));
+                futures::future::ready(Ok(object))
+            });
+        let mut objects: Vec<StoredObject> = if self.local.is_some() {
+            // A directory walk comes in no particular order: sort it all.
+            let mut all: Vec<StoredObject> = matching.try_collect().await?;
+            all.sort_by(|a, b| a.key.cmp(&b.key));
+            all.truncate(limit + 1);
+            all
+        } else {
+            // Cloud and memory listings come in key order already.
+            matching.take(limit + 1).try_collect().await?
+        };
+        let more = objects.len() > limit;
+        objects.truncate(limit);
+        Ok(Listing { objects, more })
     }
 
     pub async fn delete(&self, tenant: &TenantId, key: &ObjectKey) -> Result<(), StoreError> {

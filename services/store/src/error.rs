@@ -14,6 +14,9 @@ pub enum StoreError {
     Mismatch(String),
     #[error("object {0} not found")]
     NotFound(String),
+    /// A byte range outside the object.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("storage backend: {0}")]
     Backend(String),
     #[error("local file: {0}")]
@@ -44,6 +47,7 @@ impl From<StoreError> for Status {
                 Code::InvalidArgument
             }
             StoreError::NotFound(_) => Code::NotFound,
+            StoreError::OutOfRange(_) => Code::OutOfRange,
             StoreError::Backend(_) => Code::Unavailable,
             StoreError::Local(_) | StoreError::Config(_) => Code::Internal,
         };

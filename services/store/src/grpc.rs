@@ -6,14 +6,17 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt as _, stream::BoxStream};
 use reelmesh_nats::TenantId;
 use reelmesh_proto::v1::{
-    DownloadChunk, DownloadRequest, ObjectInfo, StatRequest, UploadRequest,
+    DeleteRequest, DeleteResponse, DownloadChunk, DownloadRequest, ListRequest, ListResponse,
+    ObjectInfo, StatRequest, UploadRequest,
     store_server::{Store, StoreServer},
     upload_request::Part,
 };
 use reelmesh_runtime::{ApiKeyAuth, Tenant};
 use tonic::{Request, Response, Status, Streaming, service::interceptor::InterceptedService};
 
-use crate::{Expected, MediaStore, ObjectKey, StoreError, StoredObject};
+use crate::{
+    ByteRange, Expected, KeyPrefix, Listing, MediaStore, ObjectKey, StoreError, StoredObject,
+};
 
 /// Chunks sent by Download: large enough to keep per-message overhead low,
 /// far below gRPC's default 4 MiB message limit.
@@ -33,12 +36,26 @@ pub trait StoreApi: Send + Sync + 'static {
         &self,
         tenant: &TenantId,
         key: &ObjectKey,
+        range: ByteRange,
     ) -> impl Future<Output = Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>> + Send;
     fn stat(
         &self,
         tenant: &TenantId,
         key: &ObjectKey,
     ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send;
+    fn list(
+        &self,
+        tenant: &TenantId,
+        prefix: &KeyPrefix,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Listing, StoreError>> + Send;
+    /// Removes the object; NotFound when there is none.
+    fn delete(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl StoreApi for MediaStore {
@@ -56,12 +73,29 @@ impl StoreApi for MediaStore {
         &self,
         tenant: &TenantId,
         key: &ObjectKey,
+        range: ByteRange,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        MediaStore::download(self, tenant, key).await
+        MediaStore::download_range(self, tenant, key, range).await
     }
 
     async fn stat(&self, tenant: &TenantId, key: &ObjectKey) -> Result<StoredObject, StoreError> {
         MediaStore::stat(self, tenant, key).await
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        prefix: &KeyPrefix,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        MediaStore::list(self, tenant, prefix, after, limit).await
+    }
+
+    async fn delete(&self, tenant: &TenantId, key: &ObjectKey) -> Result<(), StoreError> {
+        // Backends delete a missing object silently; the API says so.
+        MediaStore::stat(self, tenant, key).await?;
+        MediaStore::delete(self, tenant, key).await
     }
 }
 
@@ -135,8 +169,13 @@ impl<A: StoreApi> Store for StoreService<A> {
         request: Request<DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let tenant = Tenant::of(&request)?;
-        let key = ObjectKey::parse(&request.get_ref().key).map_err(StoreError::from)?;
-        let chunks = self.api.download(&tenant, &key).await?;
+        let request = request.into_inner();
+        let key = ObjectKey::parse(&request.key).map_err(StoreError::from)?;
+        let range = ByteRange {
+            offset: request.offset,
+            length: request.length,
+        };
+        let chunks = self.api.download(&tenant, &key, range).await?;
         let messages = coalesce(chunks, DOWNLOAD_CHUNK).map(|chunk| {
             chunk
                 .map(|data| DownloadChunk { data })
@@ -151,6 +190,58 @@ impl<A: StoreApi> Store for StoreService<A> {
         let stored = self.api.stat(&tenant, &key).await?;
         Ok(Response::new(object_info(stored)))
     }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let request = request.into_inner();
+        let prefix = KeyPrefix::parse(&request.prefix).map_err(StoreError::from)?;
+        let after = page_start(&request.page_token, &prefix)?;
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE,
+            asked => (asked as usize).min(MAX_PAGE),
+        };
+        let listing = self
+            .api
+            .list(&tenant, &prefix, after.as_ref(), limit)
+            .await?;
+        let next_page_token = match (listing.more, listing.objects.last()) {
+            (true, Some(last)) => hex::encode(&last.key),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListResponse {
+            objects: listing.objects.into_iter().map(object_info).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let key = ObjectKey::parse(&request.get_ref().key).map_err(StoreError::from)?;
+        self.api.delete(&tenant, &key).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+}
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// A page token is the last key of the page before, hex-encoded so clients
+/// treat it as opaque; one that is not ours is refused.
+fn page_start(token: &str, prefix: &KeyPrefix) -> Result<Option<ObjectKey>, StoreError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || StoreError::InvalidArgument("page_token is not one this API handed out".into());
+    let bytes = hex::decode(token).map_err(|_| bad())?;
+    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    let key = ObjectKey::parse(&key).map_err(|_| bad())?;
+    if !prefix.matches(key.as_str()) {
+        return Err(bad());
+    }
+    Ok(Some(key))
 }
 
 fn object_info(stored: StoredObject) -> ObjectInfo {
@@ -158,6 +249,7 @@ fn object_info(stored: StoredObject) -> ObjectInfo {
         key: stored.key,
         size_bytes: stored.size_bytes,
         sha256: stored.sha256.unwrap_or_default(),
+        last_modified: stored.last_modified.map(Into::into),
     }
 }
 

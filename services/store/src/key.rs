@@ -61,6 +61,49 @@ impl ObjectKey {
     }
 }
 
+/// A listing prefix: empty (everything), or the start of keys, either a
+/// whole directory ("inputs/") or part of a name ("inputs/cl").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn parse(prefix: &str) -> Result<Self, KeyError> {
+        if prefix.is_empty() {
+            return Ok(KeyPrefix::default());
+        }
+        // A prefix obeys the key rules, except that it may end in '/'.
+        ObjectKey::parse(prefix.strip_suffix('/').unwrap_or(prefix))
+            .map(|_| KeyPrefix(prefix.to_string()))
+            .map_err(|err| KeyError {
+                key: prefix.chars().take(120).collect(),
+                reason: err.reason,
+            })
+    }
+
+    /// The directory holding every key with this prefix: backends list by
+    /// whole path segments, so "inputs/cl" is listed from "inputs".
+    pub fn directory(&self, tenant: &TenantId) -> Path {
+        match self.0.rsplit_once('/') {
+            Some((dir, _)) => Path::from(format!("tenants/{tenant}/{dir}")),
+            None => tenant_root(tenant),
+        }
+    }
+
+    pub fn matches(&self, key: &str) -> bool {
+        key.starts_with(&self.0)
+    }
+}
+
+fn tenant_root(tenant: &TenantId) -> Path {
+    Path::from(format!("tenants/{tenant}"))
+}
+
+/// The tenant-relative key of a backend location, if it is the tenant's.
+pub fn key_of(tenant: &TenantId, location: &Path) -> Option<String> {
+    let root = format!("{}/", tenant_root(tenant));
+    location.as_ref().strip_prefix(&root).map(str::to_string)
+}
+
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -99,6 +142,26 @@ mod tests {
         ] {
             assert!(ObjectKey::parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn prefixes_are_keys_that_may_end_in_a_slash() {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let dir = KeyPrefix::parse("inputs/").expect("directory");
+        assert_eq!(dir.directory(&tenant).as_ref(), "tenants/acme/inputs");
+        let part = KeyPrefix::parse("inputs/cl").expect("part of a name");
+        assert_eq!(part.directory(&tenant).as_ref(), "tenants/acme/inputs");
+        assert!(part.matches("inputs/clip.mp4") && !part.matches("inputs/a.mp4"));
+        let top = KeyPrefix::parse("in").expect("top level");
+        assert_eq!(top.directory(&tenant).as_ref(), "tenants/acme");
+        assert!(KeyPrefix::parse("").expect("everything").matches("x/y"));
+        for bad in ["../", "/abs/", "a//", "a\0/", "a/../b"] {
+            assert!(KeyPrefix::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let location = Path::from("tenants/acme/inputs/a.mp4");
+        assert_eq!(key_of(&tenant, &location).as_deref(), Some("inputs/a.mp4"));
+        let other = TenantId::parse("acme2").expect("tenant");
+        assert_eq!(key_of(&other, &location), None);
     }
 
     #[test]

@@ -14,11 +14,11 @@ pub mod key;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use backend::{Expected, MediaStore, StoredObject};
+pub use backend::{ByteRange, Expected, Listing, MediaStore, StoredObject};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use grpc::StoreService;
-pub use key::{KeyError, ObjectKey};
+pub use key::{KeyError, KeyPrefix, ObjectKey};
 
 /// Serves the Store API on `listener` until `shutdown` is cancelled.
 pub async fn run(
