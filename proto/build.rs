@@ -7,6 +7,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "proto/reelmesh/v1/jobs.proto",
     "proto/reelmesh/v1/store.proto",
+    "proto/reelmesh/v1/assets.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

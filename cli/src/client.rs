@@ -6,7 +6,8 @@ use std::path::Path;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use reelmesh_proto::v1::{
-    self as pb, jobs_client::JobsClient, store_client::StoreClient, upload_request::Part,
+    self as pb, assets_client::AssetsClient, jobs_client::JobsClient, store_client::StoreClient,
+    upload_request::Part,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
@@ -38,6 +39,7 @@ type Authed = InterceptedService<Channel, BearerAuth>;
 pub struct ReelmeshClient {
     pub jobs: JobsClient<Authed>,
     pub store: StoreClient<Authed>,
+    pub assets: AssetsClient<Authed>,
 }
 
 impl ReelmeshClient {
@@ -52,6 +54,7 @@ impl ReelmeshClient {
         let auth = BearerAuth(format!("Bearer {api_key}").parse()?);
         Ok(ReelmeshClient {
             jobs: JobsClient::with_interceptor(channel.clone(), auth.clone()),
+            assets: AssetsClient::with_interceptor(channel.clone(), auth.clone()),
             store: StoreClient::with_interceptor(channel, auth),
         })
     }

@@ -5,6 +5,7 @@
 //! each job's events are kept on a limits stream so a watcher can replay them.
 //! Subject, stream and bucket names are defined in [`names`] and nowhere else.
 
+pub mod asset;
 pub mod error;
 pub mod event;
 pub mod idempotency;
@@ -14,6 +15,7 @@ pub mod server;
 pub mod topology;
 pub mod work;
 
+pub use asset::{AssetCatalog, AssetId, AssetRecord, Registered};
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
 pub use idempotency::IdempotencyKeys;

@@ -12,6 +12,10 @@ pub const JOBS_BUCKET: &str = "reelmesh_jobs";
 /// entries expire after the idempotency window.
 pub const IDEMPOTENCY_BUCKET: &str = "reelmesh_idempotency";
 
+/// KV bucket of the asset catalog: records keyed `<tenant>.asset.<id>`,
+/// and indexes `<tenant>.url.<hash>` / `<tenant>.sha.<sha256>` -> asset id.
+pub const ASSETS_BUCKET: &str = "reelmesh_assets";
+
 /// Work-queue stream: one message per job waiting for (or held by) a
 /// render worker.
 pub const WORK_STREAM: &str = "REELMESH_WORK";

@@ -239,6 +239,11 @@ pub struct JobOutput {
     /// Seconds of video re-encoded ahead of the copied part of a smart cut.
     #[serde(default)]
     pub reencoded_seconds: f64,
+    /// An ingest's catalog asset, and whether the catalog had it already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_id: Option<String>,
+    #[serde(default)]
+    pub existing_asset: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

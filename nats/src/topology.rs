@@ -13,7 +13,7 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names};
+use crate::{AssetCatalog, EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names};
 
 /// Tunables of the topology; the defaults suit production and tests alike.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +70,7 @@ pub struct Topology {
     pub events: EventLog,
     pub work: WorkQueue,
     pub idempotency: IdempotencyKeys,
+    pub assets: AssetCatalog,
 }
 
 impl Topology {
@@ -113,6 +114,15 @@ impl Topology {
             })
             .await
             .map_err(NatsError::unavailable)?;
+        let assets = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::ASSETS_BUCKET.into(),
+                description: "reelmesh asset catalog and its url/sha256 indexes".into(),
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
             name: names::WORK_STREAM.into(),
             description: Some("reelmesh jobs waiting for a render worker".into()),
@@ -140,6 +150,7 @@ impl Topology {
             client,
             jobs: JobRecords::new(kv, js.clone()),
             idempotency: IdempotencyKeys::new(idempotency),
+            assets: AssetCatalog::new(assets),
             events: EventLog::new(js.clone()),
             work: WorkQueue::new(js, render_consumer_config(config)),
         })

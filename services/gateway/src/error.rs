@@ -10,6 +10,8 @@ pub enum GatewayError {
     InvalidArgument(String),
     #[error("job {0} not found")]
     NotFound(String),
+    #[error("asset {0} not found")]
+    AssetNotFound(String),
     /// The job is not in a state the call applies to.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -37,7 +39,7 @@ impl From<GatewayError> for Status {
     fn from(err: GatewayError) -> Self {
         let code = match &err {
             GatewayError::InvalidArgument(_) => Code::InvalidArgument,
-            GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::NotFound(_) | GatewayError::AssetNotFound(_) => Code::NotFound,
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::ResourceExhausted(_) => Code::ResourceExhausted,
             GatewayError::Unavailable(_) => Code::Unavailable,

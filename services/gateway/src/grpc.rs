@@ -2,7 +2,9 @@
 //! into [`JobsApi`] calls and records into proto messages.
 
 use futures::{StreamExt as _, stream::BoxStream};
-use reelmesh_nats::{Attempt, EventKind, JobId, JobOutput, JobRecord, JobState, SequencedEvent};
+use reelmesh_nats::{
+    Attempt, EventKind, JobId, JobOutput, JobRecord, JobState, MediaSummary, SequencedEvent,
+};
 use reelmesh_proto::v1::{self as pb, job_event, jobs_server::Jobs, jobs_server::JobsServer};
 use reelmesh_runtime::{ApiKeyAuth, Tenant};
 use time::OffsetDateTime;
@@ -155,7 +157,7 @@ fn state_to_proto(state: JobState) -> pb::JobState {
     }
 }
 
-fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.unix_timestamp(),
         nanos: at.nanosecond() as i32,
@@ -163,21 +165,26 @@ fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
 }
 
 pub fn output_to_proto(output: JobOutput) -> pb::JobOutput {
-    let media = output.media;
     pb::JobOutput {
         key: output.key,
         size_bytes: output.size_bytes,
-        media: Some(pb::MediaInfo {
-            duration_seconds: media.duration_seconds,
-            container: media.container,
-            video_codec: media.video_codec.unwrap_or_default(),
-            width: media.width.unwrap_or_default(),
-            height: media.height.unwrap_or_default(),
-            audio_codec: media.audio_codec.unwrap_or_default(),
-        }),
+        media: Some(media_to_proto(output.media)),
         keys: output.keys,
         copied: output.copied,
         reencoded_seconds: output.reencoded_seconds,
+        asset_id: output.asset_id.unwrap_or_default(),
+        existing_asset: output.existing_asset,
+    }
+}
+
+pub fn media_to_proto(media: MediaSummary) -> pb::MediaInfo {
+    pb::MediaInfo {
+        duration_seconds: media.duration_seconds,
+        container: media.container,
+        video_codec: media.video_codec.unwrap_or_default(),
+        width: media.width.unwrap_or_default(),
+        height: media.height.unwrap_or_default(),
+        audio_codec: media.audio_codec.unwrap_or_default(),
     }
 }
 

@@ -1,9 +1,11 @@
 //! reelmesh gateway: the public gRPC front door.
 //!
-//! Serves `reelmesh.v1.Jobs` (backed by NATS through [`NatsJobs`]) and
-//! `reelmesh.v1.Store` (the same media store render uses), both behind
+//! Serves `reelmesh.v1.Jobs` (backed by NATS through [`NatsJobs`]),
+//! `reelmesh.v1.Assets` (the catalog, read from NATS) and
+//! `reelmesh.v1.Store` (the same media store render uses), all behind
 //! API-key auth, plus gRPC health and reflection so probes and grpcurl work.
 
+pub mod assets;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -13,11 +15,14 @@ pub mod validate;
 
 use std::time::Duration;
 
-use reelmesh_proto::v1::{jobs_server::JobsServer, store_server::StoreServer};
+use reelmesh_proto::v1::{
+    assets_server::AssetsServer, jobs_server::JobsServer, store_server::StoreServer,
+};
 use reelmesh_store::{MediaStore, StoreService};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use assets::AssetsService;
 pub use config::GatewayConfig;
 pub use error::GatewayError;
 pub use grpc::JobsService;
@@ -36,6 +41,9 @@ pub async fn run(
     health
         .set_not_serving::<JobsServer<JobsService<NatsJobs>>>()
         .await;
+    health
+        .set_not_serving::<AssetsServer<AssetsService<NatsJobs>>>()
+        .await;
     tokio::spawn(connect_in_background(
         jobs.clone(),
         health.clone(),
@@ -51,6 +59,7 @@ pub async fn run(
         .set_serving::<StoreServer<StoreService<MediaStore>>>()
         .await;
     let router = router
+        .add_service(AssetsService::new(jobs.clone()).into_server(auth.clone()))
         .add_service(JobsService::new(jobs).into_server(auth.clone()))
         .add_service(StoreService::new(store).into_server(auth));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
@@ -72,6 +81,9 @@ async fn connect_in_background(
             Ok(_) => {
                 health
                     .set_serving::<JobsServer<JobsService<NatsJobs>>>()
+                    .await;
+                health
+                    .set_serving::<AssetsServer<AssetsService<NatsJobs>>>()
                     .await;
                 tracing::info!("connected to NATS");
                 return;

@@ -99,6 +99,9 @@ fn check_noop(noop: &reelmesh_proto::v1::Noop, limits: &JobLimits) -> Checked<Pr
     Ok(Produces::Nothing)
 }
 
+/// Longest asset title accepted.
+const MAX_TITLE_CHARS: usize = 500;
+
 /// An idempotency key is 1-128 printable ASCII characters.
 pub fn check_idempotency_key(key: &str) -> Checked {
     let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
@@ -116,7 +119,7 @@ enum Produces {
     },
     Audio,
     Images,
-    /// A noop job.
+    /// A noop or an ingest job: no rendered output.
     Nothing,
 }
 
@@ -127,9 +130,18 @@ fn invalid<T>(message: impl Into<String>) -> Checked<T> {
 fn operation_kind(spec: &JobSpec, limits: &JobLimits) -> Checked<Produces> {
     match spec.operation.as_ref() {
         None => invalid(
-            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail, edit, noop",
+            "spec.operation: set one of trim, transcode, concat, add_text, extract_audio, thumbnail, edit, ingest, noop",
         ),
         Some(Operation::Noop(noop)) => check_noop(noop, limits),
+        Some(Operation::Ingest(ingest)) => {
+            check_source(ingest.source.as_ref(), "spec.ingest.source")?;
+            if ingest.title.chars().count() > MAX_TITLE_CHARS {
+                return invalid(format!(
+                    "spec.ingest.title: at most {MAX_TITLE_CHARS} characters"
+                ));
+            }
+            Ok(Produces::Nothing)
+        }
         Some(Operation::Edit(edit)) => {
             check_edit(edit, limits)?;
             Ok(Produces::Video {

@@ -133,6 +133,9 @@ pub fn execute(
             media::render_timeline(&timeline, &output, format, control).map_err(named)?;
             Copied::Nothing
         }
+        Work::Ingest { .. } => {
+            return Err(RenderError::Plan("an ingest is not rendered".into()));
+        }
         Work::Noop { seconds, fail } => {
             wait(*seconds, control)?;
             if *fail {

@@ -60,6 +60,9 @@ pub enum Work {
         format: ImageFormat,
         width: Option<u32>,
     },
+    /// Into the asset catalog: fetch, check it is media, store, record.
+    /// Not rendered: the worker does it without the engine.
+    Ingest { source: InputRef, title: String },
     /// A timeline of clips, transitions, text, subtitles and audio.
     Edit {
         timeline: Timeline<InputRef>,
@@ -81,7 +84,8 @@ impl Work {
             } => timeline.sources().chain(subtitle_file).collect(),
             Work::Transcode { input, .. }
             | Work::ExtractAudio { input, .. }
-            | Work::Thumbnails { input, .. } => {
+            | Work::Thumbnails { input, .. }
+            | Work::Ingest { source: input, .. } => {
                 vec![input]
             }
             Work::Noop { .. } => Vec::new(),
@@ -100,7 +104,7 @@ impl Work {
                 AudioFormat::Mp3 => "mp3",
             },
             Work::Thumbnails { format, .. } => format.extension(),
-            Work::Noop { .. } => "none",
+            Work::Noop { .. } | Work::Ingest { .. } => "none",
         }
     }
 }
@@ -163,6 +167,10 @@ impl RenderPlan {
                 width: Some(output.width).filter(|width| *width > 0),
             },
             Some(Operation::Edit(edit)) => edit_work(edit, format)?,
+            Some(Operation::Ingest(ingest)) => Work::Ingest {
+                source: input_ref(ingest.source.as_ref())?,
+                title: ingest.title.clone(),
+            },
             Some(Operation::Noop(noop)) => Work::Noop {
                 seconds: noop.seconds,
                 fail: attempt <= noop.fail_attempts,

@@ -38,8 +38,10 @@ use crate::{
     input::{InputRef, UrlFetcher, UrlFetcherError},
     intake::Intake,
     media::{self, Control},
-    plan::RenderPlan,
+    plan::{RenderPlan, Work},
 };
+
+mod ingest;
 
 /// Progress events are published at most this often, and only when the
 /// percentage moved by at least [`PROGRESS_STEP`]: a job's history (which
@@ -272,6 +274,12 @@ impl RenderWorker {
         let scratch = tempfile::Builder::new()
             .prefix("reelmesh-render-")
             .tempdir_in(&self.config.work_dir)?;
+        if let Work::Ingest { source, title } = &plan.work {
+            return self
+                .ingest(job, source, title, scratch.path())
+                .instrument(tracing::info_span!("ingest"))
+                .await;
+        }
         let inputs = self
             .fetch_inputs(job, &plan, scratch.path())
             .instrument(tracing::info_span!("fetch_inputs"))
@@ -371,6 +379,7 @@ impl RenderWorker {
                 Copied::AfterHead { reencoded_seconds } => reencoded_seconds,
                 _ => 0.0,
             },
+            ..Default::default()
         })
     }
 
