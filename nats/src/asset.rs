@@ -13,53 +13,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
-use crate::{MediaSummary, NatsError, TenantId};
+use crate::{MediaSummary, NatsError, TenantId, claim::claim, id::time_ordered_id};
 
-/// An asset's id: a UUIDv7, so ids sort by creation time.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct AssetId(String);
-
-impl AssetId {
-    pub fn new() -> Self {
-        AssetId(uuid::Uuid::now_v7().simple().to_string())
-    }
-
-    pub fn parse(id: &str) -> Result<Self, String> {
-        uuid::Uuid::try_parse(id)
-            .map(|uuid| AssetId(uuid.simple().to_string()))
-            .map_err(|_| format!("asset id {id:?} is not a reelmesh asset id"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for AssetId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TryFrom<String> for AssetId {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        AssetId::parse(&value)
-    }
-}
-
-impl From<AssetId> for String {
-    fn from(id: AssetId) -> Self {
-        id.0
-    }
-}
-
-impl std::fmt::Display for AssetId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+time_ordered_id!(
+    /// An asset's id: sorts by creation time.
+    AssetId,
+    "asset"
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssetRecord {
@@ -223,23 +183,11 @@ impl AssetCatalog {
 
     /// Claims `index` for `id`: `None` when this call won, else the holder.
     async fn claim(&self, index: &str, id: &AssetId) -> Result<Option<AssetId>, NatsError> {
-        match self.kv.create(index, id.as_str().to_owned().into()).await {
-            Ok(_) => Ok(None),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let bytes = self
-                    .kv
-                    .get(index)
-                    .await
-                    .map_err(NatsError::unavailable)?
-                    .unwrap_or_default();
-                std::str::from_utf8(&bytes)
-                    .ok()
-                    .and_then(|holder| AssetId::parse(holder).ok())
-                    .map(Some)
-                    .ok_or_else(|| NatsError::Corrupt(format!("asset index {index}")))
-            }
-            Err(err) => Err(NatsError::unavailable(err)),
-        }
+        claim(&self.kv, index, id.as_str())
+            .await?
+            .map(|holder| AssetId::parse(&holder))
+            .transpose()
+            .map_err(|_| NatsError::Corrupt(format!("asset index {index}")))
     }
 
     async fn point(&self, index: &str, id: &AssetId) -> Result<(), NatsError> {

@@ -6,7 +6,7 @@
 use async_nats::jetstream::kv;
 use sha2::{Digest as _, Sha256};
 
-use crate::{JobId, NatsError, TenantId};
+use crate::{JobId, NatsError, TenantId, claim::claim};
 
 #[derive(Debug, Clone)]
 pub struct IdempotencyKeys {
@@ -27,22 +27,11 @@ impl IdempotencyKeys {
         job: &JobId,
     ) -> Result<Option<JobId>, NatsError> {
         let entry = entry_key(tenant, key);
-        match self.kv.create(&entry, job.as_str().to_owned().into()).await {
-            Ok(_) => Ok(None),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let value = self
-                    .kv
-                    .get(&entry)
-                    .await
-                    .map_err(NatsError::unavailable)?
-                    .ok_or_else(|| NatsError::Unavailable(format!("claim on {key:?} vanished")))?;
-                let id = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|id| JobId::parse(id).ok())
-                    .ok_or_else(|| NatsError::Corrupt(format!("claim on {key:?}")))?;
-                Ok(Some(id))
-            }
-            Err(err) => Err(NatsError::unavailable(err)),
+        match claim(&self.kv, &entry, job.as_str()).await? {
+            None => Ok(None),
+            Some(holder) => JobId::parse(&holder)
+                .map(Some)
+                .map_err(|_| NatsError::Corrupt(format!("claim on {key:?}"))),
         }
     }
 

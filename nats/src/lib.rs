@@ -6,8 +6,10 @@
 //! Subject, stream and bucket names are defined in [`names`] and nowhere else.
 
 pub mod asset;
+mod claim;
 pub mod error;
 pub mod event;
+mod id;
 pub mod idempotency;
 pub mod names;
 pub mod record;

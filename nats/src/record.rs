@@ -14,7 +14,7 @@ use reelmesh_proto::v1::JobSpec;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{NatsError, names};
+use crate::{NatsError, id::time_ordered_id, names};
 
 /// A tenant's name: also a NATS subject token and a KV key part, hence the
 /// restricted alphabet.
@@ -62,52 +62,11 @@ impl fmt::Display for TenantId {
     }
 }
 
-/// A job id: a UUIDv7 in simple form, so ids sort by creation time and are
-/// valid subject tokens.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct JobId(String);
-
-impl JobId {
-    pub fn new() -> Self {
-        JobId(uuid::Uuid::now_v7().simple().to_string())
-    }
-
-    pub fn parse(id: &str) -> Result<Self, String> {
-        uuid::Uuid::try_parse(id)
-            .map(|uuid| JobId(uuid.simple().to_string()))
-            .map_err(|_| format!("job id {id:?} is not a reelmesh job id"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for JobId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TryFrom<String> for JobId {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        JobId::parse(&value)
-    }
-}
-
-impl From<JobId> for String {
-    fn from(value: JobId) -> Self {
-        value.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+time_ordered_id!(
+    /// A job id: sorts by creation time.
+    JobId,
+    "job"
+);
 
 /// Which queue a job waits in; workers drain higher ones first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
