@@ -8,7 +8,7 @@ use reelmesh_gateway::GatewayConfig;
 use reelmesh_nats::server::NatsServer;
 use reelmesh_notify::NotifyConfig;
 use reelmesh_render::RenderConfig;
-use reelmesh_store::StoreConfig;
+use reelmesh_store::{StoreConfig, StoreOptions};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -43,6 +43,14 @@ impl ClusterConfig {
         config.gateway.store_url = store_url.to_string();
         config.render.store_url = store_url.to_string();
         config
+    }
+
+    /// Gives every service that opens the store the same backend settings.
+    pub fn with_store_options(mut self, options: StoreOptions) -> Self {
+        self.store.options = options.clone();
+        self.gateway.store_options = options.clone();
+        self.render.store_options = options;
+        self
     }
 }
 

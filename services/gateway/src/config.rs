@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use reelmesh_nats::TopologyConfig;
 use reelmesh_runtime::{ApiKeys, ServiceConfig};
+use reelmesh_store::StoreOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::{retention::RetentionConfig, validate::JobLimits};
@@ -15,6 +16,8 @@ pub struct GatewayConfig {
     pub nats_url: String,
     /// The store the gateway's Store API serves; the same one render uses.
     pub store_url: String,
+    /// Backend settings for `store_url` (endpoint, credentials, ...).
+    pub store_options: StoreOptions,
     pub api_keys: ApiKeys,
     pub topology: TopologyConfig,
     pub limits: JobLimits,
@@ -27,6 +30,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             nats_url: "nats://127.0.0.1:4222".into(),
             store_url: reelmesh_store::config::default_store_url(),
+            store_options: StoreOptions::default(),
             api_keys: ApiKeys::default(),
             topology: TopologyConfig::default(),
             limits: JobLimits::default(),
@@ -39,5 +43,10 @@ impl ServiceConfig for GatewayConfig {
     const SERVICE: &'static str = "gateway";
     fn listen(&self) -> SocketAddr {
         self.listen
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.store_options
+            .check(&self.store_url)
+            .map_err(|err| err.to_string())
     }
 }

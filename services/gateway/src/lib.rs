@@ -36,7 +36,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
     let jobs = NatsJobs::new(&config.nats_url, config.topology, config.limits);
-    let store = MediaStore::open(&config.store_url, &[])?;
+    let store = MediaStore::open(&config.store_url, &config.store_options.pairs())?;
     let (router, health) = reelmesh_runtime::grpc::router()?;
     health
         .set_not_serving::<JobsServer<JobsService<NatsJobs>>>()

@@ -6,6 +6,7 @@ use reelmesh_nats::TopologyConfig;
 use reelmesh_runtime::{EgressPolicy, ServiceConfig};
 
 pub use crate::input::UrlInputConfig;
+use reelmesh_store::StoreOptions;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,6 +17,8 @@ pub struct RenderConfig {
     pub nats_url: String,
     /// Where inputs are read and outputs written; the gateway's store.
     pub store_url: String,
+    /// Backend settings for `store_url` (endpoint, credentials, ...).
+    pub store_options: StoreOptions,
     pub topology: TopologyConfig,
     /// Jobs rendered at once by this worker.
     pub concurrency: usize,
@@ -75,6 +78,7 @@ impl Default for RenderConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
             nats_url: "nats://127.0.0.1:4222".into(),
             store_url: reelmesh_store::config::default_store_url(),
+            store_options: StoreOptions::default(),
             topology: TopologyConfig::default(),
             concurrency: 1,
             work_dir: std::env::temp_dir(),
@@ -103,6 +107,9 @@ impl ServiceConfig for RenderConfig {
         self.listen
     }
     fn validate(&self) -> Result<(), String> {
+        self.store_options
+            .check(&self.store_url)
+            .map_err(|err| err.to_string())?;
         EgressPolicy::new(&self.url_inputs.egress)
             .map(|_| ())
             .map_err(|err| err.to_string())

@@ -30,7 +30,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     media::init()?;
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
-    let store = MediaStore::open(&config.store_url, &[])?;
+    let store = MediaStore::open(&config.store_url, &config.store_options.pairs())?;
     let intake = intake::Intake::open(&topology).await?;
     let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
     tracing::info!(

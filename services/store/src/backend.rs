@@ -89,8 +89,11 @@ pub struct MediaStore {
 impl MediaStore {
     /// Opens the backend named by `url` (s3://, az://, gs://, file://,
     /// memory://). Credentials come from the usual environment variables of
-    /// each cloud (AWS_*, AZURE_*, GOOGLE_*) plus `options`.
+    /// each cloud (AWS_*, AZURE_*, GOOGLE_*), overridden by `options`
+    /// ([`crate::StoreOptions`]: object_store's setting names, any case);
+    /// an option the backend does not know is refused.
     pub fn open(url: &str, options: &[(String, String)]) -> Result<Self, StoreError> {
+        crate::config::check_options(url, options.iter().map(|(key, _)| key.as_str()))?;
         let parsed = url::Url::parse(url)
             .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
         if parsed.scheme() == "memory" {
@@ -110,6 +113,7 @@ impl MediaStore {
                     .any(|p| name.starts_with(p))
             })
             .map(|(name, value)| (name.to_ascii_lowercase(), value));
+        // Later pairs win: explicit options override the environment.
         let options = env.chain(options.iter().cloned());
         let (backend, prefix) = object_store::parse_url_opts(&parsed, options)
             .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{ByteRange, Expected, Listing, MediaStore, StoredObject};
-pub use config::StoreConfig;
+pub use config::{StoreConfig, StoreOptions};
 pub use error::StoreError;
 pub use grpc::StoreService;
 pub use key::{KeyError, KeyPrefix, ObjectKey};
@@ -26,7 +26,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = MediaStore::open(&config.url, &[])?;
+    let store = MediaStore::open(&config.url, &config.options.pairs())?;
     let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
     let (router, health) = reelmesh_runtime::grpc::router()?;
     health

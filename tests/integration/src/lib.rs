@@ -2,12 +2,15 @@
 //!
 //! [`TestCluster`] runs the real services in-process against a real
 //! nats-server on a free port with its own store directory (both removed on
-//! drop); [`WebhookReceiver`] is a real HTTP server that records what it is
+//! drop), on a memory store or any store URL ([`TestCluster::start_on`]);
+//! [`emulators`] runs S3 and Azure emulators to point it at;
+//! [`WebhookReceiver`] is a real HTTP server that records what it is
 //! sent; [`media_server::MediaServer`] serves media to URL inputs;
 //! [`clips`] generates media with GStreamer test sources and
 //! [`packets`] reads their encoded packets back.
 
 pub mod clips;
+pub mod emulators;
 pub mod media_server;
 pub mod packets;
 pub mod webhook;
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use reelmesh_cli::{ClusterConfig, DevCluster, ReelmeshClient};
 use reelmesh_nats::{names, server::NatsServer};
 use reelmesh_runtime::ApiKeys;
+use reelmesh_store::{MediaStore, StoreOptions};
 
 pub use webhook::{ReceivedWebhook, WebhookReceiver, verify_signature};
 
@@ -29,6 +33,7 @@ pub const KEY_B: &str = "key-tenant-b";
 pub struct TestCluster {
     pub cluster: DevCluster,
     pub store_url: String,
+    pub store_options: StoreOptions,
     /// The file store's directory when workers run as processes.
     _store_dir: Option<tempfile::TempDir>,
 }
@@ -40,10 +45,20 @@ impl TestCluster {
 
     /// Starts a cluster after letting the test adjust its config.
     pub async fn start_with(adjust: impl FnOnce(&mut ClusterConfig)) -> anyhow::Result<Self> {
+        Self::start_on(&unique_memory_store(), StoreOptions::default(), adjust).await
+    }
+
+    /// Starts a cluster whose services all store media at `store_url`,
+    /// reached with `store_options`.
+    pub async fn start_on(
+        store_url: &str,
+        store_options: StoreOptions,
+        adjust: impl FnOnce(&mut ClusterConfig),
+    ) -> anyhow::Result<Self> {
         init_test_logging();
         let nats = NatsServer::start_temporary()?;
-        let store_url = unique_memory_store();
-        let mut config = ClusterConfig::ephemeral(&store_url);
+        let mut config =
+            ClusterConfig::ephemeral(store_url).with_store_options(store_options.clone());
         config.gateway.api_keys = test_api_keys();
         config.notify.first_retry_secs = 1;
         config.notify.max_retry_secs = 2;
@@ -54,7 +69,8 @@ impl TestCluster {
         let cluster = DevCluster::start(nats, config).await?;
         Ok(TestCluster {
             cluster,
-            store_url,
+            store_url: store_url.to_string(),
+            store_options,
             _store_dir: None,
         })
     }
@@ -77,8 +93,17 @@ impl TestCluster {
         Ok(TestCluster {
             cluster,
             store_url,
+            store_options: StoreOptions::default(),
             _store_dir: Some(dir),
         })
+    }
+
+    /// The cluster's store, opened directly (as a render worker does).
+    pub fn open_store(&self) -> anyhow::Result<MediaStore> {
+        Ok(MediaStore::open(
+            &self.store_url,
+            &self.store_options.pairs(),
+        )?)
     }
 
     pub async fn client(&self, api_key: &str) -> anyhow::Result<ReelmeshClient> {
