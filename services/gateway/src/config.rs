@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use reelmesh_nats::TopologyConfig;
 use reelmesh_runtime::{ApiKeys, ServiceConfig};
-use reelmesh_store::StoreOptions;
+use reelmesh_store::{LinkConfig, StoreOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::{retention::RetentionConfig, validate::JobLimits};
@@ -18,6 +18,8 @@ pub struct GatewayConfig {
     pub store_url: String,
     /// Backend settings for `store_url` (endpoint, credentials, ...).
     pub store_options: StoreOptions,
+    /// Signed links SignedUrl hands out for file:// and memory:// stores.
+    pub links: LinkConfig,
     pub api_keys: ApiKeys,
     pub topology: TopologyConfig,
     pub limits: JobLimits,
@@ -31,6 +33,7 @@ impl Default for GatewayConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             store_url: reelmesh_store::config::default_store_url(),
             store_options: StoreOptions::default(),
+            links: LinkConfig::default(),
             api_keys: ApiKeys::default(),
             topology: TopologyConfig::default(),
             limits: JobLimits::default(),

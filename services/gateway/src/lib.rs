@@ -18,7 +18,7 @@ use std::time::Duration;
 use reelmesh_proto::v1::{
     assets_server::AssetsServer, jobs_server::JobsServer, store_server::StoreServer,
 };
-use reelmesh_store::{MediaStore, StoreService};
+use reelmesh_store::{MediaStore, StoreService, links};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +37,9 @@ pub async fn run(
     let auth = reelmesh_runtime::ApiKeyAuth::new(&config.api_keys).map_err(anyhow::Error::msg)?;
     let jobs = NatsJobs::new(&config.nats_url, config.topology, config.limits);
     let store = MediaStore::open(&config.store_url, &config.store_options.pairs())?;
-    let (router, health) = reelmesh_runtime::grpc::router()?;
+    let links = config.links.issuer(listener.local_addr()?);
+    let (router, health) =
+        reelmesh_runtime::grpc::router_with_http(links::routes(store.clone(), links.clone()))?;
     health
         .set_not_serving::<JobsServer<JobsService<NatsJobs>>>()
         .await;
@@ -61,7 +63,7 @@ pub async fn run(
     let router = router
         .add_service(AssetsService::new(jobs.clone()).into_server(auth.clone()))
         .add_service(JobsService::new(jobs).into_server(auth.clone()))
-        .add_service(StoreService::new(store).into_server(auth));
+        .add_service(StoreService::new(store).with_links(links).into_server(auth));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     reelmesh_runtime::grpc::serve(router, listener, shutdown).await?;
     Ok(())

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{
-    Server,
-    server::{Router, TcpIncoming},
+use tonic::{
+    service::Routes,
+    transport::{
+        Server,
+        server::{Router, TcpIncoming},
+    },
 };
 pub use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
@@ -23,6 +26,14 @@ pub type TracedRouter = Router<Stack<TraceLayer<SharedClassifier<GrpcErrorsAsFai
 /// Starts a router with health and reflection mounted; the caller adds its
 /// own services and marks them serving on the returned reporter.
 pub fn router() -> Result<(TracedRouter, HealthReporter), tonic_reflection::server::Error> {
+    router_with_http(axum::Router::new())
+}
+
+/// Like [`router`], and also serves `http`'s plain HTTP routes (signed
+/// links) on the same port: HTTP/1.1 is accepted beside gRPC's HTTP/2.
+pub fn router_with_http(
+    http: axum::Router,
+) -> Result<(TracedRouter, HealthReporter), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(reelmesh_proto::FILE_DESCRIPTOR_SET)
@@ -37,7 +48,9 @@ pub fn router() -> Result<(TracedRouter, HealthReporter), tonic_reflection::serv
         // times out only the call's headers, never a long WatchJob body.
         .timeout(Duration::from_secs(60))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .accept_http1(true)
         .layer(TraceLayer::new_for_grpc())
+        .add_routes(Routes::from(http))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -8,15 +8,23 @@ use std::{
     collections::HashMap,
     path::Path as FsPath,
     sync::{Arc, Mutex, OnceLock},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
     GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore, ObjectStoreExt as _,
-    WriteMultipart, buffered::BufWriter, local::LocalFileSystem, memory::InMemory, path::Path,
+    ObjectStoreScheme, WriteMultipart,
+    aws::AmazonS3Builder,
+    azure::MicrosoftAzureBuilder,
+    buffered::BufWriter,
+    gcp::GoogleCloudStorageBuilder,
+    local::LocalFileSystem,
+    memory::InMemory,
+    path::Path,
     prefix::PrefixStore,
+    signer::{Method, Signer},
 };
 use reelmesh_nats::TenantId;
 use sha2::{Digest as _, Sha256};
@@ -83,6 +91,9 @@ pub struct MediaStore {
     /// The same backend as a local filesystem, for file:// stores: lets a
     /// render worker link its result into place instead of copying it.
     local: Option<Arc<LocalFileSystem>>,
+    /// What presigns URLs, for the clouds (S3, Azure, GCS); `None` for
+    /// file:// and memory://, whose links the store service signs itself.
+    signer: Option<Arc<dyn Signer>>,
     url: String,
 }
 
@@ -100,6 +111,7 @@ impl MediaStore {
             return Ok(MediaStore {
                 backend: shared_memory_store(parsed.host_str().unwrap_or_default()),
                 local: None,
+                signer: None,
                 url: url.to_string(),
             });
         }
@@ -114,16 +126,12 @@ impl MediaStore {
             })
             .map(|(name, value)| (name.to_ascii_lowercase(), value));
         // Later pairs win: explicit options override the environment.
-        let options = env.chain(options.iter().cloned());
-        let (backend, prefix) = object_store::parse_url_opts(&parsed, options)
+        let options: Vec<(String, String)> = env.chain(options.iter().cloned()).collect();
+        let (backend, signer) = open_cloud(&parsed, &options)
             .map_err(|err| StoreError::Config(format!("store url {url:?}: {err}")))?;
-        let backend: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-            Arc::from(backend)
-        } else {
-            Arc::new(PrefixStore::new(backend, prefix))
-        };
         Ok(MediaStore {
             backend,
+            signer,
             local: None,
             url: url.to_string(),
         })
@@ -142,6 +150,7 @@ impl MediaStore {
         Ok(MediaStore {
             backend: local.clone(),
             local: Some(local),
+            signer: None,
             url: url.to_string(),
         })
     }
@@ -399,6 +408,24 @@ impl MediaStore {
         Ok(Some(size))
     }
 
+    /// A presigned URL for `method` on the object, from the cloud backend;
+    /// `None` when the backend cannot sign (file://, memory://).
+    pub async fn presigned_url(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        method: Method,
+        expires_in: Duration,
+    ) -> Result<Option<url::Url>, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(method, &key.location(tenant), expires_in)
+            .await?;
+        Ok(Some(url))
+    }
+
     /// The raw backend, for callers that need object_store directly.
     pub fn backend(&self) -> &Arc<dyn ObjectStore> {
         &self.backend
@@ -407,6 +434,70 @@ impl MediaStore {
     /// The backend path of a key, for callers that use [`Self::backend`].
     pub fn location(tenant: &TenantId, key: &ObjectKey) -> Path {
         key.location(tenant)
+    }
+}
+
+type Signing = (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>);
+
+/// Builds a cloud backend from its URL and options the way object_store's
+/// `parse_url_opts` does, but keeps the concrete store so that it can also
+/// presign URLs (a boxed `dyn ObjectStore` cannot).
+fn open_cloud(url: &url::Url, options: &[(String, String)]) -> object_store::Result<Signing> {
+    let (scheme, prefix) = ObjectStoreScheme::parse(url)?;
+    Ok(match scheme {
+        ObjectStoreScheme::AmazonS3 => {
+            let builder = AmazonS3Builder::new().with_url(url.as_str());
+            signing(
+                configured(builder, options, AmazonS3Builder::with_config).build()?,
+                prefix,
+            )
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let builder = MicrosoftAzureBuilder::new().with_url(url.as_str());
+            let builder = configured(builder, options, MicrosoftAzureBuilder::with_config);
+            signing(builder.build()?, prefix)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let builder = GoogleCloudStorageBuilder::new().with_url(url.as_str());
+            let builder = configured(builder, options, GoogleCloudStorageBuilder::with_config);
+            signing(builder.build()?, prefix)
+        }
+        _ => {
+            let (store, prefix) = object_store::parse_url_opts(url, options.iter().cloned())?;
+            (prefixed(Arc::from(store), prefix), None)
+        }
+    })
+}
+
+/// Applies the options the builder knows (the config has refused the
+/// others already, see `check_options`).
+fn configured<B, K: std::str::FromStr>(
+    builder: B,
+    options: &[(String, String)],
+    with_config: fn(B, K, String) -> B,
+) -> B {
+    options.iter().fold(builder, |builder, (key, value)| {
+        match key.to_ascii_lowercase().parse() {
+            Ok(key) => with_config(builder, key, value.clone()),
+            Err(_) => builder,
+        }
+    })
+}
+
+fn signing<S: ObjectStore + Signer>(store: S, prefix: Path) -> Signing {
+    if prefix.as_ref().is_empty() {
+        let store = Arc::new(store);
+        return (store.clone(), Some(store));
+    }
+    let store = Arc::new(PrefixStore::new(store, prefix));
+    (store.clone(), Some(store))
+}
+
+fn prefixed(store: Arc<dyn ObjectStore>, prefix: Path) -> Arc<dyn ObjectStore> {
+    if prefix.as_ref().is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
     }
 }
 

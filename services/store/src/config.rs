@@ -21,6 +21,31 @@ pub struct StoreConfig {
     /// Backend settings for `url` (endpoint, credentials, ...).
     pub options: StoreOptions,
     pub api_keys: ApiKeys,
+    pub links: LinkConfig,
+}
+
+/// Signed links for file:// and memory:// stores (clouds presign their own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkConfig {
+    /// HMAC secret. Empty: a random one per process, so links die with it;
+    /// set the same secret on every replica behind one address.
+    pub secret: String,
+    /// The address clients reach this service at, as links should name it
+    /// (`https://media.example.com`). Empty: `http://<listen address>`.
+    pub public_url: String,
+}
+
+impl LinkConfig {
+    /// The issuer for a service listening on `bound`.
+    pub fn issuer(&self, bound: SocketAddr) -> crate::links::LinkIssuer {
+        let base = if self.public_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.public_url.clone()
+        };
+        crate::links::LinkIssuer::new(&self.secret, &base)
+    }
 }
 
 impl Default for StoreConfig {
@@ -30,6 +55,7 @@ impl Default for StoreConfig {
             url: default_store_url(),
             options: StoreOptions::default(),
             api_keys: ApiKeys::default(),
+            links: LinkConfig::default(),
         }
     }
 }

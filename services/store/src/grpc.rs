@@ -2,12 +2,15 @@
 //! [`StoreApi`]. Framing rules (header first, then chunks) are checked here;
 //! everything else is the store's business.
 
+use std::time::{Duration, SystemTime};
+
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt as _, stream::BoxStream};
+use object_store::signer::Method;
 use reelmesh_nats::TenantId;
 use reelmesh_proto::v1::{
     DeleteRequest, DeleteResponse, DownloadChunk, DownloadRequest, ListRequest, ListResponse,
-    ObjectInfo, StatRequest, UploadRequest,
+    ObjectInfo, SignedUrlMethod, SignedUrlRequest, SignedUrlResponse, StatRequest, UploadRequest,
     store_server::{Store, StoreServer},
     upload_request::Part,
 };
@@ -16,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming, service::interceptor::Intercep
 
 use crate::{
     ByteRange, Expected, KeyPrefix, Listing, MediaStore, ObjectKey, StoreError, StoredObject,
+    links::{LinkIssuer, LinkMethod},
 };
 
 /// Chunks sent by Download: large enough to keep per-message overhead low,
@@ -56,6 +60,14 @@ pub trait StoreApi: Send + Sync + 'static {
         tenant: &TenantId,
         key: &ObjectKey,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A URL presigned by the backend, or `None` if it cannot sign.
+    fn presigned_url(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        method: LinkMethod,
+        expires_in: Duration,
+    ) -> impl Future<Output = Result<Option<url::Url>, StoreError>> + Send;
 }
 
 impl StoreApi for MediaStore {
@@ -97,18 +109,42 @@ impl StoreApi for MediaStore {
         MediaStore::stat(self, tenant, key).await?;
         MediaStore::delete(self, tenant, key).await
     }
+
+    async fn presigned_url(
+        &self,
+        tenant: &TenantId,
+        key: &ObjectKey,
+        method: LinkMethod,
+        expires_in: Duration,
+    ) -> Result<Option<url::Url>, StoreError> {
+        let method = match method {
+            LinkMethod::Get => Method::GET,
+            LinkMethod::Put => Method::PUT,
+        };
+        MediaStore::presigned_url(self, tenant, key, method, expires_in).await
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct StoreService<A> {
     api: std::sync::Arc<A>,
+    /// Signs links for backends that cannot presign.
+    links: Option<LinkIssuer>,
 }
 
 impl<A: StoreApi> StoreService<A> {
     pub fn new(api: A) -> Self {
         StoreService {
             api: std::sync::Arc::new(api),
+            links: None,
         }
+    }
+
+    /// Lets SignedUrl answer for file:// and memory:// stores with links
+    /// this service serves (see [`crate::links::routes`]).
+    pub fn with_links(mut self, links: LinkIssuer) -> Self {
+        self.links = Some(links);
+        self
     }
 
     /// The service wrapped in API-key auth, ready to mount on a router.
@@ -214,6 +250,44 @@ impl<A: StoreApi> Store for StoreService<A> {
         }))
     }
 
+    async fn signed_url(
+        &self,
+        request: Request<SignedUrlRequest>,
+    ) -> Result<Response<SignedUrlResponse>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let request = request.into_inner();
+        let key = ObjectKey::parse(&request.key).map_err(StoreError::from)?;
+        let expires_in = link_lifetime(request.expires_in_seconds)?;
+        let method = match request.method() {
+            SignedUrlMethod::Get => LinkMethod::Get,
+            SignedUrlMethod::Put => LinkMethod::Put,
+        };
+        if method == LinkMethod::Get {
+            // Say so now rather than hand out a link that answers 404.
+            self.api.stat(&tenant, &key).await?;
+        }
+        let expires_at = SystemTime::now() + expires_in;
+        let url = match self
+            .api
+            .presigned_url(&tenant, &key, method, expires_in)
+            .await?
+        {
+            Some(url) => url.to_string(),
+            None => match &self.links {
+                Some(links) => links.issue(&tenant, &key, method, expires_at),
+                None => {
+                    return Err(Status::failed_precondition(
+                        "this store cannot sign URLs and serves no links",
+                    ));
+                }
+            },
+        };
+        Ok(Response::new(SignedUrlResponse {
+            url,
+            expires_at: Some(expires_at.into()),
+        }))
+    }
+
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
@@ -222,6 +296,20 @@ impl<A: StoreApi> Store for StoreService<A> {
         let key = ObjectKey::parse(&request.get_ref().key).map_err(StoreError::from)?;
         self.api.delete(&tenant, &key).await?;
         Ok(Response::new(DeleteResponse {}))
+    }
+}
+
+const DEFAULT_LINK_SECS: u32 = 3600;
+/// S3 refuses to presign for longer.
+const MAX_LINK_SECS: u32 = 7 * 24 * 3600;
+
+fn link_lifetime(asked: u32) -> Result<Duration, StoreError> {
+    match asked {
+        0 => Ok(Duration::from_secs(DEFAULT_LINK_SECS.into())),
+        secs if secs <= MAX_LINK_SECS => Ok(Duration::from_secs(secs.into())),
+        secs => Err(StoreError::InvalidArgument(format!(
+            "expires_in_seconds: at most {MAX_LINK_SECS}, got {secs}"
+        ))),
     }
 }
 
@@ -277,6 +365,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_lifetimes_default_to_an_hour_and_stop_at_a_week() {
+        assert_eq!(link_lifetime(0).ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(link_lifetime(60).ok(), Some(Duration::from_secs(60)));
+        let err = link_lifetime(MAX_LINK_SECS + 1).expect_err("too long");
+        assert!(err.to_string().contains("expires_in_seconds"), "{err}");
+    }
 
     #[tokio::test]
     async fn coalesce_regroups_without_losing_bytes() {
