@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/reelmesh/v1/jobs.proto",
     "proto/reelmesh/v1/store.proto",
     "proto/reelmesh/v1/assets.proto",
+    "proto/reelmesh/v1/webhooks.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

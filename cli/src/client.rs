@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use reelmesh_proto::v1::{
     self as pb, assets_client::AssetsClient, jobs_client::JobsClient, store_client::StoreClient,
-    upload_request::Part,
+    upload_request::Part, webhooks_client::WebhooksClient,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
@@ -40,6 +40,7 @@ pub struct ReelmeshClient {
     pub jobs: JobsClient<Authed>,
     pub store: StoreClient<Authed>,
     pub assets: AssetsClient<Authed>,
+    pub webhooks: WebhooksClient<Authed>,
 }
 
 impl ReelmeshClient {
@@ -55,6 +56,7 @@ impl ReelmeshClient {
         Ok(ReelmeshClient {
             jobs: JobsClient::with_interceptor(channel.clone(), auth.clone()),
             assets: AssetsClient::with_interceptor(channel.clone(), auth.clone()),
+            webhooks: WebhooksClient::with_interceptor(channel.clone(), auth.clone()),
             store: StoreClient::with_interceptor(channel, auth),
         })
     }

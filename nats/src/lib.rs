@@ -7,6 +7,7 @@
 
 pub mod asset;
 mod claim;
+pub mod delivery;
 pub mod error;
 pub mod event;
 mod id;
@@ -18,6 +19,7 @@ pub mod topology;
 pub mod work;
 
 pub use asset::{AssetCatalog, AssetId, AssetRecord, Registered};
+pub use delivery::{DeliveryAttempt, DeliveryLog, DeliveryRecord, DeliveryState};
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
 pub use idempotency::IdempotencyKeys;

@@ -16,6 +16,10 @@ pub const IDEMPOTENCY_BUCKET: &str = "reelmesh_idempotency";
 /// and indexes `<tenant>.url.<hash>` / `<tenant>.sha.<sha256>` -> asset id.
 pub const ASSETS_BUCKET: &str = "reelmesh_assets";
 
+/// KV bucket of webhook deliveries and their attempts, keyed
+/// `<tenant>.<job>.<event>` (the event's dot a dash: `job-completed`).
+pub const DELIVERIES_BUCKET: &str = "reelmesh_deliveries";
+
 /// Work-queue stream: one message per job waiting for (or held by) a
 /// render worker.
 pub const WORK_STREAM: &str = "REELMESH_WORK";
@@ -68,9 +72,12 @@ pub fn job_events_filter(tenant: &TenantId, job: &JobId) -> String {
 /// (as plain NATS messages) to stop a running render.
 pub const CANCEL_EVENTS_FILTER: &str = "reelmesh.events.*.*.cancelled";
 
+/// Kinds of the events that end a job: the ones webhooks are sent for.
+pub const TERMINAL_EVENT_KINDS: [&str; 3] = ["completed", "failed", "cancelled"];
+
 /// Filters matching the terminal events of every job.
 pub fn terminal_event_filters() -> Vec<String> {
-    ["completed", "failed", "cancelled"]
+    TERMINAL_EVENT_KINDS
         .iter()
         .map(|kind| format!("reelmesh.events.*.*.{kind}"))
         .collect()

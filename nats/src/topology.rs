@@ -13,7 +13,9 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{AssetCatalog, EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names};
+use crate::{
+    AssetCatalog, DeliveryLog, EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names,
+};
 
 /// Tunables of the topology; the defaults suit production and tests alike.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,8 +61,9 @@ mod humantime_secs {
     }
 }
 
-/// Deliveries of one terminal event to notify before it gives up.
-pub const NOTIFY_MAX_DELIVER: i64 = 10;
+/// Unlimited: notify counts attempts against its own retry schedule and
+/// ends the message itself when the schedule runs out.
+pub const NOTIFY_MAX_DELIVER: i64 = -1;
 
 /// Handles on everything in NATS a service works with.
 #[derive(Debug, Clone)]
@@ -71,6 +74,7 @@ pub struct Topology {
     pub work: WorkQueue,
     pub idempotency: IdempotencyKeys,
     pub assets: AssetCatalog,
+    pub deliveries: DeliveryLog,
 }
 
 impl Topology {
@@ -123,6 +127,17 @@ impl Topology {
             })
             .await
             .map_err(NatsError::unavailable)?;
+        let deliveries = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::DELIVERIES_BUCKET.into(),
+                description: "reelmesh webhook deliveries and their attempts".into(),
+                // Kept as long as the events they deliver.
+                max_age: config.event_retention,
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
             name: names::WORK_STREAM.into(),
             description: Some("reelmesh jobs waiting for a render worker".into()),
@@ -151,6 +166,7 @@ impl Topology {
             jobs: JobRecords::new(kv, js.clone()),
             idempotency: IdempotencyKeys::new(idempotency),
             assets: AssetCatalog::new(assets),
+            deliveries: DeliveryLog::new(deliveries),
             events: EventLog::new(js.clone()),
             work: WorkQueue::new(js, render_consumer_config(config)),
         })

@@ -12,11 +12,13 @@ pub mod grpc;
 pub mod jobs;
 pub mod retention;
 pub mod validate;
+pub mod webhooks;
 
 use std::time::Duration;
 
 use reelmesh_proto::v1::{
     assets_server::AssetsServer, jobs_server::JobsServer, store_server::StoreServer,
+    webhooks_server::WebhooksServer,
 };
 use reelmesh_store::{MediaStore, StoreService, links};
 use tokio::net::TcpListener;
@@ -27,6 +29,7 @@ pub use config::GatewayConfig;
 pub use error::GatewayError;
 pub use grpc::JobsService;
 pub use jobs::{JobsApi, NatsJobs};
+pub use webhooks::WebhooksService;
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -46,6 +49,9 @@ pub async fn run(
     health
         .set_not_serving::<AssetsServer<AssetsService<NatsJobs>>>()
         .await;
+    health
+        .set_not_serving::<WebhooksServer<WebhooksService<NatsJobs>>>()
+        .await;
     tokio::spawn(connect_in_background(
         jobs.clone(),
         health.clone(),
@@ -62,6 +68,7 @@ pub async fn run(
         .await;
     let router = router
         .add_service(AssetsService::new(jobs.clone()).into_server(auth.clone()))
+        .add_service(WebhooksService::new(jobs.clone()).into_server(auth.clone()))
         .add_service(JobsService::new(jobs).into_server(auth.clone()))
         .add_service(StoreService::new(store).with_links(links).into_server(auth));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
@@ -86,6 +93,9 @@ async fn connect_in_background(
                     .await;
                 health
                     .set_serving::<AssetsServer<AssetsService<NatsJobs>>>()
+                    .await;
+                health
+                    .set_serving::<WebhooksServer<WebhooksService<NatsJobs>>>()
                     .await;
                 tracing::info!("connected to NATS");
                 return;

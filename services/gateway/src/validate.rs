@@ -682,15 +682,8 @@ fn expand_fields(
 }
 
 fn validate_callback(callback: &mut Callback) -> Checked {
-    let url = url::Url::parse(&callback.url).map_err(|err| {
-        GatewayError::InvalidArgument(format!("spec.callback.url {:?}: {err}", callback.url))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return invalid(format!(
-            "spec.callback.url {:?}: must be http or https",
-            callback.url
-        ));
-    }
+    check_url(&callback.url)
+        .map_err(|why| GatewayError::InvalidArgument(format!("spec.callback.url: {why}")))?;
     if callback.secret.is_empty() {
         callback.secret = new_webhook_secret();
     } else if !is_webhook_secret(&callback.secret) {

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use reelmesh_nats::TopologyConfig;
-use reelmesh_runtime::ServiceConfig;
+use reelmesh_runtime::{EgressConfig, EgressPolicy, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,10 +15,12 @@ pub struct NotifyConfig {
     pub topology: TopologyConfig,
     /// How long one webhook POST may take.
     pub timeout_secs: u64,
-    /// Delay before the second attempt; each later attempt doubles it.
-    pub first_retry_secs: u64,
-    /// Longest delay between attempts.
-    pub max_retry_secs: u64,
+    /// The wait before each retry: the first attempt is immediate, then one
+    /// retry per entry. Svix's schedule by default (5 s, 5 min, 30 min, 2 h,
+    /// 5 h, 10 h, 10 h); a delivery that fails them all is a dead letter.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Which non-public webhook hosts may be called (none by default).
+    pub egress: EgressConfig,
 }
 
 impl Default for NotifyConfig {
@@ -28,18 +30,20 @@ impl Default for NotifyConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             topology: TopologyConfig::default(),
             timeout_secs: 15,
-            first_retry_secs: 1,
-            max_retry_secs: 300,
+            retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            egress: EgressConfig::default(),
         }
     }
 }
 
 impl NotifyConfig {
-    /// Delay before redelivering after `attempts` failed attempts.
-    pub fn retry_delay(&self, attempts: u32) -> Duration {
-        let exponent = attempts.saturating_sub(1).min(20);
-        let secs = self.first_retry_secs.saturating_mul(1 << exponent);
-        Duration::from_secs(secs.min(self.max_retry_secs))
+    /// The wait before the next attempt after `attempts` failed ones, or
+    /// `None` when the schedule is spent.
+    pub fn retry_delay(&self, attempts: u32) -> Option<Duration> {
+        let index = usize::try_from(attempts.checked_sub(1)?).ok()?;
+        self.retry_schedule_secs
+            .get(index)
+            .map(|secs| Duration::from_secs(*secs))
     }
 }
 
@@ -48,6 +52,11 @@ impl ServiceConfig for NotifyConfig {
     fn listen(&self) -> SocketAddr {
         self.listen
     }
+    fn validate(&self) -> Result<(), String> {
+        EgressPolicy::new(&self.egress)
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -55,9 +64,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_delay_doubles_up_to_the_cap() {
+    fn retries_follow_the_schedule_then_stop() {
         let config = NotifyConfig::default();
-        let delays: Vec<u64> = (1..=11).map(|n| config.retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        let delays: Vec<Option<u64>> = (1..=8)
+            .map(|n| config.retry_delay(n).map(|d| d.as_secs()))
+            .collect();
+        let svix = [5, 300, 1800, 7200, 18000, 36000, 36000];
+        assert_eq!(delays[..7], svix.map(Some));
+        assert_eq!(delays[7], None, "eight attempts in all, then a dead letter");
     }
 }

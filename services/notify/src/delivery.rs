@@ -25,6 +25,24 @@ pub enum DeliveryError {
     Status(u16),
     #[error("request failed: {0}")]
     Request(String),
+    /// The URL names a host the egress guard does not allow.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl DeliveryError {
+    /// Whether another attempt may succeed: a refused host will stay
+    /// refused, and 410 Gone is the receiver asking us to stop.
+    pub fn is_final(&self) -> bool {
+        matches!(self, DeliveryError::Refused(_) | DeliveryError::Status(410))
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Status(status) => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 /// The JSON body, in the Standard Webhooks shape: type, timestamp, data.
@@ -81,12 +99,12 @@ impl WebhookDelivery {
         }))
     }
 
-    /// POSTs once; any 2xx is success.
+    /// POSTs once; any 2xx is success, and its status is returned.
     pub async fn send(
         &self,
         client: &reqwest::Client,
         timeout: Duration,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<u16, DeliveryError> {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
         let signature = self.key.sign(&self.id, timestamp, &self.body);
         let response = client
@@ -99,10 +117,13 @@ impl WebhookDelivery {
             .body(self.body.clone())
             .send()
             .await
-            .map_err(|err| DeliveryError::Request(err.to_string()))?;
+            .map_err(|err| match reelmesh_runtime::egress::refusal_in(&err) {
+                Some(refused) => DeliveryError::Refused(refused.to_string()),
+                None => DeliveryError::Request(err.to_string()),
+            })?;
         let status = response.status();
         if status.is_success() {
-            Ok(())
+            Ok(status.as_u16())
         } else {
             Err(DeliveryError::Status(status.as_u16()))
         }

@@ -2,17 +2,23 @@
 //!
 //! Reads terminal events from a durable JetStream consumer, so an event is
 //! only acknowledged once its webhook was accepted (or has no callback);
-//! failed attempts are redelivered by JetStream after a growing delay.
+//! failed attempts are redelivered by JetStream on the retry schedule, and
+//! every attempt is recorded in the delivery log. Webhook hosts pass the
+//! same egress guard as URL inputs.
 
 pub mod config;
 pub mod delivery;
 pub mod signing;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
-use reelmesh_nats::{JobEvent, NatsError, Topology};
+use reelmesh_nats::{
+    DeliveryAttempt, DeliveryRecord, DeliveryState, JobEvent, NatsError, Topology,
+};
+use reelmesh_runtime::EgressPolicy;
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +34,11 @@ pub async fn run(
     let topology = Topology::connect(&config.nats_url, &config.topology).await?;
     let consumer = topology.notify_consumer().await?;
     let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
+    let policy = EgressPolicy::new(&config.egress)?;
     let notifier = Notifier {
         topology,
-        http: reqwest::Client::builder().build()?,
+        http: policy.http_client(reqwest::Client::builder()).build()?,
+        policy,
         config,
     };
     let mut messages = consumer
@@ -56,27 +64,24 @@ pub async fn run(
 struct Notifier {
     topology: Topology,
     http: reqwest::Client,
+    policy: EgressPolicy,
     config: NotifyConfig,
 }
 
 impl Notifier {
     async fn handle(&self, message: Message) {
-        let attempts = message
+        let attempt = message
             .info()
             .map(|info| info.delivered)
             .unwrap_or(1)
             .max(1) as u32;
-        let outcome = self.deliver(&message).await;
-        let ack = match outcome {
-            Ok(()) => AckKind::Ack,
-            Err(err) if attempts >= MAX_ATTEMPTS => {
-                tracing::error!(attempts, "webhook given up: {err}");
-                AckKind::Term
-            }
+        let ack = match self.deliver(&message, attempt).await {
+            Ok(ack) => ack,
             Err(err) => {
-                let delay = self.config.retry_delay(attempts);
-                tracing::warn!(attempts, ?delay, "webhook failed, will retry: {err}");
-                AckKind::Nak(Some(delay))
+                // NATS or the job record failed us, not the receiver: the
+                // event comes back after the ack wait.
+                tracing::warn!("webhook not attempted: {err:#}");
+                return;
             }
         };
         if let Err(err) = message.ack_with(ack).await {
@@ -84,23 +89,95 @@ impl Notifier {
         }
     }
 
-    async fn deliver(&self, message: &Message) -> anyhow::Result<()> {
-        let event = JobEvent::decode(&message.payload)?;
+    /// One attempt, recorded in the delivery log; says what to tell the
+    /// consumer.
+    async fn deliver(&self, message: &Message, attempt: u32) -> anyhow::Result<AckKind> {
+        let Ok(event) = JobEvent::decode(&message.payload) else {
+            // Redelivery cannot fix bytes we cannot read.
+            tracing::error!("dropping an unreadable event");
+            return Ok(AckKind::Term);
+        };
         let Some(job) = self.topology.jobs.get(&event.tenant, &event.job_id).await? else {
             tracing::warn!(job = %event.job_id, "event for a job that no longer exists");
-            return Ok(());
+            return Ok(AckKind::Ack);
         };
-        let Some(delivery) = WebhookDelivery::for_event(&event, &job.record)? else {
-            return Ok(());
+        let delivery = match WebhookDelivery::for_event(&event, &job.record) {
+            Ok(Some(delivery)) => delivery,
+            Ok(None) => return Ok(AckKind::Ack),
+            Err(err) => {
+                tracing::error!(job = %event.job_id, "cannot sign the webhook: {err}");
+                return Ok(AckKind::Term);
+            }
         };
-        delivery
-            .send(&self.http, Duration::from_secs(self.config.timeout_secs))
-            .await?;
-        tracing::info!(job = %event.job_id, url = %delivery.url, "webhook delivered");
-        Ok(())
+        let log = &self.topology.deliveries;
+        let kind = format!("job.{}", event.kind.name());
+        let mut record = match log.get(&event.tenant, &event.job_id, &kind).await? {
+            Some(record) => record,
+            None => DeliveryRecord {
+                id: delivery.id.clone(),
+                tenant: event.tenant.clone(),
+                job_id: event.job_id.clone(),
+                event: kind,
+                url: delivery.url.clone(),
+                state: DeliveryState::Retrying,
+                attempts: Vec::new(),
+                next_attempt_at: None,
+            },
+        };
+        let started = Instant::now();
+        let at = OffsetDateTime::now_utc();
+        let outcome = self.send(&delivery).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let (ack, state, next) = self.decide(&outcome, attempt);
+        record.attempts.push(DeliveryAttempt {
+            at,
+            status: outcome
+                .as_ref()
+                .map_or_else(DeliveryError::status, |s| Some(*s)),
+            latency_ms,
+            error: outcome.as_ref().err().map(ToString::to_string),
+        });
+        record.state = state;
+        record.next_attempt_at = next.map(|delay| at + delay);
+        log.put(&record).await?;
+        match &outcome {
+            Ok(_) => tracing::info!(job = %event.job_id, url = %delivery.url, "webhook delivered"),
+            Err(err) => {
+                tracing::warn!(job = %event.job_id, attempt, ?state, "webhook failed: {err}")
+            }
+        }
+        Ok(ack)
+    }
+
+    async fn send(&self, delivery: &WebhookDelivery) -> Result<u16, DeliveryError> {
+        // Literal addresses never reach the guarded resolver: check here.
+        let url = url::Url::parse(&delivery.url)
+            .map_err(|err| DeliveryError::Request(format!("bad URL: {err}")))?;
+        self.policy
+            .check_url(&url)
+            .map_err(|refused| DeliveryError::Refused(refused.to_string()))?;
+        let timeout = Duration::from_secs(self.config.timeout_secs);
+        delivery.send(&self.http, timeout).await
+    }
+
+    /// Success is acked; a final failure or a spent schedule ends the
+    /// message as a dead letter; anything else comes back on schedule.
+    fn decide(
+        &self,
+        outcome: &Result<u16, DeliveryError>,
+        attempt: u32,
+    ) -> (AckKind, DeliveryState, Option<Duration>) {
+        match outcome {
+            Ok(_) => (AckKind::Ack, DeliveryState::Delivered, None),
+            Err(err) if err.is_final() => (AckKind::Term, DeliveryState::Failed, None),
+            Err(_) => match self.config.retry_delay(attempt) {
+                Some(delay) => (
+                    AckKind::Nak(Some(delay)),
+                    DeliveryState::Retrying,
+                    Some(delay),
+                ),
+                None => (AckKind::Term, DeliveryState::Failed, None),
+            },
+        }
     }
 }
-
-/// The consumer's last delivery terminates the message explicitly (and logs
-/// it) instead of leaving JetStream to drop it silently.
-const MAX_ATTEMPTS: u32 = reelmesh_nats::topology::NOTIFY_MAX_DELIVER as u32;

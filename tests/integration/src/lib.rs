@@ -60,8 +60,9 @@ impl TestCluster {
         let mut config =
             ClusterConfig::ephemeral(store_url).with_store_options(store_options.clone());
         config.gateway.api_keys = test_api_keys();
-        config.notify.first_retry_secs = 1;
-        config.notify.max_retry_secs = 2;
+        // Webhook retries within a test's patience, to receivers on loopback.
+        config.notify.retry_schedule_secs = vec![1, 1, 2, 2];
+        config.notify.egress.allow = vec!["127.0.0.1".into()];
         // Retries within a test's patience.
         config.render.retry.base_ms = 50;
         config.render.retry.max_ms = 200;

@@ -54,17 +54,27 @@ struct Receiver {
     sender: mpsc::UnboundedSender<ReceivedWebhook>,
     attempts: Arc<AtomicUsize>,
     fail_first: usize,
+    failure: StatusCode,
 }
 
 impl WebhookReceiver {
     /// Answers 503 to the first `fail_first` requests, then 204 and records them.
     pub async fn start(fail_first: usize) -> anyhow::Result<Self> {
+        Self::start_failing_with(fail_first, StatusCode::SERVICE_UNAVAILABLE).await
+    }
+
+    /// Answers `failure` to the first `fail_first` requests, then 204.
+    pub async fn start_failing_with(
+        fail_first: usize,
+        failure: StatusCode,
+    ) -> anyhow::Result<Self> {
         let (sender, received) = mpsc::unbounded_channel();
         let attempts = Arc::new(AtomicUsize::new(0));
         let state = Receiver {
             sender,
             attempts: attempts.clone(),
             fail_first,
+            failure,
         };
         let app = Router::new()
             .route("/hook", post(receive))
@@ -103,7 +113,7 @@ impl WebhookReceiver {
 async fn receive(State(state): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let attempt = state.attempts.fetch_add(1, Ordering::SeqCst);
     if attempt < state.fail_first {
-        return StatusCode::SERVICE_UNAVAILABLE;
+        return state.failure;
     }
     let _ = state.sender.send(ReceivedWebhook { headers, body });
     StatusCode::NO_CONTENT
