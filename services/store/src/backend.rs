@@ -279,11 +279,15 @@ impl MediaStore {
         };
         let tenant = tenant.clone();
         let prefix = prefix.clone();
+        // Some backends ignore the offset (Azurite drops `startFrom`), so
+        // the page start is enforced here as well.
+        let after = after.map(|key| key.to_string());
         let matching = listed
             .map_err(StoreError::from)
             .try_filter_map(move |meta| {
                 let object = key_of(&tenant, &meta.location)
                     .filter(|key| prefix.matches(key))
+                    .filter(|key| after.as_ref().is_none_or(|after| key > after))
                     .map(|key| StoredObject::from_meta(key, &meta));
                 futures::future::ready(Ok(object))
             });

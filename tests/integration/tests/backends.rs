@@ -67,6 +67,7 @@ async fn round_trip(store_url: &str, options: StoreOptions) -> anyhow::Result<()
     trim_copies_packets(&mut client).await?;
     extract_audio_copies_aac(&mut client).await?;
     signed_urls_serve_plain_http(&mut client).await?;
+    lists_in_pages(&mut client).await?;
     wrong_checksum_stores_nothing(&cluster, &mut client).await?;
     cluster.cluster.shutdown().await
 }
@@ -133,6 +134,37 @@ async fn signed_urls_serve_plain_http(client: &mut ReelmeshClient) -> anyhow::Re
         let refused = http.get(&tampered).send().await?;
         assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
     }
+    Ok(())
+}
+
+/// List pages of 2 over five small objects: each key once, in order.
+async fn lists_in_pages(client: &mut ReelmeshClient) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..5).map(|i| format!("pages/p{i}.bin")).collect();
+    for name in &names {
+        client
+            .upload_bytes(name.clone().into_bytes().into(), name)
+            .await?;
+    }
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .store
+            .list(pb::ListRequest {
+                prefix: "pages/".into(),
+                page_size: 2,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        listed.extend(page.objects.into_iter().map(|object| object.key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        anyhow::ensure!(listed.len() <= names.len(), "pages repeat keys: {listed:?}");
+        page_token = page.next_page_token;
+    }
+    assert_eq!(listed, names);
     Ok(())
 }
 
