@@ -91,21 +91,30 @@ impl RenderWorker {
     /// Pulls and renders jobs until `shutdown`. Then it drains: no new
     /// work is taken, renders in hand get `drain_grace` to finish, and any
     /// still running after that are stopped and handed back to the queue.
-    pub async fn run(&self, intake: Intake, shutdown: CancellationToken) {
+    pub async fn run(&self, mut intake: Intake, shutdown: CancellationToken) {
         let cancels = self.follow_cancels();
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         while let Some(permit) = tokio::select! {
             _ = shutdown.cancelled() => None,
             permit = slots.clone().acquire_owned() => permit.ok(),
         } {
-            let Some(message) = intake.next(&shutdown).await else {
+            // Every free slot at once: one fetch can fill them all.
+            let mut permits = vec![permit];
+            while let Ok(more) = slots.clone().try_acquire_owned() {
+                permits.push(more);
+            }
+            let messages = intake.next(&shutdown, permits.len()).await;
+            if messages.is_empty() {
                 break;
-            };
-            let worker = self.clone();
-            tokio::spawn(async move {
-                worker.handle(message).await;
-                drop(permit);
-            });
+            }
+            // Permits beyond the messages taken are dropped: free again.
+            for (message, permit) in messages.into_iter().zip(permits) {
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    worker.handle(message).await;
+                    drop(permit);
+                });
+            }
         }
         drop(intake);
         self.drain(&slots).await;
