@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod names;
+pub mod pending;
 pub mod record;
 pub mod server;
 pub mod topology;
@@ -17,6 +18,7 @@ pub mod work;
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
 pub use idempotency::IdempotencyKeys;
+pub use pending::Pending;
 pub use record::{
     Attempt, DEFAULT_MAX_ATTEMPTS, JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary,
     NoAttempt, Priority, Progress, TenantId,

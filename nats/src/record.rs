@@ -544,19 +544,49 @@ impl JobRecords {
         &self,
         tenant: &TenantId,
         id: &JobId,
+        change: F,
+    ) -> Result<Versioned, NatsError>
+    where
+        F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
+    {
+        self.change(tenant, id, None, change).await
+    }
+
+    /// Like [`JobRecords::modify`], but first tries the change on `known`,
+    /// a version the caller wrote itself: when nobody wrote since, that
+    /// saves reading the record back. A stale `known` costs one failed
+    /// compare-and-set, then it goes as `modify` does.
+    pub async fn modify_from<F>(&self, known: Versioned, change: F) -> Result<Versioned, NatsError>
+    where
+        F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
+    {
+        let (tenant, id) = (known.record.tenant.clone(), known.record.id.clone());
+        self.change(&tenant, &id, Some(known), change).await
+    }
+
+    async fn change<F>(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        mut known: Option<Versioned>,
         mut change: F,
     ) -> Result<Versioned, NatsError>
     where
         F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
     {
         loop {
-            let current = self
-                .get(tenant, id)
-                .await?
-                .ok_or_else(|| NatsError::JobNotFound(id.to_string()))?;
+            let (current, fresh) = match known.take() {
+                Some(known) => (known, false),
+                None => (self.read(tenant, id).await?, true),
+            };
             let mut record = current.record.clone();
             if !change(&mut record)? {
-                return Ok(current);
+                // A decision to leave the record alone only counts when
+                // taken on what is stored now.
+                if fresh {
+                    return Ok(current);
+                }
+                continue;
             }
             match self
                 .kv
@@ -568,6 +598,12 @@ impl JobRecords {
                 Err(err) => return Err(NatsError::unavailable(err)),
             }
         }
+    }
+
+    async fn read(&self, tenant: &TenantId, id: &JobId) -> Result<Versioned, NatsError> {
+        self.get(tenant, id)
+            .await?
+            .ok_or_else(|| NatsError::JobNotFound(id.to_string()))
     }
 
     /// Moves a job to `next`, failing if the state machine forbids it.

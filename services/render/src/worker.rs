@@ -23,7 +23,7 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
     EventKind, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError, NoAttempt,
-    Progress, Topology, WorkItem, names,
+    Pending, Progress, Topology, WorkItem, names, record::Versioned,
 };
 use reelmesh_store::{MediaStore, ObjectKey};
 use time::OffsetDateTime;
@@ -198,16 +198,17 @@ impl RenderWorker {
         let item = WorkItem::decode(&message.payload)?;
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
-            let (job, attempt) = match self.start(&item).await? {
-                Start::Run(job, attempt) => (*job, attempt),
+            let started = match self.start(&item).await? {
+                Start::Run(started) => *started,
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
                 Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
             };
+            let (job, attempt) = (&started.job.record, started.attempt);
             let flags = Arc::new(Running::default());
             self.running_jobs().insert(job.id.clone(), flags.clone());
-            let outcome = self.render(&job, attempt, message, &flags).await;
+            let outcome = self.render(job, attempt, message, &flags).await;
             self.running_jobs().remove(&job.id);
-            self.finish(&job, attempt, outcome, &flags)
+            self.finish(started, outcome, &flags)
                 .instrument(tracing::info_span!("finish"))
                 .await
         }
@@ -215,7 +216,9 @@ impl RenderWorker {
         .await
     }
 
-    /// Begins an attempt on the record.
+    /// Begins an attempt on the record. The `started` event is sent but not
+    /// waited for: its ack comes in while the job renders, and
+    /// [`RenderWorker::finish`] makes sure of it before any later event.
     async fn start(&self, item: &WorkItem) -> Result<Start, RenderError> {
         let mut outcome = Start::Nothing;
         // Set when the job has ended (before, or now for want of attempts).
@@ -233,7 +236,7 @@ impl RenderWorker {
                     return Ok(false);
                 }
                 match job.begin_attempt() {
-                    Ok(attempt) => outcome = Start::Run(Box::new(job.clone()), attempt),
+                    Ok(attempt) => outcome = Start::Run(Box::new(Started::at(job, attempt))),
                     Err(NoAttempt::Ended) => {
                         ended = Some(job.clone());
                         return Ok(false);
@@ -246,19 +249,21 @@ impl RenderWorker {
                 Ok(true)
             })
             .await;
-        match modified {
-            Ok(_) => {}
+        let written = match modified {
+            Ok(written) => written,
             Err(NatsError::JobNotFound(_)) => return Ok(Start::Nothing),
             Err(err) => return Err(err.into()),
-        }
+        };
         if let Some(job) = ended {
             self.confirm_end(&job).await?;
             return Ok(Start::Ended);
         }
-        if let Start::Run(job, attempt) = &outcome {
-            self.publish(job, EventKind::Started { attempt: *attempt })
-                .await?;
-            tracing::info!(attempt, "render started");
+        if let Start::Run(started) = &mut outcome {
+            // What this start wrote: finish compares-and-sets against it.
+            started.job.revision = written.revision;
+            let event = JobEvent::of(&started.job.record, started.event());
+            started.event_ack = Some(self.topology.events.send(&event).await?);
+            tracing::info!(attempt = started.attempt, "render started");
         }
         Ok(outcome)
     }
@@ -467,15 +472,17 @@ impl RenderWorker {
     /// that lost the job removes what it stored.
     async fn finish(
         &self,
-        job: &JobRecord,
-        attempt: u32,
+        mut started: Started,
         outcome: Result<JobOutput, RenderError>,
         flags: &Running,
     ) -> Result<Disposal, RenderError> {
+        let event_ack = started.event_ack.take();
+        let (job, attempt) = (&started.job.record, started.attempt);
         let end = match outcome {
             Err(RenderError::Cancelled) if flags.hand_back.load(Ordering::SeqCst) => End::HandBack,
             Err(RenderError::Cancelled) => {
                 tracing::info!("render cancelled");
+                self.confirm_started(&started, event_ack).await?;
                 return Ok(Disposal::Ack);
             }
             Err(err @ RenderError::Nats(_)) => return Err(err),
@@ -483,10 +490,11 @@ impl RenderWorker {
             Ok(output) => End::Complete(output),
         };
         let mut ended = None;
-        let current = self
+        // Usually nobody wrote since the start, so no read is needed.
+        let changed = self
             .topology
             .jobs
-            .modify(&job.tenant, &job.id, |record| {
+            .modify_from(started.job.clone(), |record| {
                 ended = None;
                 if !record.is_running_attempt(attempt) {
                     return Ok(false);
@@ -494,8 +502,11 @@ impl RenderWorker {
                 end.apply(record)?;
                 ended = Some(record.clone());
                 Ok(true)
-            })
-            .await?;
+            });
+        // The started event's ack comes in meanwhile; it must be stored
+        // before any event that follows it.
+        let (current, confirmed) = tokio::join!(changed, self.confirm_started(&started, event_ack));
+        let (current, ()) = (current?, confirmed?);
         let Some(record) = ended else {
             self.discard(job, &end).await?;
             if current.record.round == job.round {
@@ -504,6 +515,22 @@ impl RenderWorker {
             return Ok(Disposal::Ack);
         };
         end.announce(self, &record, attempt).await
+    }
+
+    /// Waits for the ack of the started event sent at the start, sending it
+    /// again (its message id makes that safe) if it did not arrive.
+    async fn confirm_started(
+        &self,
+        started: &Started,
+        ack: Option<Pending>,
+    ) -> Result<(), RenderError> {
+        if let Some(ack) = ack
+            && ack.durable().await.is_ok()
+        {
+            return Ok(());
+        }
+        self.publish(&started.job.record, started.event()).await?;
+        Ok(())
     }
 
     /// A failed attempt's next step: retry after a backoff while attempts
@@ -561,8 +588,8 @@ impl RenderWorker {
 /// What [`RenderWorker::start`] found.
 #[derive(Debug)]
 enum Start {
-    /// Render it: the record (now RUNNING) and the attempt's number.
-    Run(Box<JobRecord>, u32),
+    /// Render it.
+    Run(Box<Started>),
     /// Not yet: a retry's backoff has this long to go.
     Later(Duration),
     /// The job has ended in this round (finished or cancelled before, or
@@ -570,6 +597,35 @@ enum Start {
     Ended,
     /// Nothing to do: the job is gone, or the item is a stale round's.
     Nothing,
+}
+
+/// An attempt this worker began.
+#[derive(Debug)]
+struct Started {
+    /// The record as the start wrote it (now RUNNING), at its revision.
+    job: Versioned,
+    attempt: u32,
+    /// The ack of the started event, until it is waited for.
+    event_ack: Option<Pending>,
+}
+
+impl Started {
+    fn at(job: &JobRecord, attempt: u32) -> Self {
+        Started {
+            job: Versioned {
+                record: job.clone(),
+                revision: 0,
+            },
+            attempt,
+            event_ack: None,
+        }
+    }
+
+    fn event(&self) -> EventKind {
+        EventKind::Started {
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// How a job's running attempt ends.
