@@ -19,6 +19,7 @@ use reelmesh_proto::v1::JobSpec;
 
 use crate::{
     GatewayError,
+    capacity::TenantCounts,
     validate::{JobLimits, check_idempotency_key, validate_spec},
 };
 
@@ -91,6 +92,7 @@ pub struct NatsJobs {
     topology: Arc<OnceCell<Topology>>,
     nats: Arc<(String, TopologyConfig)>,
     limits: JobLimits,
+    active: Arc<TenantCounts>,
 }
 
 impl NatsJobs {
@@ -100,6 +102,7 @@ impl NatsJobs {
             topology: Arc::default(),
             nats: Arc::new((url.to_string(), config)),
             limits,
+            active: Arc::default(),
         }
     }
 
@@ -181,11 +184,11 @@ impl NatsJobs {
     /// Refuses a tenant's job beyond its limit of queued and running jobs.
     async fn check_capacity(&self, tenant: &TenantId) -> Result<(), GatewayError> {
         let limit = self.limits.max_active_jobs_per_tenant;
-        if limit == 0 {
+        if limit == 0 || self.active.try_admit(tenant, limit) {
             return Ok(());
         }
         let active = self.connect().await?.work.tenant_depth(tenant).await?;
-        if active >= limit {
+        if !self.active.admit_on(tenant, active, limit) {
             return Err(GatewayError::ResourceExhausted(format!(
                 "tenant {tenant} already has {active} jobs queued or running (limit {limit}); \
                  retry once some finish"

@@ -4,6 +4,7 @@
 //! `reelmesh.v1.Store` (the same media store render uses), both behind
 //! API-key auth, plus gRPC health and reflection so probes and grpcurl work.
 
+pub mod capacity;
 pub mod config;
 pub mod error;
 pub mod grpc;
