@@ -7,14 +7,14 @@
 
 use std::fmt;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, message::PublishMessage};
 use base64::Engine as _;
 use futures::StreamExt as _;
 use reelmesh_proto::v1::JobSpec;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{NatsError, names};
+use crate::{NatsError, Pending, names};
 
 /// A tenant's name: also a NATS subject token and a KV key part, hence the
 /// restricted alphabet.
@@ -81,6 +81,15 @@ impl JobId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// How long ago the id was made (when its job was submitted), from the
+    /// UUIDv7's timestamp; `None` for a clock behind it.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let uuid = uuid::Uuid::try_parse(&self.0).ok()?;
+        let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+        let made = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        std::time::SystemTime::now().duration_since(made).ok()
     }
 }
 
@@ -522,6 +531,26 @@ impl JobRecords {
         }
     }
 
+    /// Sends a new record without waiting for the stream's ack; the ack
+    /// reports `JobExists` rather than overwrite one. Sent before the job's
+    /// work item, the record is stored first, but a worker's read may still
+    /// overtake it (see [`NatsError::JobNotYetStored`]).
+    pub async fn send_create(&self, record: &JobRecord) -> Result<Pending, NatsError> {
+        let prefix = self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        // Subject sequence 0: no value was ever stored under the key.
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        let publish = PublishMessage::build()
+            .payload(record.encode()?)
+            .headers(headers);
+        let ack = self
+            .js
+            .send_publish(format!("{prefix}{}", record.key()), publish)
+            .await
+            .map_err(NatsError::unavailable)?;
+        Ok(Pending::new(ack).or_conflict(NatsError::JobExists(record.id.to_string())))
+    }
+
     pub async fn get(&self, tenant: &TenantId, id: &JobId) -> Result<Option<Versioned>, NatsError> {
         let entry = self
             .kv
@@ -779,5 +808,7 @@ mod tests {
         assert!(JobId::parse("not-an-id").is_err());
         let id = JobId::new();
         assert_eq!(JobId::parse(id.as_str()).expect("parse"), id);
+        let age = id.age().expect("made now");
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
     }
 }

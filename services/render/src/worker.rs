@@ -47,6 +47,11 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const PROGRESS_STEP: f64 = 1.0;
 /// How often progress is written to the job record (GetJob pollers see it).
 const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// A work item may reach a worker before its job's record can be read: the
+/// gateway sends both at once and only the stream order is given. A missing
+/// record of a job this young is waited for; of an older one, it is gone.
+const RECORD_LAG: Duration = Duration::from_secs(60);
+
 /// A work item that comes back early (its worker died right after asking
 /// for a retry) waits out the rest of the backoff unless it is this close.
 const RETRY_SLACK: Duration = Duration::from_millis(50);
@@ -198,7 +203,8 @@ impl RenderWorker {
         let item = WorkItem::decode(&message.payload)?;
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
-            let started = match self.start(&item).await? {
+            let delivered = message.info().map_or(1, |info| info.delivered);
+            let started = match self.start(&item, delivered).await? {
                 Start::Run(started) => *started,
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
                 Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
@@ -219,7 +225,7 @@ impl RenderWorker {
     /// Begins an attempt on the record. The `started` event is sent but not
     /// waited for: its ack comes in while the job renders, and
     /// [`RenderWorker::finish`] makes sure of it before any later event.
-    async fn start(&self, item: &WorkItem) -> Result<Start, RenderError> {
+    async fn start(&self, item: &WorkItem, delivered: i64) -> Result<Start, RenderError> {
         let mut outcome = Start::Nothing;
         // Set when the job has ended (before, or now for want of attempts).
         let mut ended = None;
@@ -251,6 +257,9 @@ impl RenderWorker {
             .await;
         let written = match modified {
             Ok(written) => written,
+            Err(NatsError::JobNotFound(_)) if is_young(&item.job_id) => {
+                return Ok(Start::Later(record_wait(delivered)));
+            }
             Err(NatsError::JobNotFound(_)) => return Ok(Start::Nothing),
             Err(err) => return Err(err.into()),
         };
@@ -590,7 +599,8 @@ impl RenderWorker {
 enum Start {
     /// Render it.
     Run(Box<Started>),
-    /// Not yet: a retry's backoff has this long to go.
+    /// Not yet, for this long: a retry's backoff is not over, or the
+    /// record is not stored yet.
     Later(Duration),
     /// The job has ended in this round (finished or cancelled before, or
     /// FAILED just now for want of attempts); its terminal event is out.
@@ -701,6 +711,19 @@ fn early_by(job: &JobRecord) -> Option<Duration> {
     (left > RETRY_SLACK).then_some(left)
 }
 
+fn is_young(job: &JobId) -> bool {
+    job.age().is_some_and(|age| age < RECORD_LAG)
+}
+
+/// How long to wait for a record not stored yet: 10 ms, doubling with each
+/// delivery up to about 5 s.
+fn record_wait(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(0)
+        .min(9);
+    Duration::from_millis(10 << doublings)
+}
+
 /// Progress of the render stage, with an ETA from the rate so far once a
 /// few percent are done (earlier estimates swing too much to be useful).
 fn render_progress(fraction: f64, elapsed: Duration) -> Progress {
@@ -728,6 +751,14 @@ fn summary(info: media::MediaInfo) -> MediaSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_record_is_waited_for_with_a_growing_pause() {
+        assert_eq!(record_wait(1), Duration::from_millis(10));
+        assert_eq!(record_wait(2), Duration::from_millis(20));
+        assert_eq!(record_wait(1000), Duration::from_millis(5120));
+        assert!(is_young(&JobId::new()));
+    }
 
     #[test]
     fn eta_follows_the_rate_so_far() {
