@@ -285,11 +285,22 @@ impl RenderWorker {
         flags: &Running,
     ) -> Result<JobOutput, RenderError> {
         let plan = RenderPlan::for_job(&job.id, attempt, &job.spec)?;
-        let scratch = tempfile::Builder::new()
-            .prefix("reelmesh-render-")
-            .tempdir_in(&self.config.work_dir)?;
+        // Making and removing a directory is most of a noop's cost in the
+        // worker (file-system metadata work), so work that touches no files
+        // gets none and is pointed at the (untouched) work dir instead.
+        let scratch = match plan.work.uses_files() {
+            true => Some(
+                tempfile::Builder::new()
+                    .prefix("reelmesh-render-")
+                    .tempdir_in(&self.config.work_dir)?,
+            ),
+            false => None,
+        };
+        let scratch_path = scratch
+            .as_ref()
+            .map_or(self.config.work_dir.as_path(), |dir| dir.path());
         let inputs = self
-            .fetch_inputs(job, &plan, scratch.path())
+            .fetch_inputs(job, &plan, scratch_path)
             .instrument(tracing::info_span!("fetch_inputs"))
             .await?;
         let (progress_tx, progress_rx) = watch::channel(0.0);
@@ -302,7 +313,7 @@ impl RenderWorker {
             .run_engine(
                 &plan,
                 &inputs,
-                scratch.path(),
+                scratch_path,
                 flags.stop.clone(),
                 progress_tx,
                 message,
