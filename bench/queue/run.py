@@ -216,8 +216,8 @@ def render_report(args, info, results, producer_counts, tools, started, finished
     add("## Setup")
     add("")
     if args.reelmesh_mode == "dev":
-        shape = ("one `reelmesh dev` process (gateway, render, notify, store in one process; its "
-                 "render concurrency is fixed at 1) with its nats-server")
+        shape = ("one `reelmesh dev` process (gateway, render, notify, store in one process; "
+                 f"`REELMESH_RENDER_CONCURRENCY={args.concurrency}`) with its nats-server")
     else:
         shape = (f"nats-server and the `reelmesh-gateway`, `reelmesh-render` "
                  f"(`REELMESH_RENDER_CONCURRENCY={args.concurrency}`) and `reelmesh-notify` "

@@ -8,6 +8,7 @@ use reelmesh_gateway::GatewayConfig;
 use reelmesh_nats::server::NatsServer;
 use reelmesh_notify::NotifyConfig;
 use reelmesh_render::RenderConfig;
+use reelmesh_runtime::{ConfigError, ServiceConfig as _, load_config};
 use reelmesh_store::{StoreConfig, StoreOptions};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,28 @@ impl ClusterConfig {
         self.gateway.store_options = options.clone();
         self.render.store_options = options;
         self
+    }
+
+    /// Takes the render worker's settings from the config file and
+    /// environment as the render service does (`REELMESH_RENDER_CONCURRENCY`
+    /// and the rest), keeping the cluster's own addresses and store.
+    pub fn render_from_env(mut self) -> Result<Self, ConfigError> {
+        let loaded: RenderConfig = load_config(RenderConfig::SERVICE, None)?;
+        let RenderConfig {
+            listen,
+            nats_url,
+            store_url,
+            store_options,
+            ..
+        } = self.render;
+        self.render = RenderConfig {
+            listen,
+            nats_url,
+            store_url,
+            store_options,
+            ..loaded
+        };
+        Ok(self)
     }
 }
 
@@ -215,5 +238,26 @@ where
 impl Drop for DevCluster {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // figment's `Jail` fixes the closure's (large) error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn the_dev_render_worker_reads_its_concurrency_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("REELMESH_RENDER_CONCURRENCY", 8);
+            let config = ClusterConfig::ephemeral("memory://dev")
+                .render_from_env()
+                .map_err(|err| err.to_string())?;
+            assert_eq!(config.render.concurrency, 8);
+            assert_eq!(config.render.store_url, "memory://dev");
+            assert_eq!(config.render.listen.port(), 0, "the cluster's own port");
+            Ok(())
+        });
     }
 }

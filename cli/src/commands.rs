@@ -107,9 +107,8 @@ async fn dev(data_dir: &Path, listen: std::net::SocketAddr, nats_port: u16) -> a
     std::fs::create_dir_all(&nats_dir)?;
     let nats = NatsServer::start_in(&nats_dir, nats_port)?;
     let store_url = format!("file://{}", data_dir.join("store").display());
-    let mut config = ClusterConfig::ephemeral(&store_url);
+    let mut config = ClusterConfig::ephemeral(&store_url).render_from_env()?;
     config.gateway.listen = listen;
-    config.render.work_dir = std::env::temp_dir();
     let mut cluster = DevCluster::start(nats, config).await?;
     println!("reelmesh dev is up");
     println!(

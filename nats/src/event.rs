@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{JobId, JobOutput, NatsError, Progress, TenantId, names};
+use crate::{JobId, JobOutput, NatsError, Pending, Progress, TenantId, names};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
@@ -147,6 +147,13 @@ impl EventLog {
 
     /// Publishes and waits for the stream's ack, so a returned event is durable.
     pub async fn publish(&self, event: &JobEvent) -> Result<u64, NatsError> {
+        self.send(event).await?.durable().await
+    }
+
+    /// Sends an event without waiting for the stream's ack, so the caller
+    /// can go on and collect the ack later. Events a client sends are stored
+    /// in the order it sent them.
+    pub async fn send(&self, event: &JobEvent) -> Result<Pending, NatsError> {
         let subject = names::event_subject(&event.tenant, &event.job_id, event.kind.name());
         let payload =
             serde_json::to_vec(event).map_err(|err| NatsError::Corrupt(err.to_string()))?;
@@ -158,10 +165,8 @@ impl EventLog {
             .js
             .send_publish(subject, publish)
             .await
-            .map_err(NatsError::unavailable)?
-            .await
             .map_err(NatsError::unavailable)?;
-        Ok(ack.sequence)
+        Ok(Pending::new(ack))
     }
 
     /// Deletes every event of one job (retention).

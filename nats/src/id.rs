@@ -26,6 +26,15 @@ macro_rules! time_ordered_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// How long ago the id was made, from the UUIDv7's timestamp;
+            /// `None` for a clock behind it.
+            pub fn age(&self) -> Option<std::time::Duration> {
+                let uuid = uuid::Uuid::try_parse(&self.0).ok()?;
+                let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+                let made = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+                std::time::SystemTime::now().duration_since(made).ok()
+            }
         }
 
         impl Default for $name {

@@ -13,6 +13,7 @@ pub mod event;
 mod id;
 pub mod idempotency;
 pub mod names;
+pub mod pending;
 pub mod record;
 pub mod server;
 pub mod topology;
@@ -23,6 +24,7 @@ pub use delivery::{DeliveryAttempt, DeliveryLog, DeliveryRecord, DeliveryState};
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
 pub use idempotency::IdempotencyKeys;
+pub use pending::Pending;
 pub use record::{
     Attempt, DEFAULT_MAX_ATTEMPTS, JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary,
     NoAttempt, Priority, Progress, TenantId,

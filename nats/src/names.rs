@@ -39,6 +39,14 @@ pub fn work_priority_filter(priority: Priority) -> String {
     format!("reelmesh.work.{}.*", priority.name())
 }
 
+/// The priority a work subject queues at (the doorbell tells workers which
+/// queue to look in from it).
+pub fn work_subject_priority(subject: &str) -> Option<Priority> {
+    let rest = subject.strip_prefix("reelmesh.work.")?;
+    let name = rest.split('.').next()?;
+    Priority::ALL.into_iter().find(|p| p.name() == name)
+}
+
 /// Filter of every queue entry of one tenant.
 pub fn tenant_work_filter(tenant: &TenantId) -> String {
     format!("reelmesh.work.*.{tenant}")
@@ -111,6 +119,11 @@ mod tests {
         );
         assert_eq!(work_priority_filter(Priority::Low), "reelmesh.work.low.*");
         assert_eq!(tenant_work_filter(&tenant), "reelmesh.work.*.acme");
+        for priority in Priority::ALL {
+            let subject = work_subject(priority, &tenant);
+            assert_eq!(work_subject_priority(&subject), Some(priority));
+        }
+        assert_eq!(work_subject_priority("reelmesh.events.acme.x.queued"), None);
     }
 
     #[test]

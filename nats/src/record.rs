@@ -7,14 +7,14 @@
 
 use std::fmt;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, message::PublishMessage};
 use base64::Engine as _;
 use futures::StreamExt as _;
 use reelmesh_proto::v1::JobSpec;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{NatsError, id::time_ordered_id, names};
+use crate::{NatsError, Pending, id::time_ordered_id, names};
 
 /// A tenant's name: also a NATS subject token and a KV key part, hence the
 /// restricted alphabet.
@@ -486,6 +486,26 @@ impl JobRecords {
         }
     }
 
+    /// Sends a new record without waiting for the stream's ack; the ack
+    /// reports `JobExists` rather than overwrite one. Sent before the job's
+    /// work item, the record is stored first, but a worker's read may still
+    /// overtake it (see [`NatsError::JobNotYetStored`]).
+    pub async fn send_create(&self, record: &JobRecord) -> Result<Pending, NatsError> {
+        let prefix = self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        // Subject sequence 0: no value was ever stored under the key.
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        let publish = PublishMessage::build()
+            .payload(record.encode()?)
+            .headers(headers);
+        let ack = self
+            .js
+            .send_publish(format!("{prefix}{}", record.key()), publish)
+            .await
+            .map_err(NatsError::unavailable)?;
+        Ok(Pending::new(ack).or_conflict(NatsError::JobExists(record.id.to_string())))
+    }
+
     pub async fn get(&self, tenant: &TenantId, id: &JobId) -> Result<Option<Versioned>, NatsError> {
         let entry = self
             .kv
@@ -508,19 +528,49 @@ impl JobRecords {
         &self,
         tenant: &TenantId,
         id: &JobId,
+        change: F,
+    ) -> Result<Versioned, NatsError>
+    where
+        F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
+    {
+        self.change(tenant, id, None, change).await
+    }
+
+    /// Like [`JobRecords::modify`], but first tries the change on `known`,
+    /// a version the caller wrote itself: when nobody wrote since, that
+    /// saves reading the record back. A stale `known` costs one failed
+    /// compare-and-set, then it goes as `modify` does.
+    pub async fn modify_from<F>(&self, known: Versioned, change: F) -> Result<Versioned, NatsError>
+    where
+        F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
+    {
+        let (tenant, id) = (known.record.tenant.clone(), known.record.id.clone());
+        self.change(&tenant, &id, Some(known), change).await
+    }
+
+    async fn change<F>(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        mut known: Option<Versioned>,
         mut change: F,
     ) -> Result<Versioned, NatsError>
     where
         F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
     {
         loop {
-            let current = self
-                .get(tenant, id)
-                .await?
-                .ok_or_else(|| NatsError::JobNotFound(id.to_string()))?;
+            let (current, fresh) = match known.take() {
+                Some(known) => (known, false),
+                None => (self.read(tenant, id).await?, true),
+            };
             let mut record = current.record.clone();
             if !change(&mut record)? {
-                return Ok(current);
+                // A decision to leave the record alone only counts when
+                // taken on what is stored now.
+                if fresh {
+                    return Ok(current);
+                }
+                continue;
             }
             match self
                 .kv
@@ -532,6 +582,12 @@ impl JobRecords {
                 Err(err) => return Err(NatsError::unavailable(err)),
             }
         }
+    }
+
+    async fn read(&self, tenant: &TenantId, id: &JobId) -> Result<Versioned, NatsError> {
+        self.get(tenant, id)
+            .await?
+            .ok_or_else(|| NatsError::JobNotFound(id.to_string()))
     }
 
     /// Moves a job to `next`, failing if the state machine forbids it.
@@ -707,5 +763,7 @@ mod tests {
         assert!(JobId::parse("not-an-id").is_err());
         let id = JobId::new();
         assert_eq!(JobId::parse(id.as_str()).expect("parse"), id);
+        let age = id.age().expect("made now");
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
     }
 }

@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, NatsError, Priority, TenantId, names};
+use crate::{JobId, NatsError, Pending, Priority, TenantId, names};
 
 /// Just enough to find the job record; the record is the source of truth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,15 +47,33 @@ impl WorkQueue {
     /// publish within the stream's duplicate window does not queue the job
     /// twice.
     pub async fn enqueue(&self, item: &WorkItem, priority: Priority) -> Result<(), NatsError> {
+        self.send(item, priority).await?.durable().await?;
+        Ok(())
+    }
+
+    /// Like [`WorkQueue::enqueue`], without waiting for the stream's ack.
+    pub async fn send(&self, item: &WorkItem, priority: Priority) -> Result<Pending, NatsError> {
         let payload =
             serde_json::to_vec(item).map_err(|err| NatsError::Corrupt(err.to_string()))?;
         let publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(format!("{}.{}", item.job_id, item.round));
-        self.js
+        let ack = self
+            .js
             .send_publish(names::work_subject(priority, &item.tenant), publish)
             .await
+            .map_err(NatsError::unavailable)?;
+        Ok(Pending::new(ack))
+    }
+
+    /// Removes the work item stored at `sequence`: one queued for a job
+    /// whose record could not be stored.
+    pub async fn withdraw(&self, sequence: u64) -> Result<(), NatsError> {
+        self.js
+            .get_stream_no_info(names::WORK_STREAM)
+            .await
             .map_err(NatsError::unavailable)?
+            .delete_message(sequence)
             .await
             .map_err(NatsError::unavailable)?;
         Ok(())

@@ -12,13 +12,14 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::OnceCell;
 
 use reelmesh_nats::{
-    DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Priority,
-    SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem,
+    DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Pending,
+    Priority, SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem,
 };
 use reelmesh_proto::v1::JobSpec;
 
 use crate::{
     GatewayError,
+    capacity::TenantCounts,
     validate::{JobLimits, check_idempotency_key, validate_spec},
 };
 
@@ -80,6 +81,15 @@ pub trait JobsApi: Send + Sync + 'static {
     fn retry(&self, tenant: TenantId, id: JobId) -> BoxFuture<'_, Result<JobRecord, GatewayError>>;
 }
 
+/// Why a submit's job was not created and queued.
+#[derive(Debug)]
+enum Created {
+    /// No record was stored: the idempotency claim can be given up.
+    No(GatewayError),
+    /// The record was stored but could not be queued; it was ended.
+    NotQueued(GatewayError),
+}
+
 /// [`JobsApi`] on NATS JetStream.
 ///
 /// The gateway starts and answers even while NATS is unreachable: calls
@@ -91,6 +101,7 @@ pub struct NatsJobs {
     topology: Arc<OnceCell<Topology>>,
     nats: Arc<(String, TopologyConfig)>,
     limits: JobLimits,
+    active: Arc<TenantCounts>,
 }
 
 impl NatsJobs {
@@ -100,6 +111,7 @@ impl NatsJobs {
             topology: Arc::default(),
             nats: Arc::new((url.to_string(), config)),
             limits,
+            active: Arc::default(),
         }
     }
 
@@ -138,37 +150,81 @@ impl NatsJobs {
                 return self.claimed_job(&record.tenant, &existing).await;
             }
         }
-        let created = async {
-            self.check_capacity(&record.tenant).await?;
-            self.connect().await?.jobs.create(&record).await?;
-            Ok::<_, GatewayError>(())
-        }
-        .await;
-        if let Err(err) = created {
-            if let (Some(key), Ok(nats)) = (&key, self.connect().await) {
-                let _ = nats.idempotency.release(&record.tenant, key).await;
+        let created = match self.check_capacity(&record.tenant).await {
+            Ok(()) => self.create_and_enqueue(&record).await,
+            Err(err) => Err(Created::No(err)),
+        };
+        match created {
+            Ok(()) => {}
+            Err(Created::No(err)) => {
+                if let (Some(key), Ok(nats)) = (&key, self.connect().await) {
+                    let _ = nats.idempotency.release(&record.tenant, key).await;
+                }
+                return Err(err);
             }
-            return Err(err);
+            Err(Created::NotQueued(err)) => return Err(err),
         }
-        self.enqueue(&record).await?;
         tracing::info!(job = %record.id, tenant = %record.tenant, "job queued");
         Ok(record)
     }
 
-    /// Publishes the queued event and the work item of a record just moved
-    /// to QUEUED; if either fails, the job is ended rather than left queued
-    /// with no work item.
-    async fn enqueue(&self, record: &JobRecord) -> Result<(), GatewayError> {
+    /// Stores a new record and queues it in one round trip: the record, its
+    /// queued event and its work item are sent back to back, then all three
+    /// acks are awaited, so the caller hears back once all are durable.
+    /// Each stream stores them in the order sent, so the queued event comes
+    /// before anything a worker records, and a worker that reads the record
+    /// before it is stored waits for it (see the render worker's start).
+    async fn create_and_enqueue(&self, record: &JobRecord) -> Result<(), Created> {
+        let nats = self.connect().await.map_err(Created::No)?;
+        let create = nats.jobs.send_create(record).await;
+        let create = create.map_err(|err| Created::No(err.into()))?;
+        let (created, queued, work) = match self.send_enqueue(nats, record).await {
+            Ok((queued, work)) => tokio::join!(create.durable(), queued.durable(), work.durable()),
+            Err(err) => {
+                let unsent = NatsError::Unavailable("not sent".into());
+                (create.durable().await, Err(err), Err(unsent))
+            }
+        };
+        if let Err(err) = created {
+            // No record: take the work item back so no worker waits for it.
+            if let Ok(sequence) = work {
+                let _ = nats.work.withdraw(sequence).await;
+            }
+            return Err(Created::No(err.into()));
+        }
+        if let Err(err) = queued.and(work) {
+            self.abandon(record, &err).await;
+            return Err(Created::NotQueued(err.into()));
+        }
+        Ok(())
+    }
+
+    /// Sends the queued event and then the work item of a record in QUEUED.
+    async fn send_enqueue(
+        &self,
+        nats: &Topology,
+        record: &JobRecord,
+    ) -> Result<(Pending, Pending), NatsError> {
         let queued = JobEvent::of(record, EventKind::Queued);
         let item = WorkItem {
             tenant: record.tenant.clone(),
             job_id: record.id.clone(),
             round: record.round,
         };
+        let queued = nats.events.send(&queued).await?;
+        let work = nats.work.send(&item, Priority::of(&record.spec)).await?;
+        Ok((queued, work))
+    }
+
+    /// Publishes the queued event and the work item of a record just moved
+    /// to QUEUED, both at once; if either fails, the job is ended rather
+    /// than left queued with no work item.
+    async fn enqueue(&self, record: &JobRecord) -> Result<(), GatewayError> {
         let nats = self.connect().await?;
         let enqueued = async {
-            nats.events.publish(&queued).await?;
-            nats.work.enqueue(&item, Priority::of(&record.spec)).await
+            let (queued, work) = self.send_enqueue(nats, record).await?;
+            let (queued, work) = futures::future::join(queued.durable(), work.durable()).await;
+            queued.and(work)
         }
         .await;
         if let Err(err) = enqueued {
@@ -181,11 +237,11 @@ impl NatsJobs {
     /// Refuses a tenant's job beyond its limit of queued and running jobs.
     async fn check_capacity(&self, tenant: &TenantId) -> Result<(), GatewayError> {
         let limit = self.limits.max_active_jobs_per_tenant;
-        if limit == 0 {
+        if limit == 0 || self.active.try_admit(tenant, limit) {
             return Ok(());
         }
         let active = self.connect().await?.work.tenant_depth(tenant).await?;
-        if active >= limit {
+        if !self.active.admit_on(tenant, active, limit) {
             return Err(GatewayError::ResourceExhausted(format!(
                 "tenant {tenant} already has {active} jobs queued or running (limit {limit}); \
                  retry once some finish"

@@ -6,6 +6,7 @@
 //! API-key auth, plus gRPC health and reflection so probes and grpcurl work.
 
 pub mod assets;
+pub mod capacity;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -180,7 +180,11 @@ fn wait(seconds: f64, control: &mut Control<'_>) -> Result<(), RenderError> {
         (control.on_progress)(started.elapsed().as_secs_f64() / seconds);
         std::thread::sleep(STEP.min(total.saturating_sub(started.elapsed())));
     }
-    (control.on_progress)(1.0);
+    // A wait of nothing has no progress to tell: its completed event says
+    // it all, and a 100 % progress event would cost every such job a write.
+    if seconds > 0.0 {
+        (control.on_progress)(1.0);
+    }
     Ok(())
 }
 

@@ -1,31 +1,63 @@
-//! Where a worker's next job comes from: the priority queues, highest
-//! first, one message per free slot.
+//! Where a worker's next jobs come from: the priority queues, highest
+//! first, at most one message per free slot.
 //!
-//! A free slot asks each queue in priority order for one message with a
-//! no-wait fetch, so it never holds a message it cannot start (its ack timer
-//! would run while another worker sat idle). When every queue is empty it
-//! waits on the doorbell: a plain NATS subscription to the work subjects,
-//! which rings whenever a job is queued, so new work starts within a round
-//! trip rather than a poll interval. A slow poll remains for work that comes
-//! back without a publish: naks with a delay and redeliveries after an ack
-//! wait.
+//! Free slots ask the queues in priority order with no-wait fetches of as
+//! many messages as there are free slots, so the worker never holds a
+//! message it cannot start (its ack timer would run while another worker sat
+//! idle). When every queue is empty it waits on the doorbell: a plain NATS
+//! subscription to the work subjects, which rings whenever a job is queued,
+//! so new work starts within a round trip rather than a poll interval. The
+//! doorbell's subject names the priority, so a queue last found empty is
+//! asked again only once it rang: a job then costs one fetch, not one per
+//! queue above it. Every [`FULL_POLL`] all queues are asked anyway, for
+//! work that comes back without a publish: naks with a delay and
+//! redeliveries after an ack wait.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{Message, consumer::PullConsumer};
 use futures::StreamExt as _;
-use reelmesh_nats::{NatsError, Topology, names};
+use reelmesh_nats::{NatsError, Priority, Topology, names};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-/// How often an idle slot looks again without being rung.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often every queue is asked, rung or not.
+const FULL_POLL: Duration = Duration::from_secs(1);
+
+/// Rings per queue, counted so a ring that comes while a queue is being
+/// asked is never lost.
+#[derive(Debug, Default)]
+struct Doorbell {
+    notify: Notify,
+    /// Indexed like [`Priority::ALL`].
+    rings: [AtomicU64; 3],
+}
+
+impl Doorbell {
+    fn ring(&self, priority: Option<Priority>) {
+        for (queue, rings) in Priority::ALL.iter().zip(&self.rings) {
+            if priority.is_none_or(|p| p == *queue) {
+                rings.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+}
 
 #[derive(Debug)]
 pub struct Intake {
-    /// Highest priority first.
+    /// Highest priority first, like [`Priority::ALL`].
     consumers: Vec<PullConsumer>,
-    doorbell: Arc<Notify>,
+    doorbell: Arc<Doorbell>,
+    /// Per queue, the ring count when it was last found empty.
+    emptied_at: [Option<u64>; 3],
+    last_full_poll: Instant,
     ringer: JoinHandle<()>,
 }
 
@@ -43,56 +75,87 @@ impl Intake {
             .subscribe(names::WORK_SUBJECTS)
             .await
             .map_err(NatsError::unavailable)?;
-        let doorbell = Arc::new(Notify::new());
+        let doorbell = Arc::new(Doorbell::default());
         let ring = doorbell.clone();
         let ringer = tokio::spawn(async move {
-            while queued.next().await.is_some() {
-                ring.notify_waiters();
+            while let Some(message) = queued.next().await {
+                ring.ring(names::work_subject_priority(message.subject.as_str()));
             }
         });
         Ok(Intake {
             consumers,
             doorbell,
+            emptied_at: [None; 3],
+            last_full_poll: Instant::now(),
             ringer,
         })
     }
 
-    /// The next message to work on, or `None` once `shutdown` is cancelled.
-    pub async fn next(&self, shutdown: &CancellationToken) -> Option<Message> {
+    /// Between one and `free` messages to work on, or none once `shutdown`
+    /// is cancelled.
+    pub async fn next(&mut self, shutdown: &CancellationToken, free: usize) -> Vec<Message> {
         loop {
             // Armed before looking, so a job queued while we look still
             // wakes us.
-            let rung = self.doorbell.notified();
+            let doorbell = self.doorbell.clone();
+            let rung = doorbell.notify.notified();
             tokio::pin!(rung);
             rung.as_mut().enable();
-            if let Some(message) = self.take().await {
-                return Some(message);
+            let messages = self.take(free.max(1)).await;
+            if !messages.is_empty() {
+                return messages;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return None,
+                _ = shutdown.cancelled() => return Vec::new(),
                 _ = rung => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tokio::time::sleep(FULL_POLL) => {}
             }
         }
     }
 
-    /// One message from the highest non-empty queue.
-    async fn take(&self) -> Option<Message> {
-        for consumer in &self.consumers {
-            let batch = consumer.fetch().max_messages(1).messages().await;
-            let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!("work queue: {err}");
-                    return None;
-                }
-            };
-            match batch.next().await {
-                Some(Ok(message)) => return Some(message),
-                Some(Err(err)) => tracing::warn!("work queue: {err}"),
-                None => {}
+    /// Up to `want` messages, from the highest queues that may hold any.
+    async fn take(&mut self, want: usize) -> Vec<Message> {
+        let full = self.last_full_poll.elapsed() >= FULL_POLL;
+        if full {
+            self.last_full_poll = Instant::now();
+        }
+        let mut taken = Vec::new();
+        for queue in 0..self.consumers.len() {
+            let rings = self.doorbell.rings[queue].load(Ordering::Acquire);
+            if taken.len() == want || (!full && self.emptied_at[queue] == Some(rings)) {
+                continue;
+            }
+            let asked = want - taken.len();
+            let (messages, answered) = fetch(&self.consumers[queue], asked).await;
+            if answered && messages.len() < asked {
+                // Empty now; only a ring after `rings` can change that.
+                self.emptied_at[queue] = Some(rings);
+            }
+            taken.extend(messages);
+        }
+        taken
+    }
+}
+
+/// A no-wait fetch of up to `max` messages, and whether the queue answered
+/// in full (no error cut the fetch short).
+async fn fetch(consumer: &PullConsumer, max: usize) -> (Vec<Message>, bool) {
+    let mut messages = Vec::new();
+    let mut batch = match consumer.fetch().max_messages(max).messages().await {
+        Ok(batch) => batch,
+        Err(err) => {
+            tracing::warn!("work queue: {err}");
+            return (messages, false);
+        }
+    };
+    while let Some(message) = batch.next().await {
+        match message {
+            Ok(message) => messages.push(message),
+            Err(err) => {
+                tracing::warn!("work queue: {err}");
+                return (messages, false);
             }
         }
-        None
     }
+    (messages, true)
 }

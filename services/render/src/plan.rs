@@ -73,6 +73,11 @@ pub enum Work {
 }
 
 impl Work {
+    /// Whether the work reads or writes files (a noop does neither).
+    pub fn uses_files(&self) -> bool {
+        !matches!(self, Work::Noop { .. })
+    }
+
     /// The inputs to fetch, in the order the work uses them.
     pub fn inputs(&self) -> Vec<&InputRef> {
         match self {

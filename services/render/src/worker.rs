@@ -23,7 +23,7 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
     EventKind, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError, NoAttempt,
-    Progress, Topology, WorkItem, names,
+    Pending, Progress, Topology, WorkItem, names, record::Versioned,
 };
 use reelmesh_store::{MediaStore, ObjectKey};
 use time::OffsetDateTime;
@@ -50,6 +50,11 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const PROGRESS_STEP: f64 = 1.0;
 /// How often progress is written to the job record (GetJob pollers see it).
 const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// A work item may reach a worker before its job's record can be read: the
+/// gateway sends both at once and only the stream order is given. A missing
+/// record of a job this young is waited for; of an older one, it is gone.
+const RECORD_LAG: Duration = Duration::from_secs(60);
+
 /// A work item that comes back early (its worker died right after asking
 /// for a retry) waits out the rest of the backoff unless it is this close.
 const RETRY_SLACK: Duration = Duration::from_millis(50);
@@ -100,21 +105,30 @@ impl RenderWorker {
     /// Pulls and renders jobs until `shutdown`. Then it drains: no new
     /// work is taken, renders in hand get `drain_grace` to finish, and any
     /// still running after that are stopped and handed back to the queue.
-    pub async fn run(&self, intake: Intake, shutdown: CancellationToken) {
+    pub async fn run(&self, mut intake: Intake, shutdown: CancellationToken) {
         let cancels = self.follow_cancels();
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         while let Some(permit) = tokio::select! {
             _ = shutdown.cancelled() => None,
             permit = slots.clone().acquire_owned() => permit.ok(),
         } {
-            let Some(message) = intake.next(&shutdown).await else {
+            // Every free slot at once: one fetch can fill them all.
+            let mut permits = vec![permit];
+            while let Ok(more) = slots.clone().try_acquire_owned() {
+                permits.push(more);
+            }
+            let messages = intake.next(&shutdown, permits.len()).await;
+            if messages.is_empty() {
                 break;
-            };
-            let worker = self.clone();
-            tokio::spawn(async move {
-                worker.handle(message).await;
-                drop(permit);
-            });
+            }
+            // Permits beyond the messages taken are dropped: free again.
+            for (message, permit) in messages.into_iter().zip(permits) {
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    worker.handle(message).await;
+                    drop(permit);
+                });
+            }
         }
         drop(intake);
         self.drain(&slots).await;
@@ -198,16 +212,18 @@ impl RenderWorker {
         let item = WorkItem::decode(&message.payload)?;
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
-            let (job, attempt) = match self.start(&item).await? {
-                Start::Run(job, attempt) => (*job, attempt),
+            let delivered = message.info().map_or(1, |info| info.delivered);
+            let started = match self.start(&item, delivered).await? {
+                Start::Run(started) => *started,
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
                 Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
             };
+            let (job, attempt) = (&started.job.record, started.attempt);
             let flags = Arc::new(Running::default());
             self.running_jobs().insert(job.id.clone(), flags.clone());
-            let outcome = self.render(&job, attempt, message, &flags).await;
+            let outcome = self.render(job, attempt, message, &flags).await;
             self.running_jobs().remove(&job.id);
-            self.finish(&job, attempt, outcome, &flags)
+            self.finish(started, outcome, &flags)
                 .instrument(tracing::info_span!("finish"))
                 .await
         }
@@ -215,8 +231,10 @@ impl RenderWorker {
         .await
     }
 
-    /// Begins an attempt on the record.
-    async fn start(&self, item: &WorkItem) -> Result<Start, RenderError> {
+    /// Begins an attempt on the record. The `started` event is sent but not
+    /// waited for: its ack comes in while the job renders, and
+    /// [`RenderWorker::finish`] makes sure of it before any later event.
+    async fn start(&self, item: &WorkItem, delivered: i64) -> Result<Start, RenderError> {
         let mut outcome = Start::Nothing;
         // Set when the job has ended (before, or now for want of attempts).
         let mut ended = None;
@@ -233,7 +251,7 @@ impl RenderWorker {
                     return Ok(false);
                 }
                 match job.begin_attempt() {
-                    Ok(attempt) => outcome = Start::Run(Box::new(job.clone()), attempt),
+                    Ok(attempt) => outcome = Start::Run(Box::new(Started::at(job, attempt))),
                     Err(NoAttempt::Ended) => {
                         ended = Some(job.clone());
                         return Ok(false);
@@ -246,19 +264,24 @@ impl RenderWorker {
                 Ok(true)
             })
             .await;
-        match modified {
-            Ok(_) => {}
+        let written = match modified {
+            Ok(written) => written,
+            Err(NatsError::JobNotFound(_)) if is_young(&item.job_id) => {
+                return Ok(Start::Later(record_wait(delivered)));
+            }
             Err(NatsError::JobNotFound(_)) => return Ok(Start::Nothing),
             Err(err) => return Err(err.into()),
-        }
+        };
         if let Some(job) = ended {
             self.confirm_end(&job).await?;
             return Ok(Start::Ended);
         }
-        if let Start::Run(job, attempt) = &outcome {
-            self.publish(job, EventKind::Started { attempt: *attempt })
-                .await?;
-            tracing::info!(attempt, "render started");
+        if let Start::Run(started) = &mut outcome {
+            // What this start wrote: finish compares-and-sets against it.
+            started.job.revision = written.revision;
+            let event = JobEvent::of(&started.job.record, started.event());
+            started.event_ack = Some(self.topology.events.send(&event).await?);
+            tracing::info!(attempt = started.attempt, "render started");
         }
         Ok(outcome)
     }
@@ -271,17 +294,28 @@ impl RenderWorker {
         flags: &Running,
     ) -> Result<JobOutput, RenderError> {
         let plan = RenderPlan::for_job(&job.id, attempt, &job.spec)?;
-        let scratch = tempfile::Builder::new()
-            .prefix("reelmesh-render-")
-            .tempdir_in(&self.config.work_dir)?;
+        // Making and removing a directory is most of a noop's cost in the
+        // worker (file-system metadata work), so work that touches no files
+        // gets none and is pointed at the (untouched) work dir instead.
+        let scratch = match plan.work.uses_files() {
+            true => Some(
+                tempfile::Builder::new()
+                    .prefix("reelmesh-render-")
+                    .tempdir_in(&self.config.work_dir)?,
+            ),
+            false => None,
+        };
+        let scratch_path = scratch
+            .as_ref()
+            .map_or(self.config.work_dir.as_path(), |dir| dir.path());
         if let Work::Ingest { source, title } = &plan.work {
             return self
-                .ingest(job, source, title, scratch.path())
+                .ingest(job, source, title, scratch_path)
                 .instrument(tracing::info_span!("ingest"))
                 .await;
         }
         let inputs = self
-            .fetch_inputs(job, &plan, scratch.path())
+            .fetch_inputs(job, &plan, scratch_path)
             .instrument(tracing::info_span!("fetch_inputs"))
             .await?;
         let (progress_tx, progress_rx) = watch::channel(0.0);
@@ -294,7 +328,7 @@ impl RenderWorker {
             .run_engine(
                 &plan,
                 &inputs,
-                scratch.path(),
+                scratch_path,
                 flags.stop.clone(),
                 progress_tx,
                 message,
@@ -488,15 +522,17 @@ impl RenderWorker {
     /// that lost the job removes what it stored.
     async fn finish(
         &self,
-        job: &JobRecord,
-        attempt: u32,
+        mut started: Started,
         outcome: Result<JobOutput, RenderError>,
         flags: &Running,
     ) -> Result<Disposal, RenderError> {
+        let event_ack = started.event_ack.take();
+        let (job, attempt) = (&started.job.record, started.attempt);
         let end = match outcome {
             Err(RenderError::Cancelled) if flags.hand_back.load(Ordering::SeqCst) => End::HandBack,
             Err(RenderError::Cancelled) => {
                 tracing::info!("render cancelled");
+                self.confirm_started(&started, event_ack).await?;
                 return Ok(Disposal::Ack);
             }
             Err(err @ RenderError::Nats(_)) => return Err(err),
@@ -504,10 +540,11 @@ impl RenderWorker {
             Ok(output) => End::Complete(output),
         };
         let mut ended = None;
-        let current = self
+        // Usually nobody wrote since the start, so no read is needed.
+        let changed = self
             .topology
             .jobs
-            .modify(&job.tenant, &job.id, |record| {
+            .modify_from(started.job.clone(), |record| {
                 ended = None;
                 if !record.is_running_attempt(attempt) {
                     return Ok(false);
@@ -515,8 +552,11 @@ impl RenderWorker {
                 end.apply(record)?;
                 ended = Some(record.clone());
                 Ok(true)
-            })
-            .await?;
+            });
+        // The started event's ack comes in meanwhile; it must be stored
+        // before any event that follows it.
+        let (current, confirmed) = tokio::join!(changed, self.confirm_started(&started, event_ack));
+        let (current, ()) = (current?, confirmed?);
         let Some(record) = ended else {
             self.discard(job, &end).await?;
             if current.record.round == job.round {
@@ -525,6 +565,22 @@ impl RenderWorker {
             return Ok(Disposal::Ack);
         };
         end.announce(self, &record, attempt).await
+    }
+
+    /// Waits for the ack of the started event sent at the start, sending it
+    /// again (its message id makes that safe) if it did not arrive.
+    async fn confirm_started(
+        &self,
+        started: &Started,
+        ack: Option<Pending>,
+    ) -> Result<(), RenderError> {
+        if let Some(ack) = ack
+            && ack.durable().await.is_ok()
+        {
+            return Ok(());
+        }
+        self.publish(&started.job.record, started.event()).await?;
+        Ok(())
     }
 
     /// A failed attempt's next step: retry after a backoff while attempts
@@ -582,15 +638,45 @@ impl RenderWorker {
 /// What [`RenderWorker::start`] found.
 #[derive(Debug)]
 enum Start {
-    /// Render it: the record (now RUNNING) and the attempt's number.
-    Run(Box<JobRecord>, u32),
-    /// Not yet: a retry's backoff has this long to go.
+    /// Render it.
+    Run(Box<Started>),
+    /// Not yet, for this long: a retry's backoff is not over, or the
+    /// record is not stored yet.
     Later(Duration),
     /// The job has ended in this round (finished or cancelled before, or
     /// FAILED just now for want of attempts); its terminal event is out.
     Ended,
     /// Nothing to do: the job is gone, or the item is a stale round's.
     Nothing,
+}
+
+/// An attempt this worker began.
+#[derive(Debug)]
+struct Started {
+    /// The record as the start wrote it (now RUNNING), at its revision.
+    job: Versioned,
+    attempt: u32,
+    /// The ack of the started event, until it is waited for.
+    event_ack: Option<Pending>,
+}
+
+impl Started {
+    fn at(job: &JobRecord, attempt: u32) -> Self {
+        Started {
+            job: Versioned {
+                record: job.clone(),
+                revision: 0,
+            },
+            attempt,
+            event_ack: None,
+        }
+    }
+
+    fn event(&self) -> EventKind {
+        EventKind::Started {
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// How a job's running attempt ends.
@@ -666,6 +752,19 @@ fn early_by(job: &JobRecord) -> Option<Duration> {
     (left > RETRY_SLACK).then_some(left)
 }
 
+fn is_young(job: &JobId) -> bool {
+    job.age().is_some_and(|age| age < RECORD_LAG)
+}
+
+/// How long to wait for a record not stored yet: 10 ms, doubling with each
+/// delivery up to about 5 s.
+fn record_wait(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(0)
+        .min(9);
+    Duration::from_millis(10 << doublings)
+}
+
 /// Progress of the render stage, with an ETA from the rate so far once a
 /// few percent are done (earlier estimates swing too much to be useful).
 fn render_progress(fraction: f64, elapsed: Duration) -> Progress {
@@ -693,6 +792,14 @@ fn summary(info: media::MediaInfo) -> MediaSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_record_is_waited_for_with_a_growing_pause() {
+        assert_eq!(record_wait(1), Duration::from_millis(10));
+        assert_eq!(record_wait(2), Duration::from_millis(20));
+        assert_eq!(record_wait(1000), Duration::from_millis(5120));
+        assert!(is_young(&JobId::new()));
+    }
 
     #[test]
     fn eta_follows_the_rate_so_far() {
