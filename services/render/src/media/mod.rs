@@ -9,6 +9,7 @@ pub mod audio;
 pub mod concat;
 pub(crate) mod elements;
 pub mod frames;
+pub(crate) mod headers;
 pub mod join;
 pub mod overlay;
 pub mod pipeline;
