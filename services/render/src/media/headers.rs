@@ -54,8 +54,8 @@ impl Headers {
 }
 
 /// Reads the headers of `path`; `Ok(None)` when its container is not one
-/// this handles (or the file cannot be opened: the Discoverer then says
-/// why in its usual words).
+/// this handles, or when the file cannot be opened or demuxed: the
+/// Discoverer then says why in its usual words.
 pub(crate) fn read(path: &Path) -> Result<Option<Headers>, MediaError> {
     runner::init()?;
     let Some(container) = sniff(path) else {
@@ -64,7 +64,13 @@ pub(crate) fn read(path: &Path) -> Result<Option<Headers>, MediaError> {
     let Some(demuxer) = demuxer_for(&container) else {
         return Ok(None);
     };
-    let (duration, streams) = demux(path, demuxer)?;
+    let (duration, streams) = match demux(path, demuxer) {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::debug!(path = %path.display(), "header probe failed, using the Discoverer: {err}");
+            return Ok(None);
+        }
+    };
     Ok(Some(Headers {
         container,
         duration,

@@ -47,9 +47,13 @@ pub struct AudioInfo {
 /// Probes `path`; any unreadable, unrecognised or stream-less file is
 /// reported as [`MediaError::BadInput`] naming the path.
 pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
-    match headers::read(path)? {
-        Some(headers) => info_from_headers(path, &headers),
-        None => probe_discovered(path),
+    match headers::read(path)?.map(|headers| info_from_headers(path, &headers)) {
+        // Without a frame rate in the container (its frame durations vary)
+        // the Discoverer's parser still finds one in the H.264 stream, and
+        // a video without one would pass for a still image.
+        Some(Ok(info)) if info.video.as_ref().is_none_or(|video| video.fps > 0.0) => Ok(info),
+        Some(Err(err)) => Err(err),
+        _ => probe_discovered(path),
     }
 }
 
