@@ -256,13 +256,24 @@ fn trim(
     let (input, output) = (request.input, request.output);
     let named = |err: MediaError| RenderError::from_media(err, inputs);
     let format_copyable = copyable_to(request.format);
-    let aligned = tracing::info_span!("find_keyframes").in_scope(|| {
-        format_copyable
-            .clone()
-            .and_then(|()| trim_copyable(input, range))
-    });
+    // Found once and handed to the cut, which would otherwise look again.
+    let keys = match mode {
+        // Nothing will be copied, so there is nothing to look for.
+        CopyMode::Never => Err("copying is not wanted".to_string()),
+        _ => tracing::info_span!("find_keyframes").in_scope(|| {
+            format_copyable
+                .clone()
+                .and_then(|()| media::keyframes_near(input, range.0).map_err(|err| err.to_string()))
+        }),
+    };
+    let aligned = keys.clone().and_then(|keys| trim_copyable(&keys, range));
     if mode == CopyMode::Auto && format_copyable.is_ok() && aligned.is_err() {
-        let cut = media::trim_smart(input, output, range, control).map_err(named)?;
+        let cut = match &keys {
+            Ok(keys) => media::trim_smart_at(input, output, range, keys, control),
+            // Let the cut say in its own words why the keyframes are missing.
+            Err(_) => media::trim_smart(input, output, range, control),
+        };
+        let cut = cut.map_err(named)?;
         return Ok(match cut.copied_from {
             Some(_) => Copied::AfterHead {
                 reencoded_seconds: cut.reencoded_seconds,
@@ -271,8 +282,9 @@ fn trim(
         });
     }
     if decide_copy(mode, aligned)? {
+        let keys = keys.unwrap_or_default();
         tracing::info_span!("trim_copy")
-            .in_scope(|| media::trim_copy(input, output, range, control))
+            .in_scope(|| media::trim_copy_at(input, output, range, &keys, control))
             .map_err(named)?;
         Ok(Copied::All)
     } else {
@@ -281,9 +293,9 @@ fn trim(
     }
 }
 
-/// A cut can be copied when it starts on a keyframe; the reason otherwise.
-fn trim_copyable(input: &Path, (start, _end): (f64, f64)) -> Result<(), String> {
-    let keyframes = media::keyframe_times(input).map_err(|err| err.to_string())?;
+/// A cut can be copied when it starts on one of `keyframes` (those around
+/// its start); the reason otherwise.
+fn trim_copyable(keyframes: &[f64], (start, _end): (f64, f64)) -> Result<(), String> {
     if keyframes
         .iter()
         .any(|k| (k - start).abs() <= KEYFRAME_TOLERANCE)

@@ -9,6 +9,7 @@ pub mod audio;
 pub mod concat;
 pub(crate) mod elements;
 pub mod frames;
+pub(crate) mod headers;
 pub mod join;
 pub mod overlay;
 pub mod pipeline;
@@ -31,14 +32,14 @@ pub use overlay::{Position, TextOverlay};
 pub use pipeline::{TranscodeRequest, transcode, transcode_mp4};
 pub use probe::{AudioInfo, MediaInfo, VideoInfo, probe};
 pub use runner::{CancelFlag, Control, init};
-pub use smartcut::{SmartCut, trim_smart};
+pub use smartcut::{SmartCut, trim_smart, trim_smart_at};
 pub use subtitles::{Cue, SrtError, parse_srt};
 pub use testsrc::{TestClip, write_test_clip};
 pub use timeline::{
     AudioBed, Clip, ClipSource, SubtitleTrack, Timeline, Transition, TransitionKind,
     render_timeline,
 };
-pub use trim::{keyframe_times, trim_copy};
+pub use trim::{keyframe_times, keyframes_near, trim_copy, trim_copy_at};
 
 /// Errors from probing, transcoding and clip generation.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,10 @@
 //! Reads the container, duration and first audio/video stream parameters of a
-//! media file with GStreamer's Discoverer, and reduces GStreamer caps to the
-//! short codec and container names ("h264", "aac", "mp4", ...) used across
-//! reelmesh. Only headers are inspected: a file cut off after its index
-//! still probes fine and is caught by the transcoder instead.
+//! media file, and reduces GStreamer caps to the short codec and container
+//! names ("h264", "aac", "mp4", ...) used across reelmesh. Common
+//! containers are read by their demuxer alone ([`headers`]); anything else
+//! goes through GStreamer's Discoverer. Only headers are inspected: a file
+//! cut off after its index still probes fine and is caught by the
+//! transcoder instead.
 
 use std::path::Path;
 
@@ -12,6 +14,7 @@ use gstreamer_pbutils as pbutils;
 use pbutils::prelude::*;
 
 use crate::media::MediaError;
+use crate::media::headers::{self, Headers};
 
 /// Discoverer gives up on a file after this long.
 const PROBE_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
@@ -44,6 +47,17 @@ pub struct AudioInfo {
 /// Probes `path`; any unreadable, unrecognised or stream-less file is
 /// reported as [`MediaError::BadInput`] naming the path.
 pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
+    match headers::read(path)?.map(|headers| info_from_headers(path, &headers)) {
+        // Without a frame rate in the container (its frame durations vary)
+        // the Discoverer's parser still finds one in the H.264 stream, and
+        // a video without one would pass for a still image.
+        Some(Ok(info)) if info.video.as_ref().is_none_or(|video| video.fps > 0.0) => Ok(info),
+        Some(Err(err)) => Err(err),
+        _ => probe_discovered(path),
+    }
+}
+
+pub(crate) fn probe_discovered(path: &Path) -> Result<MediaInfo, MediaError> {
     let info = discover(path)?;
     let video = info.video_streams().first().map(video_info);
     let audio = info.audio_streams().first().map(audio_info);
@@ -70,6 +84,14 @@ pub(crate) struct StreamCaps {
 }
 
 pub(crate) fn stream_caps(path: &Path) -> Result<StreamCaps, MediaError> {
+    if let Some(headers) = headers::read(path)? {
+        return Ok(StreamCaps {
+            container: container_name_from_caps(Some(&headers.container)),
+            duration: headers.duration,
+            video: headers.video().cloned(),
+            audio: headers.audio().cloned(),
+        });
+    }
     let info = discover(path)?;
     let video = info.video_streams().first().and_then(|v| v.caps());
     let audio = info.audio_streams().first().and_then(|a| a.caps());
@@ -79,6 +101,106 @@ pub(crate) fn stream_caps(path: &Path) -> Result<StreamCaps, MediaError> {
         video,
         audio,
     })
+}
+
+/// The same description as the Discoverer's, from a demuxer's caps: it
+/// reads the same caps fields.
+fn info_from_headers(path: &Path, headers: &Headers) -> Result<MediaInfo, MediaError> {
+    let video = headers.video().and_then(video_from_caps);
+    let audio = headers.audio().and_then(audio_from_caps);
+    if video.is_none() && audio.is_none() {
+        return Err(MediaError::bad_input(path, "no audio or video stream"));
+    }
+    Ok(MediaInfo {
+        duration_seconds: headers.duration.map_or(0.0, gst::ClockTime::seconds_f64),
+        container: container_name_from_caps(Some(&headers.container)),
+        video,
+        audio,
+    })
+}
+
+fn video_from_caps(caps: &gst::Caps) -> Option<VideoInfo> {
+    let s = caps.structure(0)?;
+    let dimension = |field| s.get::<i32>(field).ok().and_then(|v| u32::try_from(v).ok());
+    let rate = s.get::<gst::Fraction>("framerate").ok();
+    Some(VideoInfo {
+        codec: codec_name(Some(caps)),
+        width: dimension("width").unwrap_or(0),
+        height: dimension("height").unwrap_or(0),
+        fps: rate.map_or(0.0, |r| fps(r.numer(), r.denom())),
+    })
+}
+
+fn audio_from_caps(caps: &gst::Caps) -> Option<AudioInfo> {
+    let s = caps.structure(0)?;
+    let count = |field| s.get::<i32>(field).ok().and_then(|v| u32::try_from(v).ok());
+    let codec = codec_name(Some(caps));
+    // matroskademux derives AAC's rate from the track header, which can
+    // disagree with the stream's own configuration (seen: 96 kHz for
+    // 48 kHz); the Discoverer's parser reads the configuration, so do too.
+    let config = (codec == "aac")
+        .then(|| s.get::<gst::Buffer>("codec_data").ok())
+        .flatten()
+        .and_then(|data| aac_config(data.map_readable().ok()?.as_slice()));
+    let (rate, channels) = config.unwrap_or((None, None));
+    Some(AudioInfo {
+        codec,
+        channels: channels.or(count("channels")).unwrap_or(0),
+        sample_rate: rate.or(count("rate")).unwrap_or(0),
+    })
+}
+
+/// Sample rate and channel count from an AAC AudioSpecificConfig
+/// (ISO 14496-3 1.6.2.1); `None` where it defers to elsewhere.
+fn aac_config(config: &[u8]) -> Option<(Option<u32>, Option<u32>)> {
+    const RATES: [u32; 13] = [
+        96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+    ];
+    let mut bits = Bits {
+        data: config,
+        at: 0,
+    };
+    if bits.take(5)? == 31 {
+        bits.take(6)?;
+    }
+    let rate = match bits.take(4)? {
+        15 => Some(bits.take(24)?),
+        index => RATES.get(usize::try_from(index).ok()?).copied(),
+    };
+    let channels = match bits.take(4)? {
+        0 => None,
+        7 => Some(8),
+        n @ 1..=6 => Some(n),
+        _ => None,
+    };
+    Some((rate, channels))
+}
+
+/// Big-endian bit reader over a byte slice.
+struct Bits<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Bits<'_> {
+    fn take(&mut self, count: usize) -> Option<u32> {
+        let mut value = 0;
+        for _ in 0..count {
+            let byte = self.data.get(self.at / 8)?;
+            value = (value << 1) | u32::from((byte >> (7 - self.at % 8)) & 1);
+            self.at += 1;
+        }
+        Some(value)
+    }
+}
+
+/// Frames per second, 0.0 for a variable or unknown rate (0/1).
+fn fps(numer: i32, denom: i32) -> f64 {
+    if numer > 0 && denom > 0 {
+        f64::from(numer) / f64::from(denom)
+    } else {
+        0.0
+    }
 }
 
 fn discover(path: &Path) -> Result<pbutils::DiscovererInfo, MediaError> {
@@ -113,16 +235,11 @@ fn check_result(info: &pbutils::DiscovererInfo) -> Result<(), String> {
 
 fn video_info(v: &pbutils::DiscovererVideoInfo) -> VideoInfo {
     let rate = v.framerate();
-    let fps = if rate.numer() > 0 && rate.denom() > 0 {
-        f64::from(rate.numer()) / f64::from(rate.denom())
-    } else {
-        0.0
-    };
     VideoInfo {
         codec: codec_name(v.caps().as_ref()),
         width: v.width(),
         height: v.height(),
-        fps,
+        fps: fps(rate.numer(), rate.denom()),
     }
 }
 
@@ -275,6 +392,18 @@ mod tests {
         for (c, want) in cases {
             assert_eq!(container_name_from_caps(Some(&caps(c))), want, "{c}");
         }
+    }
+
+    #[test]
+    fn reads_aac_configuration() {
+        // LC, 48 kHz, stereo; LC, 44.1 kHz, mono; explicit 7350 Hz, 5.1.
+        assert_eq!(aac_config(&[0x11, 0x90]), Some((Some(48000), Some(2))));
+        assert_eq!(aac_config(&[0x12, 0x08]), Some((Some(44100), Some(1))));
+        assert_eq!(
+            aac_config(&[0x17, 0x80, 0x0e, 0x5b, 0x30]),
+            Some((Some(7350), Some(6)))
+        );
+        assert_eq!(aac_config(&[0x11]), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::media::elements::{
 use crate::media::pipeline::{TranscodeRequest, seek_element, transcode, validate_range};
 use crate::media::probe::{StreamCaps, codec_name, stream_caps};
 use crate::media::runner::{self, Control, Gate, Session};
-use crate::media::trim::{keyframe_times, trim_copy};
+use crate::media::trim::{keyframes_near, trim_copy_at};
 
 /// A start this close to a keyframe counts as that keyframe (as in
 /// [`trim_copy`]).
@@ -99,12 +99,26 @@ pub fn trim_smart(
     control: &mut Control<'_>,
 ) -> Result<SmartCut, MediaError> {
     validate_range(input, Some(range))?;
+    let keys = keyframes_near(input, range.0)?;
+    trim_smart_at(input, output, range, &keys, control)
+}
+
+/// [`trim_smart`] with the keyframes around the start already known (from
+/// [`keyframes_near`] or [`crate::media::keyframe_times`]).
+pub fn trim_smart_at(
+    input: &Path,
+    output: &Path,
+    range: (f64, f64),
+    keys: &[f64],
+    control: &mut Control<'_>,
+) -> Result<SmartCut, MediaError> {
+    validate_range(input, Some(range))?;
     let caps = stream_caps(input)?;
     let end = clamp_end(input, range, &caps)?;
-    let (start, keys) = (range.0, keyframe_times(input)?);
-    match route(start, end, &keys) {
+    let start = range.0;
+    match route(start, end, keys) {
         Route::Copy(key) => {
-            trim_copy(input, output, (key, end), control)?;
+            trim_copy_at(input, output, (key, end), keys, control)?;
             Ok(cut(0.0, end - key, Some(key)))
         }
         Route::Split(key) => match Splice::plan(input, &caps, start, key, end) {

@@ -26,29 +26,79 @@ const KEYFRAME_TOLERANCE: f64 = 0.001;
 const SCAN_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Name of the bus message that says the demuxer has exposed all streams.
 const PADS_READY: &str = "reelmesh-pads-ready";
+/// Name of the bus message that says a keyframe scan has seen enough.
+const SCAN_DONE: &str = "reelmesh-keyframes-found";
 
 /// Stream times (seconds, ascending) of the video keyframes of an MP4/MOV
 /// file: the only places [`trim_copy`] can start. Reads the whole file's
 /// packets but decodes nothing.
 pub fn keyframe_times(input: &Path) -> Result<Vec<f64>, MediaError> {
+    scan_keyframes(input, None, f64::INFINITY)
+}
+
+/// The video keyframes a cut starting at `start` needs to know about: from
+/// the last one at or before `start` up to the first one at or after it
+/// (within 1 ms), ascending; all of them up to the end if none is after.
+/// Only that stretch of the file is read: the demuxer seeks to the
+/// keyframe before `start` through its index, and reading stops at the
+/// first keyframe past it. [`trim_copy_at`] and [`crate::media::trim_smart_at`]
+/// take the result, so a job finds its keyframes once.
+pub fn keyframes_near(input: &Path, start: f64) -> Result<Vec<f64>, MediaError> {
+    let stop = start - KEYFRAME_TOLERANCE;
+    if start > 0.0 {
+        let keys = scan_keyframes(input, Some(start), stop)?;
+        // A demuxer whose seek lands past `start` would hide the keyframe
+        // the cut needs; reading from the beginning cannot.
+        if keys
+            .first()
+            .is_some_and(|k| *k <= start + KEYFRAME_TOLERANCE)
+        {
+            return Ok(keys);
+        }
+    }
+    scan_keyframes(input, None, stop)
+}
+
+/// Keyframe times from `seek` (snapped back to a keyframe; the start of
+/// the file when `None`) until the first keyframe at or after `stop`.
+fn scan_keyframes(input: &Path, seek: Option<f64>, stop: f64) -> Result<Vec<f64>, MediaError> {
     let cancel = CancelFlag::default();
     let mut quiet = |_| {};
     let mut control = Control::new(&cancel, SCAN_STALL_TIMEOUT, &mut quiet);
     let times = Arc::new(Mutex::new(Vec::new()));
     runner::run(&mut control, |session| {
         let demux = add_demuxer(session, input)?;
-        let scanner = Scanner {
+        let scanner = Arc::new(Scanner {
             times: Arc::clone(&times),
             found: AtomicBool::new(false),
-        };
-        session.on_new_pad(&demux, move |pipeline, pad| scanner.link(pipeline, pad));
-        session.play_to_eos()
+            stop,
+            gate: seek.map(|_| Gate::default()),
+        });
+        let on_pad = Arc::clone(&scanner);
+        session.on_new_pad(&demux, move |pipeline, pad| on_pad.link(pipeline, pad));
+        if let Some(at) = seek {
+            // As in trim_copy: nothing flows before the seek is in place.
+            session.set_state(gst::State::Paused)?;
+            session.wait_for(is_pads_ready)?;
+            let flags =
+                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE;
+            if !seek_element(&demux, flags, at, None) {
+                return Err(MediaError::bad_input(input, "input is not seekable"));
+            }
+        }
+        if let Some(gate) = &scanner.gate {
+            gate.open();
+        }
+        session.monitor().touch();
+        session.set_state(gst::State::Playing)?;
+        session.wait_for(|msg| msg.type_() == gst::MessageType::Eos || is_app(msg, SCAN_DONE))
     })?;
     let mut times = std::mem::take(&mut *times.lock().unwrap_or_else(PoisonError::into_inner));
     if times.is_empty() {
         return Err(MediaError::bad_input(input, "has no video keyframes"));
     }
     times.sort_by(f64::total_cmp);
+    times.dedup();
     Ok(times)
 }
 
@@ -65,7 +115,21 @@ pub fn trim_copy(
     control: &mut Control<'_>,
 ) -> Result<(), MediaError> {
     validate_range(input, Some(range))?;
-    let start = snap_to_keyframe(input, range.0, &keyframe_times(input)?)?;
+    let keys = keyframes_near(input, range.0)?;
+    trim_copy_at(input, output, range, &keys, control)
+}
+
+/// [`trim_copy`] with the keyframes around the start already known (from
+/// [`keyframes_near`] or [`keyframe_times`]).
+pub fn trim_copy_at(
+    input: &Path,
+    output: &Path,
+    range: (f64, f64),
+    keys: &[f64],
+    control: &mut Control<'_>,
+) -> Result<(), MediaError> {
+    validate_range(input, Some(range))?;
+    let start = snap_to_keyframe(input, range.0, keys)?;
     let end = range.1;
     runner::run(control, |session| {
         let demux = add_demuxer(session, input)?;
@@ -127,8 +191,12 @@ fn add_demuxer(session: &mut Session, input: &Path) -> Result<gst::Element, Medi
 }
 
 fn is_pads_ready(msg: &gst::Message) -> bool {
+    is_app(msg, PADS_READY)
+}
+
+fn is_app(msg: &gst::Message, name: &str) -> bool {
     msg.type_() == gst::MessageType::Application
-        && msg.structure().is_some_and(|s| s.name() == PADS_READY)
+        && msg.structure().is_some_and(|s| s.name() == name)
 }
 
 fn demux_duration(demux: &gst::Element) -> Option<gst::ClockTime> {
@@ -138,10 +206,14 @@ fn demux_duration(demux: &gst::Element) -> Option<gst::ClockTime> {
         .find_map(|pad| pad.query_duration::<gst::ClockTime>())
 }
 
-/// Collects keyframe times from the first video pad; drops everything else.
+/// Collects keyframe times from the first video pad until one reaches
+/// `stop`; drops everything else.
 struct Scanner {
     times: Arc<Mutex<Vec<f64>>>,
     found: AtomicBool,
+    stop: f64,
+    /// Holds the streams until the seek, when there is one, is in place.
+    gate: Option<Gate>,
 }
 
 impl Scanner {
@@ -151,25 +223,52 @@ impl Scanner {
         if video {
             self.collect(pad);
         }
+        if let Some(gate) = &self.gate {
+            gate.block(pad);
+        }
         discard(pipeline, pad)
     }
 
     fn collect(&self, pad: &gst::Pad) {
         let times = Arc::clone(&self.times);
+        let stop = self.stop;
+        let done = AtomicBool::new(false);
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            // The demuxer keeps going until the bus loop stops it.
+            if done.load(Ordering::SeqCst) {
+                return gst::PadProbeReturn::Drop;
+            }
             let key = info
                 .buffer()
                 .filter(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT))
                 .and_then(|b| stream_time(pad, b.pts()?));
-            if let Some(time) = key {
-                times
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(time.seconds_f64());
+            let Some(time) = key.map(gst::ClockTime::seconds_f64) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            times
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(time);
+            if time >= stop {
+                done.store(true, Ordering::SeqCst);
+                announce_done(pad);
+                // Nothing after this keyframe is needed.
+                return gst::PadProbeReturn::Drop;
             }
             gst::PadProbeReturn::Ok
         });
     }
+}
+
+/// Tells the bus loop the scan is over, from the scanning pad's demuxer.
+fn announce_done(pad: &gst::Pad) {
+    let Some(demux) = pad.parent_element() else {
+        return;
+    };
+    let msg = gst::message::Application::builder(gst::Structure::new_empty(SCAN_DONE))
+        .src(&demux)
+        .build();
+    let _ = demux.post_message(msg);
 }
 
 fn stream_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<gst::ClockTime> {
@@ -255,6 +354,26 @@ mod tests {
         assert_eq!(keys.len(), 3, "{keys:?}");
         for (key, want) in keys.iter().zip([0.0, 2.0, 4.0]) {
             assert!((key - want).abs() < 0.001, "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn finds_the_keyframes_around_a_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = clip(dir.path(), "in.mp4", 10.0, (160, 120), true);
+        let cases: [(f64, &[f64]); 5] = [
+            (0.0, &[0.0]),
+            (4.0, &[4.0]),
+            (3.0, &[2.0, 4.0]),
+            (5.9995, &[4.0, 6.0]),
+            (9.5, &[8.0]),
+        ];
+        for (start, want) in cases {
+            let keys = keyframes_near(&input, start).expect("keyframes");
+            assert_eq!(keys.len(), want.len(), "{start}: {keys:?}");
+            for (key, want) in keys.iter().zip(want) {
+                assert!((key - want).abs() < 0.001, "{start}: {keys:?}");
+            }
         }
     }
 
