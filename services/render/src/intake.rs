@@ -9,9 +9,11 @@
 //! so new work starts within a round trip rather than a poll interval. The
 //! doorbell's subject names the priority, so a queue last found empty is
 //! asked again only once it rang: a job then costs one fetch, not one per
-//! queue above it. Every [`FULL_POLL`] all queues are asked anyway, for
-//! work that comes back without a publish: naks with a delay and
-//! redeliveries after an ack wait.
+//! queue above it. A rung queue found empty is asked again a few
+//! milliseconds later (the ring can beat the store). Work naked with a
+//! delay rings the bell itself when due ([`IntakeBell`]); every
+//! [`FULL_POLL`] all queues are asked anyway, for redeliveries after an
+//! ack wait.
 
 use std::{
     sync::{
@@ -29,6 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How often every queue is asked, rung or not.
 const FULL_POLL: Duration = Duration::from_secs(1);
+
+/// A ring can arrive before JetStream has stored the message it announces
+/// (a publish reaches plain subscribers as it is stored), so a rung queue
+/// found empty is asked again after this instead of a full poll later.
+const RING_RECHECK: Duration = Duration::from_millis(5);
 
 /// Rings per queue, counted so a ring that comes while a queue is being
 /// asked is never lost.
@@ -50,6 +57,22 @@ impl Doorbell {
     }
 }
 
+/// Rings the doorbell later: for work naked with a delay, which comes back
+/// without a publish, so the worker asks for it when it is due.
+#[derive(Debug, Clone)]
+pub struct IntakeBell(Arc<Doorbell>);
+
+impl IntakeBell {
+    pub fn ring_after(&self, delay: Duration) {
+        let doorbell = self.0.clone();
+        tokio::spawn(async move {
+            // The server's timer starts when our nak reaches it.
+            tokio::time::sleep(delay + Duration::from_millis(2)).await;
+            doorbell.ring(None);
+        });
+    }
+}
+
 #[derive(Debug)]
 pub struct Intake {
     /// Highest priority first, like [`Priority::ALL`].
@@ -58,6 +81,8 @@ pub struct Intake {
     /// Per queue, the ring count when it was last found empty.
     emptied_at: [Option<u64>; 3],
     last_full_poll: Instant,
+    /// A rung queue was empty: ask every queue again after [`RING_RECHECK`].
+    recheck: bool,
     ringer: JoinHandle<()>,
 }
 
@@ -87,8 +112,13 @@ impl Intake {
             doorbell,
             emptied_at: [None; 3],
             last_full_poll: Instant::now(),
+            recheck: false,
             ringer,
         })
+    }
+
+    pub fn bell(&self) -> IntakeBell {
+        IntakeBell(self.doorbell.clone())
     }
 
     /// Between one and `free` messages to work on, or none once `shutdown`
@@ -105,10 +135,20 @@ impl Intake {
             if !messages.is_empty() {
                 return messages;
             }
+            let wait = if self.recheck {
+                RING_RECHECK
+            } else {
+                FULL_POLL
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Vec::new(),
                 _ = rung => {}
-                _ = tokio::time::sleep(FULL_POLL) => {}
+                _ = tokio::time::sleep(wait) => {
+                    if std::mem::take(&mut self.recheck) {
+                        // Due now: the next take asks every queue.
+                        self.last_full_poll = Instant::now() - FULL_POLL;
+                    }
+                }
             }
         }
     }
@@ -128,10 +168,17 @@ impl Intake {
             let asked = want - taken.len();
             let (messages, answered) = fetch(&self.consumers[queue], asked).await;
             if answered && messages.len() < asked {
+                if messages.is_empty() && !full {
+                    // Rung, yet empty: the message may not be stored yet.
+                    self.recheck = true;
+                }
                 // Empty now; only a ring after `rings` can change that.
                 self.emptied_at[queue] = Some(rings);
             }
             taken.extend(messages);
+        }
+        if !taken.is_empty() {
+            self.recheck = false;
         }
         taken
     }

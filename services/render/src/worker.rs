@@ -36,7 +36,7 @@ use crate::{
     engine::{self, Copied, Rendered},
     error::LocalInput,
     input::{InputRef, UrlFetcher, UrlFetcherError},
-    intake::Intake,
+    intake::{Intake, IntakeBell},
     media::{self, Control},
     plan::{RenderPlan, Work},
 };
@@ -107,6 +107,7 @@ impl RenderWorker {
     /// still running after that are stopped and handed back to the queue.
     pub async fn run(&self, mut intake: Intake, shutdown: CancellationToken) {
         let cancels = self.follow_cancels();
+        let bell = intake.bell();
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         while let Some(permit) = tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -123,9 +124,9 @@ impl RenderWorker {
             }
             // Permits beyond the messages taken are dropped: free again.
             for (message, permit) in messages.into_iter().zip(permits) {
-                let worker = self.clone();
+                let (worker, bell) = (self.clone(), bell.clone());
                 tokio::spawn(async move {
-                    worker.handle(message).await;
+                    worker.handle(message, &bell).await;
                     drop(permit);
                 });
             }
@@ -182,7 +183,7 @@ impl RenderWorker {
         })
     }
 
-    async fn handle(&self, message: Message) {
+    async fn handle(&self, message: Message, bell: &IntakeBell) {
         let disposal = match self.process(&message).await {
             Ok(disposal) => disposal,
             Err(RenderError::Nats(NatsError::Corrupt(why))) => {
@@ -205,6 +206,9 @@ impl RenderWorker {
         };
         if let Err(err) = message.ack_with(ack).await {
             tracing::warn!("could not ack work item: {err}");
+        } else if let Disposal::Nak(delay) = disposal {
+            // It comes back without a publish: ask for it when it is due.
+            bell.ring_after(delay);
         }
     }
 
