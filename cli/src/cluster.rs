@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     /// Run no render worker in this process: workers are separate
     /// processes (fault tests kill them).
     pub render_elsewhere: bool,
+    /// Likewise for notify.
+    pub notify_elsewhere: bool,
 }
 
 impl ClusterConfig {
@@ -83,7 +85,7 @@ pub struct DevCluster {
     pub gateway_addr: SocketAddr,
     /// `None` when render runs elsewhere.
     pub render_addr: Option<SocketAddr>,
-    pub notify_addr: SocketAddr,
+    pub notify_addr: Option<SocketAddr>,
     /// The standalone Store API (the gateway serves the same one).
     pub store_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -124,14 +126,19 @@ impl DevCluster {
                 .await?,
             ),
         };
-        let notify_addr = spawn_service(
-            &mut services,
-            &shutdown,
-            config.notify.listen,
-            config.notify,
-            reelmesh_notify::run,
-        )
-        .await?;
+        let notify_addr = match config.notify_elsewhere {
+            true => None,
+            false => Some(
+                spawn_service(
+                    &mut services,
+                    &shutdown,
+                    config.notify.listen,
+                    config.notify,
+                    reelmesh_notify::run,
+                )
+                .await?,
+            ),
+        };
         let store_addr = spawn_service(
             &mut services,
             &shutdown,
@@ -153,7 +160,7 @@ impl DevCluster {
         let addrs = [
             Some(gateway_addr),
             render_addr,
-            Some(notify_addr),
+            notify_addr,
             Some(store_addr),
         ];
         for addr in addrs.into_iter().flatten() {

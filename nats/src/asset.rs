@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
-use crate::{MediaSummary, NatsError, TenantId, claim::claim, id::time_ordered_id};
+use crate::{MediaSummary, NatsError, TenantId, claim::claim, id::time_ordered_id, kv_json};
 
 time_ordered_id!(
     /// An asset's id: sorts by creation time.
@@ -60,17 +60,7 @@ impl AssetCatalog {
         tenant: &TenantId,
         id: &AssetId,
     ) -> Result<Option<AssetRecord>, NatsError> {
-        let Some(bytes) = self
-            .kv
-            .get(record_key(tenant, id))
-            .await
-            .map_err(NatsError::unavailable)?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| NatsError::Corrupt(format!("asset {id}: {err}")))
+        kv_json::get(&self.kv, &record_key(tenant, id), &format!("asset {id}")).await
     }
 
     pub async fn by_source_url(
@@ -199,13 +189,8 @@ impl AssetCatalog {
     }
 
     async fn put(&self, record: &AssetRecord) -> Result<(), NatsError> {
-        let bytes = serde_json::to_vec(record)
-            .map_err(|err| NatsError::Corrupt(format!("asset {}: {err}", record.id)))?;
-        self.kv
-            .put(record_key(&record.tenant, &record.id), bytes.into())
-            .await
-            .map(drop)
-            .map_err(NatsError::unavailable)
+        let key = record_key(&record.tenant, &record.id);
+        kv_json::put(&self.kv, &key, record, &format!("asset {}", record.id)).await
     }
 }
 

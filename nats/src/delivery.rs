@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{JobId, NatsError, TenantId};
+use crate::{JobId, NatsError, TenantId, kv_json};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,30 +66,13 @@ impl DeliveryLog {
         job: &JobId,
         event: &str,
     ) -> Result<Option<DeliveryRecord>, NatsError> {
-        let Some(bytes) = self
-            .kv
-            .get(entry_key(tenant, job, event))
-            .await
-            .map_err(NatsError::unavailable)?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| NatsError::Corrupt(format!("delivery of {job} {event}: {err}")))
+        let what = format!("delivery of {job} {event}");
+        kv_json::get(&self.kv, &entry_key(tenant, job, event), &what).await
     }
 
     pub async fn put(&self, record: &DeliveryRecord) -> Result<(), NatsError> {
-        let bytes = serde_json::to_vec(record)
-            .map_err(|err| NatsError::Corrupt(format!("delivery {}: {err}", record.id)))?;
-        self.kv
-            .put(
-                entry_key(&record.tenant, &record.job_id, &record.event),
-                bytes.into(),
-            )
-            .await
-            .map(drop)
-            .map_err(NatsError::unavailable)
+        let key = entry_key(&record.tenant, &record.job_id, &record.event);
+        kv_json::put(&self.kv, &key, record, &format!("delivery {}", record.id)).await
     }
 
     /// Every delivery of `job`'s events (`events` names the kinds that may

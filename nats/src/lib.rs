@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 mod id;
 pub mod idempotency;
+mod kv_json;
 pub mod names;
 pub mod pending;
 pub mod record;

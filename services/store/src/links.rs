@@ -236,18 +236,20 @@ mod tests {
         link.rsplit('/').next().unwrap_or_default()
     }
 
+    /// A GET link for acme's `in/a.mp4`, good for a minute from `now`.
+    fn minute_link(issuer: &LinkIssuer, now: SystemTime) -> (TenantId, ObjectKey, String) {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let key = ObjectKey::parse("in/a.mp4").expect("key");
+        let expires = now + Duration::from_secs(60);
+        let link = issuer.issue(&tenant, &key, LinkMethod::Get, expires);
+        (tenant, key, link)
+    }
+
     #[test]
     fn links_allow_one_method_until_they_expire() {
         let issuer = LinkIssuer::new("secret", "http://store:1/");
-        let tenant = TenantId::parse("acme").expect("tenant");
-        let key = ObjectKey::parse("in/a.mp4").expect("key");
         let now = SystemTime::now();
-        let link = issuer.issue(
-            &tenant,
-            &key,
-            LinkMethod::Get,
-            now + Duration::from_secs(60),
-        );
+        let (tenant, key, link) = minute_link(&issuer, now);
         assert!(link.starts_with("http://store:1/v1/links/"), "{link}");
         let token = parts(&link);
         assert_eq!(issuer.check(token, LinkMethod::Get, now), Ok((tenant, key)));
@@ -265,15 +267,8 @@ mod tests {
     #[test]
     fn altered_or_foreign_links_are_refused() {
         let issuer = LinkIssuer::new("secret", "http://store:1");
-        let tenant = TenantId::parse("acme").expect("tenant");
-        let key = ObjectKey::parse("in/a.mp4").expect("key");
         let now = SystemTime::now();
-        let link = issuer.issue(
-            &tenant,
-            &key,
-            LinkMethod::Get,
-            now + Duration::from_secs(60),
-        );
+        let (_, _, link) = minute_link(&issuer, now);
         let token = parts(&link);
         let (payload, signature) = token.split_once('.').expect("two parts");
         let claims =

@@ -1,6 +1,7 @@
-//! Render workers as real processes, for fault tests that kill them: this
-//! package's `render-worker` binary (the render service's main), configured
-//! through its environment, pointed at a test cluster's NATS and store.
+//! Render workers (and notify) as real processes, for fault tests that kill
+//! them: this package's `render-worker` and `notify` binaries (the
+//! services' mains), configured through their environment, pointed at a
+//! test cluster's NATS and store.
 
 use std::process::{Child, Command, Stdio};
 
@@ -30,20 +31,42 @@ impl WorkerProcess {
         store_url: &str,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        let store = [("STORE_URL", store_url)];
+        let all: Vec<_> = store.iter().chain(settings).copied().collect();
+        Self::spawn_service(binary, "RENDER", nats_url, &all)
+    }
+
+    /// Starts the notify service's `binary` (`env!("CARGO_BIN_EXE_notify")`)
+    /// on `nats_url`, with `REELMESH_NOTIFY_*` settings.
+    pub fn spawn_notify(
+        binary: &str,
+        nats_url: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_service(binary, "NOTIFY", nats_url, settings)
+    }
+
+    fn spawn_service(
+        binary: &str,
+        service: &str,
+        nats_url: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         command
-            .env("REELMESH_RENDER_NATS_URL", nats_url)
-            .env("REELMESH_RENDER_STORE_URL", store_url)
-            .env("REELMESH_RENDER_LISTEN", "127.0.0.1:0")
+            .env(format!("REELMESH_{service}_NATS_URL"), nats_url)
+            .env(format!("REELMESH_{service}_LISTEN"), "127.0.0.1:0")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null());
         for (name, value) in settings {
-            command.env(format!("REELMESH_RENDER_{name}"), value);
+            command.env(format!("REELMESH_{service}_{name}"), value);
         }
-        let child = command.spawn().context("starting reelmesh-render")?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
         Ok(WorkerProcess { child })
     }
 

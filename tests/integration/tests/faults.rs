@@ -1,12 +1,15 @@
-//! Fault tests with real processes: a render worker SIGKILLed mid-job, and
-//! nats-server killed and restarted under load. Each asserts exact counts:
+//! Fault tests with real processes: a render worker SIGKILLed mid-job,
+//! nats-server killed and restarted under load, notify SIGKILLed between
+//! webhook attempts. Each asserts exact counts:
 //! every job terminal once, none lost, none doubled.
 
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
-use reelmesh_integration_tests::{KEY_A, TestCluster, clips, worker::WorkerProcess};
+use reelmesh_integration_tests::{
+    KEY_A, TestCluster, WebhookReceiver, clips, worker::WorkerProcess,
+};
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_render-worker");
@@ -320,5 +323,74 @@ async fn a_watch_cut_by_a_killed_gateway_resumes_with_no_gap_and_no_repeat() -> 
     assert!(seen.last().is_some_and(is_terminal));
     gateway.kill()?;
     gateway.wait()?;
+    Ok(())
+}
+
+const NOTIFY: &str = env!("CARGO_BIN_EXE_notify");
+
+/// The job's one webhook delivery as the log has it, once `done` says so.
+async fn delivery_when(
+    client: &mut ReelmeshClient,
+    job_id: &str,
+    done: impl Fn(&pb::WebhookDelivery) -> bool,
+) -> anyhow::Result<pb::WebhookDelivery> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = pb::ListDeliveriesRequest {
+            job_id: job_id.into(),
+        };
+        let deliveries = client.webhooks.list_deliveries(request).await?.into_inner();
+        if let Some(delivery) = deliveries.deliveries.first().filter(|d| done(d)) {
+            return Ok(delivery.clone());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "delivery never got there: {deliveries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
+    let nats = cluster.cluster.nats.url();
+    // Retries 2 s apart, so the kill lands between attempts.
+    let settings = [
+        ("RETRY_SCHEDULE_SECS", "[2, 2, 2, 2]"),
+        ("EGRESS__ALLOW", "[\"127.0.0.1\"]"),
+    ];
+    let first = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
+    let mut receiver = WebhookReceiver::start(2).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut spec = noop(0.0);
+    spec.callback = Some(pb::Callback {
+        url: receiver.url(),
+        secret: String::new(),
+    });
+    let job = client.submit(spec).await?;
+
+    delivery_when(&mut client, &job.id, |d| !d.attempts.is_empty()).await?;
+    first.kill()?;
+    let _second = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
+
+    let webhook = receiver.next(Duration::from_secs(60)).await?;
+    assert_eq!(webhook.json()["data"]["job_id"], job.id.as_str());
+    let delivered = delivery_when(&mut client, &job.id, |d| {
+        d.state() == pb::DeliveryState::Delivered
+    })
+    .await?;
+    let statuses: Vec<u32> = delivered.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        vec![503, 503, 204],
+        "the schedule went on after the kill"
+    );
+    assert_eq!(delivered.id, webhook.header("webhook-id"));
+    assert_eq!(
+        receiver.attempts(),
+        3,
+        "delivered once, nothing lost or doubled"
+    );
     Ok(())
 }
