@@ -80,6 +80,19 @@ pub fn job_events_filter(tenant: &TenantId, job: &JobId) -> String {
 /// (as plain NATS messages) to stop a running render.
 pub const CANCEL_EVENTS_FILTER: &str = "reelmesh.events.*.*.cancelled";
 
+/// Work-queue stream of webhook redelivery requests (Webhooks/Redeliver):
+/// each holds a copy of the terminal event to send again.
+pub const REDELIVERY_STREAM: &str = "REELMESH_REDELIVERIES";
+/// Subjects the redelivery stream captures.
+pub const REDELIVERY_SUBJECTS: &str = "reelmesh.redeliver.>";
+/// Durable consumer notify sends redeliveries from.
+pub const NOTIFY_REDELIVERY_CONSUMER: &str = "notify-redeliver";
+
+/// `reelmesh.redeliver.<tenant>.<job>`.
+pub fn redelivery_subject(tenant: &TenantId, job: &JobId) -> String {
+    format!("reelmesh.redeliver.{tenant}.{job}")
+}
+
 /// Kinds of the events that end a job: the ones webhooks are sent for.
 pub const TERMINAL_EVENT_KINDS: [&str; 3] = ["completed", "failed", "cancelled"];
 

@@ -150,6 +150,17 @@ impl Topology {
         .await
         .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
+            name: names::REDELIVERY_STREAM.into(),
+            description: Some("reelmesh webhook redeliveries asked for by clients".into()),
+            subjects: vec![names::REDELIVERY_SUBJECTS.into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage,
+            max_age: config.event_retention,
+            ..Default::default()
+        })
+        .await
+        .map_err(NatsError::unavailable)?;
+        js.create_or_update_stream(stream::Config {
             name: names::EVENTS_STREAM.into(),
             description: Some("reelmesh job events, per job subject".into()),
             subjects: vec![names::EVENTS_SUBJECTS.into()],
@@ -174,18 +185,64 @@ impl Topology {
 
     /// The durable consumer of terminal events that notify delivers from.
     pub async fn notify_consumer(&self) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        self.notify_pull(
+            names::EVENTS_STREAM,
+            names::NOTIFY_CONSUMER,
+            "terminal job events to deliver as webhooks",
+            names::terminal_event_filters(),
+        )
+        .await
+    }
+
+    /// The durable consumer of redelivery requests, notify's second source.
+    pub async fn notify_redelivery_consumer(
+        &self,
+    ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        self.notify_pull(
+            names::REDELIVERY_STREAM,
+            names::NOTIFY_REDELIVERY_CONSUMER,
+            "webhooks to send again",
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Asks notify to send `event`'s webhook again (stored before this
+    /// returns, so the request survives a restart).
+    pub async fn request_redelivery(&self, event: &crate::JobEvent) -> Result<(), NatsError> {
+        let payload =
+            serde_json::to_vec(event).map_err(|err| NatsError::Corrupt(err.to_string()))?;
+        jetstream::new(self.client.clone())
+            .publish(
+                names::redelivery_subject(&event.tenant, &event.job_id),
+                payload.into(),
+            )
+            .await
+            .map_err(NatsError::unavailable)?
+            .await
+            .map(drop)
+            .map_err(NatsError::unavailable)
+    }
+
+    async fn notify_pull(
+        &self,
+        stream: &str,
+        name: &str,
+        description: &str,
+        filter_subjects: Vec<String>,
+    ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
         let js = jetstream::new(self.client.clone());
         let stream = js
-            .get_stream(names::EVENTS_STREAM)
+            .get_stream(stream)
             .await
             .map_err(NatsError::unavailable)?;
         stream
             .get_or_create_consumer(
-                names::NOTIFY_CONSUMER,
+                name,
                 pull::Config {
-                    durable_name: Some(names::NOTIFY_CONSUMER.into()),
-                    description: Some("terminal job events to deliver as webhooks".into()),
-                    filter_subjects: names::terminal_event_filters(),
+                    durable_name: Some(name.into()),
+                    description: Some(description.into()),
+                    filter_subjects,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
                     max_deliver: NOTIFY_MAX_DELIVER,

@@ -3,7 +3,7 @@
 //! the thin `reelmesh.v1.Webhooks` adapter.
 
 use futures::future::BoxFuture;
-use reelmesh_nats::{DeliveryRecord, DeliveryState, JobId, TenantId, names};
+use reelmesh_nats::{DeliveryRecord, DeliveryState, EventKind, JobEvent, JobId, TenantId, names};
 use reelmesh_proto::v1::{
     self as pb,
     webhooks_server::{Webhooks, WebhooksServer},
@@ -20,6 +20,13 @@ pub trait WebhooksApi: Send + Sync + 'static {
         tenant: TenantId,
         job: JobId,
     ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, GatewayError>>;
+    /// Queues `event`'s webhook to be sent again; the delivery as it was.
+    fn redeliver(
+        &self,
+        tenant: TenantId,
+        job: JobId,
+        event: String,
+    ) -> BoxFuture<'_, Result<DeliveryRecord, GatewayError>>;
 }
 
 impl WebhooksApi for NatsJobs {
@@ -40,6 +47,36 @@ impl WebhooksApi for NatsJobs {
                 .collect();
             let events: Vec<&str> = events.iter().map(String::as_str).collect();
             Ok(topology.deliveries.for_job(&tenant, &job, &events).await?)
+        })
+    }
+
+    fn redeliver(
+        &self,
+        tenant: TenantId,
+        job: JobId,
+        event: String,
+    ) -> BoxFuture<'_, Result<DeliveryRecord, GatewayError>> {
+        Box::pin(async move {
+            let topology = self.connect().await?;
+            let Some(record) = topology.jobs.get(&tenant, &job).await? else {
+                return Err(GatewayError::NotFound(job.to_string()));
+            };
+            let Some(delivery) = topology.deliveries.get(&tenant, &job, &event).await? else {
+                return Err(GatewayError::NotFound(format!(
+                    "{job}: no {event} webhook was sent"
+                )));
+            };
+            // The job's current ending, which is what its webhook says.
+            let ending = EventKind::ending(&record.record)
+                .filter(|kind| format!("job.{}", kind.name()) == event)
+                .ok_or_else(|| {
+                    GatewayError::FailedPrecondition(format!(
+                        "job {job} no longer ends with {event} (it was retried)"
+                    ))
+                })?;
+            let job_event = JobEvent::of(&record.record, ending);
+            topology.request_redelivery(&job_event).await?;
+            Ok(delivery)
         })
     }
 }
@@ -77,6 +114,28 @@ impl<A: WebhooksApi> Webhooks for WebhooksService<A> {
         Ok(Response::new(pb::ListDeliveriesResponse {
             deliveries: deliveries.into_iter().map(delivery_to_proto).collect(),
         }))
+    }
+
+    async fn redeliver(
+        &self,
+        request: Request<pb::RedeliverRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        let tenant = Tenant::of(&request)?;
+        let request = request.into_inner();
+        let job = JobId::parse(&request.job_id)
+            .map_err(|why| GatewayError::InvalidArgument(format!("job_id: {why}")))?;
+        let known = names::TERMINAL_EVENT_KINDS
+            .iter()
+            .any(|kind| format!("job.{kind}") == request.event);
+        if !known {
+            return Err(GatewayError::InvalidArgument(format!(
+                "event: {:?} is not job.completed, job.failed or job.cancelled",
+                request.event
+            ))
+            .into());
+        }
+        let delivery = self.api.redeliver(tenant, job, request.event).await?;
+        Ok(Response::new(delivery_to_proto(delivery)))
     }
 }
 

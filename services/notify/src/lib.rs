@@ -41,11 +41,19 @@ pub async fn run(
         policy,
         config,
     };
-    let mut messages = consumer
+    let redeliveries = notifier.topology.notify_redelivery_consumer().await?;
+    let events = consumer
         .messages()
         .await
         .map_err(|err| NatsError::Unavailable(err.to_string()))?;
-    tracing::info!("notify consuming terminal events");
+    let asked_again = redeliveries
+        .messages()
+        .await
+        .map_err(|err| NatsError::Unavailable(err.to_string()))?;
+    // A redelivery request carries the terminal event itself, so both
+    // sources are handled alike.
+    let mut messages = futures::stream::select(events, asked_again);
+    tracing::info!("notify consuming terminal events and redelivery requests");
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -23,7 +23,7 @@ use reelmesh_nats::{names, server::NatsServer};
 use reelmesh_runtime::ApiKeys;
 use reelmesh_store::{MediaStore, StoreOptions};
 
-pub use webhook::{ReceivedWebhook, WebhookReceiver, verify_signature};
+pub use webhook::{ReceivedWebhook, WebhookReceiver, delivery_when, verify_signature};
 
 /// API keys of the two tenants every test cluster knows.
 pub const KEY_A: &str = "key-tenant-a";

@@ -147,3 +147,27 @@ pub fn verify_signature(secret: &str, webhook: &ReceivedWebhook) -> bool {
         .filter_map(|b64| STANDARD.decode(b64).ok())
         .any(|candidate| candidate.as_slice() == expected.as_slice())
 }
+
+/// The job's one webhook delivery as notify's log has it (through the
+/// Webhooks API), once `done` says so; polls for up to a minute.
+pub async fn delivery_when(
+    client: &mut reelmesh_cli::ReelmeshClient,
+    job_id: &str,
+    done: impl Fn(&reelmesh_proto::v1::WebhookDelivery) -> bool,
+) -> anyhow::Result<reelmesh_proto::v1::WebhookDelivery> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let request = reelmesh_proto::v1::ListDeliveriesRequest {
+            job_id: job_id.into(),
+        };
+        let deliveries = client.webhooks.list_deliveries(request).await?.into_inner();
+        if let Some(delivery) = deliveries.deliveries.first().filter(|d| done(d)) {
+            return Ok(delivery.clone());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "delivery never got there: {deliveries:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

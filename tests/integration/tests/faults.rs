@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
 use reelmesh_integration_tests::{
-    KEY_A, TestCluster, WebhookReceiver, clips, worker::WorkerProcess,
+    KEY_A, TestCluster, WebhookReceiver, clips, delivery_when, worker::WorkerProcess,
 };
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
@@ -327,29 +327,6 @@ async fn a_watch_cut_by_a_killed_gateway_resumes_with_no_gap_and_no_repeat() -> 
 }
 
 const NOTIFY: &str = env!("CARGO_BIN_EXE_notify");
-
-/// The job's one webhook delivery as the log has it, once `done` says so.
-async fn delivery_when(
-    client: &mut ReelmeshClient,
-    job_id: &str,
-    done: impl Fn(&pb::WebhookDelivery) -> bool,
-) -> anyhow::Result<pb::WebhookDelivery> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let request = pb::ListDeliveriesRequest {
-            job_id: job_id.into(),
-        };
-        let deliveries = client.webhooks.list_deliveries(request).await?.into_inner();
-        if let Some(delivery) = deliveries.deliveries.first().filter(|d| done(d)) {
-            return Ok(delivery.clone());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "delivery never got there: {deliveries:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {

@@ -1,15 +1,19 @@
 //! Webhook delivery as receivers and operators see it: retries on the
 //! schedule with the same webhook-id and a valid signature each time, every
 //! attempt in the delivery log (ListDeliveries), 410 Gone as a stop, a dead
-//! letter when the schedule runs out, and the egress guard refusing
-//! webhooks to private addresses before any request is made.
+//! letter when the schedule runs out, Redeliver sending one again, and the
+//! egress guard refusing webhooks to private addresses before any request
+//! is made.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use reelmesh_cli::ReelmeshClient;
-use reelmesh_integration_tests::{KEY_A, TestCluster, WebhookReceiver, verify_signature};
+use reelmesh_integration_tests::{
+    KEY_A, TestCluster, WebhookReceiver, delivery_when, verify_signature,
+};
 use reelmesh_proto::v1::{self as pb, job_spec::Operation};
+use tonic::Code;
 
 fn noop_with_callback(url: &str) -> pb::JobSpec {
     pb::JobSpec {
@@ -25,33 +29,12 @@ fn noop_with_callback(url: &str) -> pb::JobSpec {
     }
 }
 
-/// Polls the delivery log until the job's one delivery is no longer
-/// retrying, and returns it.
+/// The job's one delivery once it is no longer retrying.
 async fn settled_delivery(
     client: &mut ReelmeshClient,
     job_id: &str,
 ) -> anyhow::Result<pb::WebhookDelivery> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let deliveries = client
-            .webhooks
-            .list_deliveries(pb::ListDeliveriesRequest {
-                job_id: job_id.into(),
-            })
-            .await?
-            .into_inner()
-            .deliveries;
-        if let [delivery] = deliveries.as_slice()
-            && delivery.state() != pb::DeliveryState::Retrying
-        {
-            return Ok(delivery.clone());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "delivery still unsettled: {deliveries:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    delivery_when(client, job_id, |d| d.state() != pb::DeliveryState::Retrying).await
 }
 
 fn statuses(delivery: &pb::WebhookDelivery) -> Vec<u32> {
@@ -143,5 +126,64 @@ async fn webhooks_to_private_addresses_are_refused_without_a_request() -> anyhow
         assert!(error.contains("refused"), "{url}: {error}");
     }
     assert_eq!(receiver.attempts(), 0, "nothing reached the receiver");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliver_sends_a_dead_letter_again_with_the_same_id() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    // 410 first (a dead letter at once), then 204.
+    let mut receiver = WebhookReceiver::start_failing_with(1, StatusCode::GONE).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop_with_callback(&receiver.url())).await?;
+    let dead = settled_delivery(&mut client, &job.id).await?;
+    assert_eq!(statuses(&dead), vec![410]);
+
+    let redeliver = |job_id: &str, event: &str| pb::RedeliverRequest {
+        job_id: job_id.into(),
+        event: event.into(),
+    };
+    let bad = client
+        .webhooks
+        .redeliver(redeliver(&job.id, "job.started"))
+        .await;
+    assert_eq!(
+        bad.expect_err("not a webhook event").code(),
+        Code::InvalidArgument
+    );
+    let other = client.submit(noop_with_callback(&receiver.url())).await?.id;
+    let none = client
+        .webhooks
+        .redeliver(redeliver(&other, "job.failed"))
+        .await;
+    assert_eq!(none.expect_err("no such webhook").code(), Code::NotFound);
+
+    let before = client
+        .webhooks
+        .redeliver(redeliver(&job.id, "job.completed"))
+        .await?
+        .into_inner();
+    assert_eq!(
+        before.state(),
+        pb::DeliveryState::Failed,
+        "answered as it was"
+    );
+    let delivered = delivery_when(&mut client, &job.id, |d| {
+        d.state() == pb::DeliveryState::Delivered
+    })
+    .await?;
+    assert_eq!(statuses(&delivered), vec![410, 204]);
+    // The other job's webhook is accepted too; find this job's.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            receiver
+                .next(Duration::from_secs(30))
+                .await?
+                .header("webhook-id")
+                .to_string(),
+        );
+    }
+    assert!(ids.contains(&delivered.id), "{ids:?} vs {}", delivered.id);
     Ok(())
 }
