@@ -201,15 +201,11 @@ fn record_key(tenant: &TenantId, id: &AssetId) -> String {
 /// URLs hold characters KV keys may not, so the index is by hash.
 fn url_index(tenant: &TenantId, url: &str) -> String {
     let digest = Sha256::digest(url.as_bytes());
-    format!("{tenant}.url.{}", hex_of(&digest))
+    format!("{tenant}.url.{}", hex::encode(digest))
 }
 
 fn sha_index(tenant: &TenantId, sha256: &str) -> String {
     format!("{tenant}.sha.{}", sha256.to_ascii_lowercase())
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ impl IdempotencyKeys {
 /// key is hashed.
 fn entry_key(tenant: &TenantId, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = hex::encode(digest);
     format!("{tenant}.{hex}")
 }
 

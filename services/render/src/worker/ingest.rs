@@ -118,8 +118,7 @@ async fn file_sha256(path: &Path) -> Result<(String, u64), RenderError> {
         hasher.update(&buffer[..read]);
         size += read as u64;
     }
-    let digest = hasher.finalize();
-    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), size))
+    Ok((hex::encode(hasher.finalize()), size))
 }
 
 /// Refuses what GStreamer cannot read as media, naming the source.
