@@ -1,27 +1,86 @@
-//! The webhook delivery log: one record per webhook (per job and event),
-//! with every attempt's status, latency and error, kept in a KV bucket so
-//! clients can see what was sent and what their receiver answered.
+//! The webhook delivery log and the queue of webhooks to send.
 //!
-//! Notify writes it (one consumer handles a given event at a time, so a
-//! plain put after a get is enough); the gateway reads it.
+//! Every destination of a job's events (the job's own callback, or one of
+//! the tenant's endpoints) has one [`DeliveryChain`]: the webhooks for that
+//! job in event order, each with every attempt's status, latency and error.
+//! Notify appends a webhook to its chain before queueing it, so a sender
+//! can always see whether an earlier webhook of the same job is still
+//! unsettled and hold a later one back: per job and destination, webhooks
+//! arrive in order. Chains are changed by compare-and-set (notify appends
+//! and records attempts, the gateway's Redeliver resets one).
+//!
+//! The queue ([`WebhookTask`] on a work-queue stream) only names a webhook;
+//! the event itself is read from the events stream when it is sent.
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv, message::PublishMessage};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{JobId, NatsError, TenantId, kv_json};
+use crate::{EndpointId, JobId, NatsError, TenantId, kv_json, names};
+
+/// Where a job's webhooks go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Destination {
+    /// The callback URL given with the job (terminal events only).
+    Callback,
+    /// One of the tenant's registered endpoints.
+    Endpoint(EndpointId),
+}
+
+impl Destination {
+    const CALLBACK: &'static str = "callback";
+
+    pub fn parse(token: &str) -> Result<Self, String> {
+        match token {
+            Self::CALLBACK => Ok(Destination::Callback),
+            id => EndpointId::parse(id).map(Destination::Endpoint),
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Callback => f.write_str(Self::CALLBACK),
+            Destination::Endpoint(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Destination::parse(&value)
+    }
+}
+
+impl From<Destination> for String {
+    fn from(value: Destination) -> Self {
+        value.to_string()
+    }
+}
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
+    /// Queued, not tried yet (or waiting for an earlier webhook of its job).
+    Pending,
     /// Failed so far; another attempt is scheduled.
     Retrying,
     /// A 2xx answer.
     Delivered,
-    /// Out of attempts, refused by the egress guard, or answered 410: a
-    /// dead letter, kept for inspection.
+    /// Out of attempts, refused by the egress guard, answered 410, or its
+    /// endpoint is gone or disabled: a dead letter, kept for inspection.
     Failed,
+}
+
+impl DeliveryState {
+    /// Whether nothing more will happen to the delivery by itself.
+    pub fn is_settled(self) -> bool {
+        matches!(self, DeliveryState::Delivered | DeliveryState::Failed)
+    }
 }
 
 /// One POST and what came of it.
@@ -35,81 +94,323 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
 }
 
+/// One webhook: one event for one destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
-    /// The `webhook-id` header: the same on every attempt.
+    /// The `webhook-id` header: the same on every attempt and redelivery.
     pub id: String,
-    pub tenant: TenantId,
-    pub job_id: JobId,
-    /// `job.completed`, `job.failed`, ...
+    /// The event's sequence on the events stream.
+    pub sequence: u64,
+    /// `job.completed`, `job.progress`, ...
     pub event: String,
+    /// Where the last attempt went (an endpoint's URL may change).
     pub url: String,
     pub state: DeliveryState,
     pub attempts: Vec<DeliveryAttempt>,
+    /// Attempts before this index were made before a Redeliver; the retry
+    /// schedule counts from here.
+    #[serde(default)]
+    pub schedule_from: usize,
+    /// How many times a client asked for it again.
+    #[serde(default)]
+    pub redeliveries: u32,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+impl DeliveryRecord {
+    /// A webhook for the event at `sequence`, not tried yet.
+    pub fn pending(job: &JobId, sequence: u64, event: String, url: String) -> Self {
+        DeliveryRecord {
+            id: webhook_id(job, sequence),
+            sequence,
+            event,
+            url,
+            state: DeliveryState::Pending,
+            attempts: Vec::new(),
+            schedule_from: 0,
+            redeliveries: 0,
+            next_attempt_at: None,
+        }
+    }
+
+    /// Failed attempts on the current schedule.
+    pub fn failed_attempts(&self) -> u32 {
+        let tried = self.attempts.len().saturating_sub(self.schedule_from);
+        u32::try_from(tried).unwrap_or(u32::MAX)
+    }
+
+    /// Starts a fresh schedule (Redeliver): pending again, earlier
+    /// attempts kept for the record.
+    pub fn redeliver(&mut self) {
+        self.state = DeliveryState::Pending;
+        self.schedule_from = self.attempts.len();
+        self.redeliveries += 1;
+        self.next_attempt_at = None;
+    }
+}
+
+/// `msg_<job>_<event sequence>`: unique per event, the same on every attempt.
+pub fn webhook_id(job: &JobId, sequence: u64) -> String {
+    format!("msg_{job}_{sequence}")
+}
+
+/// The webhooks of one job for one destination, in event order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryChain {
+    pub tenant: TenantId,
+    pub job_id: JobId,
+    pub destination: Destination,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+impl DeliveryChain {
+    pub fn new(tenant: &TenantId, job_id: &JobId, destination: &Destination) -> Self {
+        DeliveryChain {
+            tenant: tenant.clone(),
+            job_id: job_id.clone(),
+            destination: destination.clone(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    pub fn find(&self, sequence: u64) -> Option<&DeliveryRecord> {
+        self.deliveries.iter().find(|d| d.sequence == sequence)
+    }
+
+    pub fn find_mut(&mut self, sequence: u64) -> Option<&mut DeliveryRecord> {
+        self.deliveries.iter_mut().find(|d| d.sequence == sequence)
+    }
+
+    /// The earliest webhook before the one at `sequence` that is not
+    /// settled yet: the one to wait for, keeping the job's order.
+    pub fn blocker(&self, sequence: u64) -> Option<&DeliveryRecord> {
+        self.deliveries
+            .iter()
+            .take_while(|d| d.sequence != sequence)
+            .find(|d| d.sequence < sequence && !d.state.is_settled())
+    }
+}
+
+/// A webhook to send: a reference to its chain entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookTask {
+    pub tenant: TenantId,
+    pub job_id: JobId,
+    pub destination: Destination,
+    /// The event's sequence on the events stream.
+    pub sequence: u64,
+    /// Which Redeliver this is for (0 for the first sending), so a request
+    /// to send again is not taken for a duplicate of the first.
+    #[serde(default)]
+    pub redelivery: u32,
+}
+
+impl WebhookTask {
+    pub fn decode(bytes: &[u8]) -> Result<Self, NatsError> {
+        serde_json::from_slice(bytes).map_err(|err| NatsError::Corrupt(format!("webhook: {err}")))
+    }
+
+    /// Deduplication id: notify queueing the same webhook again after a
+    /// restart is dropped by the stream.
+    fn message_id(&self) -> String {
+        let WebhookTask {
+            job_id,
+            destination,
+            sequence,
+            redelivery,
+            ..
+        } = self;
+        format!("{job_id}.{destination}.{sequence}.{redelivery}")
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliveryLog {
     kv: kv::Store,
+    js: jetstream::Context,
 }
 
 impl DeliveryLog {
-    pub(crate) fn new(kv: kv::Store) -> Self {
-        DeliveryLog { kv }
+    pub(crate) fn new(kv: kv::Store, js: jetstream::Context) -> Self {
+        DeliveryLog { kv, js }
     }
 
     pub async fn get(
         &self,
         tenant: &TenantId,
         job: &JobId,
-        event: &str,
-    ) -> Result<Option<DeliveryRecord>, NatsError> {
-        let what = format!("delivery of {job} {event}");
-        kv_json::get(&self.kv, &entry_key(tenant, job, event), &what).await
+        destination: &Destination,
+    ) -> Result<Option<DeliveryChain>, NatsError> {
+        let what = format!("deliveries of {job} to {destination}");
+        kv_json::get(&self.kv, &chain_key(tenant, job, destination), &what).await
     }
 
-    pub async fn put(&self, record: &DeliveryRecord) -> Result<(), NatsError> {
-        let key = entry_key(&record.tenant, &record.job_id, &record.event);
-        kv_json::put(&self.kv, &key, record, &format!("delivery {}", record.id)).await
+    /// Applies `change` to the chain (a new, empty one if there is none) by
+    /// compare-and-set, again on a fresh read if someone else wrote in
+    /// between; `change` says whether there is anything to write. The chain
+    /// as it now is.
+    pub async fn modify(
+        &self,
+        tenant: &TenantId,
+        job: &JobId,
+        destination: &Destination,
+        mut change: impl FnMut(&mut DeliveryChain) -> bool,
+    ) -> Result<DeliveryChain, NatsError> {
+        let key = chain_key(tenant, job, destination);
+        loop {
+            let entry = self.kv.entry(&key).await.map_err(NatsError::unavailable)?;
+            let entry = entry.filter(|e| e.operation == kv::Operation::Put);
+            let mut chain = match &entry {
+                Some(entry) => serde_json::from_slice(&entry.value)
+                    .map_err(|err| NatsError::Corrupt(format!("deliveries {key}: {err}")))?,
+                None => DeliveryChain::new(tenant, job, destination),
+            };
+            if !change(&mut chain) {
+                return Ok(chain);
+            }
+            let bytes = serde_json::to_vec(&chain)
+                .map_err(|err| NatsError::Corrupt(format!("deliveries {key}: {err}")))?;
+            let written = match &entry {
+                Some(entry) => self
+                    .kv
+                    .update(&key, bytes.into(), entry.revision)
+                    .await
+                    .map_err(|err| {
+                        (
+                            err.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            err.to_string(),
+                        )
+                    }),
+                None => self.kv.create(&key, bytes.into()).await.map_err(|err| {
+                    (
+                        err.kind() == kv::CreateErrorKind::AlreadyExists,
+                        err.to_string(),
+                    )
+                }),
+            };
+            match written {
+                Ok(_) => return Ok(chain),
+                Err((true, _)) => continue,
+                Err((false, err)) => return Err(NatsError::Unavailable(err)),
+            }
+        }
     }
 
-    /// Every delivery of `job`'s events (`events` names the kinds that may
-    /// have one), oldest event first.
+    /// Every chain of `job`: its callback's and each endpoint's.
     pub async fn for_job(
         &self,
         tenant: &TenantId,
         job: &JobId,
-        events: &[&str],
-    ) -> Result<Vec<DeliveryRecord>, NatsError> {
-        let mut records = Vec::new();
-        for event in events {
-            if let Some(record) = self.get(tenant, job, event).await? {
-                records.push(record);
-            }
-        }
-        records.sort_by_key(|record| record.attempts.first().map(|attempt| attempt.at));
-        Ok(records)
+    ) -> Result<Vec<DeliveryChain>, NatsError> {
+        let filter = format!("$KV.{}.{tenant}.{job}.*", names::DELIVERIES_BUCKET);
+        let values = kv_json::latest_matching(&self.js, names::DELIVERIES_BUCKET, filter).await?;
+        values
+            .iter()
+            .map(|bytes| {
+                serde_json::from_slice(bytes)
+                    .map_err(|err| NatsError::Corrupt(format!("deliveries of {job}: {err}")))
+            })
+            .collect()
+    }
+
+    /// Queues a webhook for notify's senders; stored before this returns.
+    pub async fn enqueue(&self, task: &WebhookTask) -> Result<(), NatsError> {
+        let payload = serde_json::to_vec(task)
+            .map_err(|err| NatsError::Corrupt(format!("webhook: {err}")))?;
+        let subject = names::webhook_subject(&task.tenant, &task.job_id, &task.destination);
+        let publish = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(task.message_id());
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .map_err(NatsError::unavailable)?
+            .await
+            .map(drop)
+            .map_err(NatsError::unavailable)
     }
 }
 
-/// `<tenant>.<job>.<event>`, with the event's dot made a dash so the key
-/// stays three tokens.
-fn entry_key(tenant: &TenantId, job: &JobId, event: &str) -> String {
-    format!("{tenant}.{job}.{}", event.replace('.', "-"))
+/// `<tenant>.<job>.<destination>`.
+fn chain_key(tenant: &TenantId, job: &JobId, destination: &Destination) -> String {
+    format!("{tenant}.{job}.{destination}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn chain(states: &[DeliveryState]) -> DeliveryChain {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let job = JobId::new();
+        let mut chain = DeliveryChain::new(&tenant, &job, &Destination::Callback);
+        for (n, state) in states.iter().enumerate() {
+            let mut record =
+                DeliveryRecord::pending(&job, 10 * (n as u64 + 1), "job.x".into(), "u".into());
+            record.state = *state;
+            chain.deliveries.push(record);
+        }
+        chain
+    }
+
     #[test]
     fn keys_are_three_subject_tokens() {
         let tenant = TenantId::parse("acme").expect("tenant");
         let job = JobId::new();
-        let key = entry_key(&tenant, &job, "job.completed");
-        assert_eq!(key, format!("acme.{job}.job-completed"));
-        assert_eq!(key.split('.').count(), 3);
+        let endpoint = EndpointId::new();
+        let key = chain_key(&tenant, &job, &Destination::Endpoint(endpoint.clone()));
+        assert_eq!(key, format!("acme.{job}.{endpoint}"));
+        assert_eq!(
+            chain_key(&tenant, &job, &Destination::Callback)
+                .split('.')
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn destinations_round_trip_through_their_token() {
+        let endpoint = Destination::Endpoint(EndpointId::new());
+        for destination in [Destination::Callback, endpoint] {
+            assert_eq!(
+                Destination::parse(&destination.to_string()),
+                Ok(destination)
+            );
+        }
+        assert!(Destination::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_webhook_waits_for_the_earliest_unsettled_one_before_it() {
+        use DeliveryState::*;
+        let chain = chain(&[Delivered, Retrying, Pending, Failed]);
+        assert_eq!(chain.blocker(10), None, "the first waits for nothing");
+        assert_eq!(chain.blocker(20), None, "settled ones do not hold it");
+        assert_eq!(chain.blocker(30).map(|d| d.sequence), Some(20));
+        assert_eq!(chain.blocker(40).map(|d| d.sequence), Some(20));
+        let settled = self::chain(&[Delivered, Failed, Pending]);
+        assert_eq!(settled.blocker(30), None);
+    }
+
+    #[test]
+    fn a_redelivery_counts_its_schedule_afresh() {
+        let job = JobId::new();
+        let mut record = DeliveryRecord::pending(&job, 7, "job.completed".into(), "u".into());
+        record.attempts = vec![
+            DeliveryAttempt {
+                at: OffsetDateTime::now_utc(),
+                status: Some(503),
+                latency_ms: 1,
+                error: None,
+            };
+            3
+        ];
+        record.state = DeliveryState::Failed;
+        assert_eq!(record.failed_attempts(), 3);
+        record.redeliver();
+        assert_eq!(record.failed_attempts(), 0);
+        assert_eq!(record.state, DeliveryState::Pending);
+        assert_eq!(record.id, webhook_id(&job, 7), "same webhook-id");
     }
 }

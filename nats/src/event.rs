@@ -2,7 +2,8 @@
 //! terminal event), kept on the events stream under a per-job subject.
 //!
 //! Watchers replay a job's subject from the start and then follow it live;
-//! notify consumes the terminal events of all jobs through a durable consumer.
+//! notify consumes every job's events through a durable consumer and turns
+//! them into webhooks.
 
 use async_nats::jetstream::{
     self, consumer::DeliverPolicy, consumer::pull, message::PublishMessage,
@@ -77,6 +78,18 @@ impl EventKind {
             }),
             JobState::Cancelled => Some(EventKind::Cancelled),
             JobState::Queued | JobState::Running => None,
+        }
+    }
+
+    /// The state a job is in once this event has happened.
+    pub fn state(&self) -> crate::JobState {
+        use crate::JobState;
+        match self {
+            EventKind::Queued | EventKind::Retrying { .. } => JobState::Queued,
+            EventKind::Started { .. } | EventKind::Progress(_) => JobState::Running,
+            EventKind::Completed { .. } => JobState::Completed,
+            EventKind::Failed { .. } => JobState::Failed,
+            EventKind::Cancelled => JobState::Cancelled,
         }
     }
 
@@ -167,6 +180,22 @@ impl EventLog {
             .await
             .map_err(NatsError::unavailable)?;
         Ok(Pending::new(ack))
+    }
+
+    /// The event stored at `sequence`, or `None` once it has expired or
+    /// been purged (a webhook names its event this way).
+    pub async fn get(&self, sequence: u64) -> Result<Option<JobEvent>, NatsError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let stream = self
+            .js
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => JobEvent::decode(&message.payload).map(Some),
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(NatsError::unavailable(err)),
+        }
     }
 
     /// Deletes every event of one job (retention).

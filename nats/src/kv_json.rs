@@ -1,6 +1,7 @@
-//! Records kept as JSON in KV buckets (assets, webhook deliveries): one
-//! read and one write, with unreadable bytes reported as corrupt data
-//! naming what they were meant to be.
+//! Records kept as JSON in KV buckets (assets, webhook deliveries,
+//! endpoints): one read, one write, or one pass over many keys, with
+//! unreadable bytes reported as corrupt data naming what they were meant to
+//! be.
 
 use async_nats::jetstream::kv;
 use serde::{Serialize, de::DeserializeOwned};
@@ -34,4 +35,58 @@ pub(crate) async fn put<T: Serialize>(
         .await
         .map(drop)
         .map_err(NatsError::unavailable)
+}
+
+/// The latest value of every live key of `bucket` matching `filter` (a
+/// `$KV.<bucket>.` subject filter), read straight off the bucket's stream in
+/// one pass rather than a get per key.
+pub(crate) async fn latest_matching(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    filter: String,
+) -> Result<Vec<bytes::Bytes>, NatsError> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt as _;
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(NatsError::unavailable)?;
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(NatsError::unavailable)?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(NatsError::unavailable)?
+        .num_pending;
+    let mut values = Vec::with_capacity(pending as usize);
+    if pending == 0 {
+        return Ok(values);
+    }
+    let mut messages = consumer.messages().await.map_err(NatsError::unavailable)?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(NatsError::unavailable)?;
+        let remaining = message.info().map_err(NatsError::unavailable)?.pending;
+        if !is_tombstone(&message) {
+            values.push(message.payload.clone());
+        }
+        if remaining == 0 {
+            break;
+        }
+    }
+    Ok(values)
+}
+
+/// Deletes and purges are kept in the stream as markers with no value.
+fn is_tombstone(message: &async_nats::jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("KV-Operation"))
+        .is_some_and(|op| op.as_str() != "PUT")
 }

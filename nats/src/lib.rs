@@ -8,6 +8,7 @@
 pub mod asset;
 mod claim;
 pub mod delivery;
+pub mod endpoint;
 pub mod error;
 pub mod event;
 mod id;
@@ -21,7 +22,14 @@ pub mod topology;
 pub mod work;
 
 pub use asset::{AssetCatalog, AssetId, AssetRecord, Registered};
-pub use delivery::{DeliveryAttempt, DeliveryLog, DeliveryRecord, DeliveryState};
+pub use delivery::{
+    DeliveryAttempt, DeliveryChain, DeliveryLog, DeliveryRecord, DeliveryState, Destination,
+    WebhookTask,
+};
+pub use endpoint::{
+    Disabled, EndpointChange, EndpointId, EndpointRecord, EndpointSecret, EndpointStore,
+    WEBHOOK_EVENT_TYPES,
+};
 pub use error::NatsError;
 pub use event::{EventKind, EventLog, JobEvent, SequencedEvent};
 pub use idempotency::IdempotencyKeys;

@@ -3,7 +3,10 @@
 //! Subjects are built here and only here so that a rename is one edit and the
 //! wildcards that consumers filter on always match what publishers send.
 
-use crate::record::{JobId, Priority, TenantId};
+use crate::{
+    Destination,
+    record::{JobId, Priority, TenantId},
+};
 
 /// KV bucket of job records, keyed `<tenant>.<job id>`.
 pub const JOBS_BUCKET: &str = "reelmesh_jobs";
@@ -16,9 +19,14 @@ pub const IDEMPOTENCY_BUCKET: &str = "reelmesh_idempotency";
 /// and indexes `<tenant>.url.<hash>` / `<tenant>.sha.<sha256>` -> asset id.
 pub const ASSETS_BUCKET: &str = "reelmesh_assets";
 
-/// KV bucket of webhook deliveries and their attempts, keyed
-/// `<tenant>.<job>.<event>` (the event's dot a dash: `job-completed`).
+/// KV bucket of webhook deliveries and their attempts: one chain per job
+/// and destination, keyed `<tenant>.<job>.<destination>` (`callback` or an
+/// endpoint id).
 pub const DELIVERIES_BUCKET: &str = "reelmesh_deliveries";
+
+/// KV bucket of the webhook endpoints tenants register, keyed
+/// `<tenant>.<endpoint id>`.
+pub const ENDPOINTS_BUCKET: &str = "reelmesh_endpoints";
 
 /// Work-queue stream: one message per job waiting for (or held by) a
 /// render worker.
@@ -61,12 +69,15 @@ pub fn render_consumer(priority: Priority) -> String {
 pub const EVENTS_STREAM: &str = "REELMESH_EVENTS";
 /// Subjects the events stream captures.
 pub const EVENTS_SUBJECTS: &str = "reelmesh.events.>";
-/// Durable consumer of terminal events that drives webhooks.
-pub const NOTIFY_CONSUMER: &str = "notify";
+/// Durable consumer of every event, from which notify decides which
+/// webhooks to send.
+pub const NOTIFY_EVENTS_CONSUMER: &str = "notify-events";
+/// The consumer of earlier releases, which took terminal events only.
+pub const LEGACY_NOTIFY_CONSUMER: &str = "notify";
 
 /// `reelmesh.events.<tenant>.<job>.<kind>`: the kind is last so consumers can
-/// filter on it (notify wants terminal events only) and the job is before it so
-/// a watcher can take `reelmesh.events.<tenant>.<job>.*`.
+/// filter on it (render workers follow cancels) and the job is before it so a
+/// watcher can take `reelmesh.events.<tenant>.<job>.*`.
 pub fn event_subject(tenant: &TenantId, job: &JobId, kind: &str) -> String {
     format!("reelmesh.events.{tenant}.{job}.{kind}")
 }
@@ -80,28 +91,19 @@ pub fn job_events_filter(tenant: &TenantId, job: &JobId) -> String {
 /// (as plain NATS messages) to stop a running render.
 pub const CANCEL_EVENTS_FILTER: &str = "reelmesh.events.*.*.cancelled";
 
-/// Work-queue stream of webhook redelivery requests (Webhooks/Redeliver):
-/// each holds a copy of the terminal event to send again.
-pub const REDELIVERY_STREAM: &str = "REELMESH_REDELIVERIES";
-/// Subjects the redelivery stream captures.
-pub const REDELIVERY_SUBJECTS: &str = "reelmesh.redeliver.>";
-/// Durable consumer notify sends redeliveries from.
-pub const NOTIFY_REDELIVERY_CONSUMER: &str = "notify-redeliver";
+/// Work-queue stream of webhooks to send: one message per webhook (and per
+/// Redeliver), naming its entry in the delivery log.
+pub const WEBHOOK_STREAM: &str = "REELMESH_WEBHOOKS";
+/// Subjects the webhook stream captures.
+pub const WEBHOOK_SUBJECTS: &str = "reelmesh.webhooks.>";
+/// Durable consumer notify's senders share.
+pub const NOTIFY_SEND_CONSUMER: &str = "notify-send";
+/// The redelivery stream of earlier releases, replaced by the webhook stream.
+pub const LEGACY_REDELIVERY_STREAM: &str = "REELMESH_REDELIVERIES";
 
-/// `reelmesh.redeliver.<tenant>.<job>`.
-pub fn redelivery_subject(tenant: &TenantId, job: &JobId) -> String {
-    format!("reelmesh.redeliver.{tenant}.{job}")
-}
-
-/// Kinds of the events that end a job: the ones webhooks are sent for.
-pub const TERMINAL_EVENT_KINDS: [&str; 3] = ["completed", "failed", "cancelled"];
-
-/// Filters matching the terminal events of every job.
-pub fn terminal_event_filters() -> Vec<String> {
-    TERMINAL_EVENT_KINDS
-        .iter()
-        .map(|kind| format!("reelmesh.events.*.*.{kind}"))
-        .collect()
+/// `reelmesh.webhooks.<tenant>.<job>.<destination>`.
+pub fn webhook_subject(tenant: &TenantId, job: &JobId, destination: &Destination) -> String {
+    format!("reelmesh.webhooks.{tenant}.{job}.{destination}")
 }
 
 /// KV key of a job record.
@@ -146,7 +148,21 @@ mod tests {
         let subject = event_subject(&tenant, &job, "completed");
         assert_eq!(subject, format!("reelmesh.events.acme.{job}.completed"));
         assert!(job_events_filter(&tenant, &job).ends_with(".*"));
-        assert_eq!(terminal_event_filters().len(), 3);
-        assert!(terminal_event_filters().contains(&CANCEL_EVENTS_FILTER.to_string()));
+        let cancelled = event_subject(&tenant, &job, "cancelled");
+        assert!(subject_matches(CANCEL_EVENTS_FILTER, &cancelled));
+        assert!(!subject_matches(CANCEL_EVENTS_FILTER, &subject));
+        let hook = webhook_subject(&tenant, &job, &Destination::Callback);
+        assert!(subject_matches(WEBHOOK_SUBJECTS, &hook));
+    }
+
+    /// NATS subject matching, enough for these filters.
+    fn subject_matches(filter: &str, subject: &str) -> bool {
+        let (filter, subject): (Vec<_>, Vec<_>) =
+            (filter.split('.').collect(), subject.split('.').collect());
+        filter.iter().enumerate().all(|(n, token)| match *token {
+            ">" => subject.len() > n,
+            "*" => n < subject.len(),
+            token => subject.get(n) == Some(&token),
+        }) && (filter.last() == Some(&">") || filter.len() == subject.len())
     }
 }

@@ -627,42 +627,11 @@ impl JobRecords {
     }
 
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-        let stream = self
-            .js
-            .get_stream(format!("KV_{}", names::JOBS_BUCKET))
-            .await
-            .map_err(NatsError::unavailable)?;
-        let mut consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        let pending = consumer
-            .info()
-            .await
-            .map_err(NatsError::unavailable)?
-            .num_pending;
-        let mut records = Vec::with_capacity(pending as usize);
-        if pending == 0 {
-            return Ok(records);
-        }
-        let mut messages = consumer.messages().await.map_err(NatsError::unavailable)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(NatsError::unavailable)?;
-            let info = message.info().map_err(NatsError::unavailable)?;
-            let remaining = info.pending;
-            if !is_kv_tombstone(&message) {
-                records.push(JobRecord::decode(&message.payload)?);
-            }
-            if remaining == 0 {
-                break;
-            }
-        }
-        Ok(records)
+        let values = crate::kv_json::latest_matching(&self.js, names::JOBS_BUCKET, filter).await?;
+        values
+            .iter()
+            .map(|bytes| JobRecord::decode(bytes))
+            .collect()
     }
 
     /// Follows one record: yields its current value, then every change.
@@ -681,14 +650,6 @@ impl JobRecords {
             JobRecord::decode(&entry.value).ok()
         }))
     }
-}
-
-fn is_kv_tombstone(message: &async_nats::jetstream::Message) -> bool {
-    message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("KV-Operation"))
-        .is_some_and(|op| op.as_str() != "PUT")
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use async_nats::jetstream::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AssetCatalog, DeliveryLog, EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names,
+    AssetCatalog, DeliveryLog, EndpointStore, EventLog, IdempotencyKeys, JobRecords, NatsError,
+    WorkQueue, names,
 };
 
 /// Tunables of the topology; the defaults suit production and tests alike.
@@ -65,6 +66,11 @@ mod humantime_secs {
 /// ends the message itself when the schedule runs out.
 pub const NOTIFY_MAX_DELIVER: i64 = -1;
 
+/// Webhooks notify may hold unacknowledged at once: each one waiting for a
+/// retry, or for an earlier webhook of its job, is one. Generous, so a
+/// receiver that is down for hours cannot stall everyone else's webhooks.
+pub const NOTIFY_MAX_ACK_PENDING: i64 = 100_000;
+
 /// Handles on everything in NATS a service works with.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -75,6 +81,7 @@ pub struct Topology {
     pub idempotency: IdempotencyKeys,
     pub assets: AssetCatalog,
     pub deliveries: DeliveryLog,
+    pub endpoints: EndpointStore,
 }
 
 impl Topology {
@@ -149,13 +156,24 @@ impl Topology {
         })
         .await
         .map_err(NatsError::unavailable)?;
+        let endpoints = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::ENDPOINTS_BUCKET.into(),
+                description: "reelmesh webhook endpoints of each tenant".into(),
+                history: 5,
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
-            name: names::REDELIVERY_STREAM.into(),
-            description: Some("reelmesh webhook redeliveries asked for by clients".into()),
-            subjects: vec![names::REDELIVERY_SUBJECTS.into()],
+            name: names::WEBHOOK_STREAM.into(),
+            description: Some("reelmesh webhooks waiting to be sent".into()),
+            subjects: vec![names::WEBHOOK_SUBJECTS.into()],
             retention: RetentionPolicy::WorkQueue,
             storage,
             max_age: config.event_retention,
+            duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
         .await
@@ -177,78 +195,87 @@ impl Topology {
             jobs: JobRecords::new(kv, js.clone()),
             idempotency: IdempotencyKeys::new(idempotency),
             assets: AssetCatalog::new(assets),
-            deliveries: DeliveryLog::new(deliveries),
+            deliveries: DeliveryLog::new(deliveries, js.clone()),
+            endpoints: EndpointStore::new(endpoints, js.clone()),
             events: EventLog::new(js.clone()),
             work: WorkQueue::new(js, render_consumer_config(config)),
         })
     }
 
-    /// The durable consumer of terminal events that notify delivers from.
-    pub async fn notify_consumer(&self) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+    /// The durable consumer of every event, from which notify queues
+    /// webhooks. Acknowledging one acknowledges all before it: notify reads
+    /// events in order and acknowledges in batches.
+    pub async fn notify_events_consumer(
+        &self,
+    ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
+        self.retire_legacy_notify().await?;
         self.notify_pull(
             names::EVENTS_STREAM,
-            names::NOTIFY_CONSUMER,
-            "terminal job events to deliver as webhooks",
-            names::terminal_event_filters(),
+            pull::Config {
+                durable_name: Some(names::NOTIFY_EVENTS_CONSUMER.into()),
+                description: Some("job events to route to webhooks".into()),
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
         )
         .await
     }
 
-    /// The durable consumer of redelivery requests, notify's second source.
-    pub async fn notify_redelivery_consumer(
+    /// The durable consumer of the webhook queue notify's senders share.
+    pub async fn notify_send_consumer(
         &self,
     ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
         self.notify_pull(
-            names::REDELIVERY_STREAM,
-            names::NOTIFY_REDELIVERY_CONSUMER,
-            "webhooks to send again",
-            Vec::new(),
+            names::WEBHOOK_STREAM,
+            pull::Config {
+                durable_name: Some(names::NOTIFY_SEND_CONSUMER.into()),
+                description: Some("webhooks to send".into()),
+                ack_policy: AckPolicy::Explicit,
+                // Longer than a POST may take, so a send in progress is not
+                // handed to another sender.
+                ack_wait: Duration::from_secs(60),
+                max_deliver: NOTIFY_MAX_DELIVER,
+                max_ack_pending: NOTIFY_MAX_ACK_PENDING,
+                ..Default::default()
+            },
         )
         .await
     }
 
-    /// Asks notify to send `event`'s webhook again (stored before this
-    /// returns, so the request survives a restart).
-    pub async fn request_redelivery(&self, event: &crate::JobEvent) -> Result<(), NatsError> {
-        let payload =
-            serde_json::to_vec(event).map_err(|err| NatsError::Corrupt(err.to_string()))?;
-        jetstream::new(self.client.clone())
-            .publish(
-                names::redelivery_subject(&event.tenant, &event.job_id),
-                payload.into(),
-            )
+    /// Earlier releases sent webhooks from a consumer of terminal events and
+    /// a redelivery stream; both are replaced (and would otherwise keep
+    /// state for nobody).
+    async fn retire_legacy_notify(&self) -> Result<(), NatsError> {
+        let js = jetstream::new(self.client.clone());
+        let events = js
+            .get_stream(names::EVENTS_STREAM)
             .await
-            .map_err(NatsError::unavailable)?
+            .map_err(NatsError::unavailable)?;
+        if events
+            .consumer_info(names::LEGACY_NOTIFY_CONSUMER)
             .await
-            .map(drop)
-            .map_err(NatsError::unavailable)
+            .is_ok()
+        {
+            let _ = events.delete_consumer(names::LEGACY_NOTIFY_CONSUMER).await;
+        }
+        if js.get_stream(names::LEGACY_REDELIVERY_STREAM).await.is_ok() {
+            let _ = js.delete_stream(names::LEGACY_REDELIVERY_STREAM).await;
+        }
+        Ok(())
     }
 
     async fn notify_pull(
         &self,
         stream: &str,
-        name: &str,
-        description: &str,
-        filter_subjects: Vec<String>,
+        config: pull::Config,
     ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
-        let js = jetstream::new(self.client.clone());
-        let stream = js
+        let name = config.durable_name.clone().unwrap_or_default();
+        jetstream::new(self.client.clone())
             .get_stream(stream)
             .await
-            .map_err(NatsError::unavailable)?;
-        stream
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.into()),
-                    description: Some(description.into()),
-                    filter_subjects,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_deliver: NOTIFY_MAX_DELIVER,
-                    ..Default::default()
-                },
-            )
+            .map_err(NatsError::unavailable)?
+            .get_or_create_consumer(&name, config)
             .await
             .map_err(NatsError::unavailable)
     }

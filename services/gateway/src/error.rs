@@ -12,6 +12,11 @@ pub enum GatewayError {
     NotFound(String),
     #[error("asset {0} not found")]
     AssetNotFound(String),
+    #[error("endpoint {0} not found")]
+    EndpointNotFound(String),
+    /// No webhook delivery matches; the message says which was asked for.
+    #[error("{0}")]
+    DeliveryNotFound(String),
     /// The job is not in a state the call applies to.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -39,7 +44,10 @@ impl From<GatewayError> for Status {
     fn from(err: GatewayError) -> Self {
         let code = match &err {
             GatewayError::InvalidArgument(_) => Code::InvalidArgument,
-            GatewayError::NotFound(_) | GatewayError::AssetNotFound(_) => Code::NotFound,
+            GatewayError::NotFound(_)
+            | GatewayError::AssetNotFound(_)
+            | GatewayError::EndpointNotFound(_)
+            | GatewayError::DeliveryNotFound(_) => Code::NotFound,
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::ResourceExhausted(_) => Code::ResourceExhausted,
             GatewayError::Unavailable(_) => Code::Unavailable,

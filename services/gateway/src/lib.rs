@@ -1,13 +1,15 @@
 //! reelmesh gateway: the public gRPC front door.
 //!
 //! Serves `reelmesh.v1.Jobs` (backed by NATS through [`NatsJobs`]),
-//! `reelmesh.v1.Assets` (the catalog, read from NATS) and
-//! `reelmesh.v1.Store` (the same media store render uses), all behind
+//! `reelmesh.v1.Assets` (the catalog, read from NATS), `reelmesh.v1.Webhooks`
+//! (endpoints and the delivery log, in NATS) and `reelmesh.v1.Store` (the
+//! same media store render uses), all behind
 //! API-key auth, plus gRPC health and reflection so probes and grpcurl work.
 
 pub mod assets;
 pub mod capacity;
 pub mod config;
+pub mod endpoints;
 pub mod error;
 pub mod grpc;
 pub mod jobs;

@@ -484,8 +484,8 @@ fn check_source(source: Option<&Source>, field: &str) -> Checked {
 const MAX_URL_LEN: usize = 4096;
 
 /// The URL's shape only: whether its host may be reached is decided by the
-/// render worker's egress policy when it resolves the name.
-fn check_url(text: &str) -> Result<(), String> {
+/// egress policy of the render worker or notify when it resolves the name.
+pub(crate) fn check_url(text: &str) -> Result<(), String> {
     if text.len() > MAX_URL_LEN {
         return Err(format!("longer than {MAX_URL_LEN} bytes"));
     }
@@ -695,7 +695,7 @@ fn validate_callback(callback: &mut Callback) -> Checked {
 }
 
 /// A Standard Webhooks secret: "whsec_" + base64 of random bytes.
-fn new_webhook_secret() -> String {
+pub(crate) fn new_webhook_secret() -> String {
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     format!(
@@ -704,7 +704,7 @@ fn new_webhook_secret() -> String {
     )
 }
 
-fn is_webhook_secret(secret: &str) -> bool {
+pub(crate) fn is_webhook_secret(secret: &str) -> bool {
     secret
         .strip_prefix("whsec_")
         .and_then(|key| base64::engine::general_purpose::STANDARD.decode(key).ok())

@@ -21,6 +21,11 @@ pub struct NotifyConfig {
     pub retry_schedule_secs: Vec<u64>,
     /// Which non-public webhook hosts may be called (none by default).
     pub egress: EgressConfig,
+    /// At most one `job.progress` webhook per job and endpoint this often.
+    pub progress_interval_secs: u64,
+    /// Webhooks sent at once (each to a different job or destination; one
+    /// job's webhooks to one destination go one at a time, in order).
+    pub concurrency: usize,
 }
 
 impl Default for NotifyConfig {
@@ -32,6 +37,8 @@ impl Default for NotifyConfig {
             timeout_secs: 15,
             retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
             egress: EgressConfig::default(),
+            progress_interval_secs: 5,
+            concurrency: 32,
         }
     }
 }
@@ -53,6 +60,9 @@ impl ServiceConfig for NotifyConfig {
         self.listen
     }
     fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("concurrency: must be at least 1".into());
+        }
         EgressPolicy::new(&self.egress)
             .map(|_| ())
             .map_err(|err| err.to_string())

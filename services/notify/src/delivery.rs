@@ -1,22 +1,22 @@
-//! One webhook delivery: the JSON body for a terminal job event, signed and
-//! POSTed to the job's callback URL.
+//! One webhook: the JSON body for a job event, signed with every key its
+//! destination holds, POSTed once.
 
 use std::time::Duration;
 
-use reelmesh_nats::{EventKind, JobEvent, JobRecord};
-use serde::Serialize;
+use reelmesh_nats::JobEvent;
 use time::OffsetDateTime;
 
-use crate::signing::SigningKey;
+use crate::signing::{SigningKey, signature_header};
 
-/// A webhook ready to send. Its id is derived from the job and event, so a
-/// redelivery carries the same `webhook-id` and receivers can dedupe.
+/// A webhook ready to send. Its id comes from the job and the event's
+/// sequence, so every attempt and redelivery carries the same
+/// `webhook-id` and receivers can dedupe.
 #[derive(Debug, Clone)]
 pub struct WebhookDelivery {
     pub id: String,
     pub url: String,
     pub body: Vec<u8>,
-    key: SigningKey,
+    keys: Vec<SigningKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +28,20 @@ pub enum DeliveryError {
     /// The URL names a host the egress guard does not allow.
     #[error("refused: {0}")]
     Refused(String),
+    /// Nothing was sent: the destination or the event is gone.
+    #[error("not sent: {0}")]
+    NotSent(String),
 }
 
 impl DeliveryError {
     /// Whether another attempt may succeed: a refused host will stay
     /// refused, and 410 Gone is the receiver asking us to stop.
     pub fn is_final(&self) -> bool {
-        matches!(self, DeliveryError::Refused(_) | DeliveryError::Status(410))
+        matches!(self, DeliveryError::Refused(_) | DeliveryError::NotSent(_)) || self.is_gone()
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(self, DeliveryError::Status(410))
     }
 
     pub fn status(&self) -> Option<u16> {
@@ -45,58 +52,14 @@ impl DeliveryError {
     }
 }
 
-/// The JSON body, in the Standard Webhooks shape: type, timestamp, data.
-#[derive(Debug, Serialize)]
-struct Payload<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(with = "time::serde::rfc3339")]
-    timestamp: OffsetDateTime,
-    data: Data<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct Data<'a> {
-    job_id: &'a str,
-    state: reelmesh_nats::JobState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<&'a reelmesh_nats::JobOutput>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
-
 impl WebhookDelivery {
-    /// The delivery for `event`, or `None` if the job asked for no callback.
-    pub fn for_event(
-        event: &JobEvent,
-        job: &JobRecord,
-    ) -> Result<Option<Self>, crate::signing::BadSecret> {
-        let Some(callback) = job.spec.callback.as_ref().filter(|c| !c.url.is_empty()) else {
-            return Ok(None);
-        };
-        let key = SigningKey::from_secret(&callback.secret)?;
-        let (output, error) = match &event.kind {
-            EventKind::Completed { output } => (Some(output), None),
-            EventKind::Failed { error } => (None, Some(error.as_str())),
-            _ => (None, None),
-        };
-        let payload = Payload {
-            kind: format!("job.{}", event.kind.name()),
-            timestamp: event.at,
-            data: Data {
-                job_id: job.id.as_str(),
-                state: job.state,
-                output,
-                error,
-            },
-        };
-        let body = serde_json::to_vec(&payload).unwrap_or_default();
-        Ok(Some(WebhookDelivery {
-            id: format!("msg_{}_{}", event.job_id, event.kind.name()),
-            url: callback.url.clone(),
-            body,
-            key,
-        }))
+    pub fn new(id: String, url: String, keys: Vec<SigningKey>, event: &JobEvent) -> Self {
+        WebhookDelivery {
+            id,
+            url,
+            body: body(event),
+            keys,
+        }
     }
 
     /// POSTs once; any 2xx is success, and its status is returned.
@@ -106,7 +69,7 @@ impl WebhookDelivery {
         timeout: Duration,
     ) -> Result<u16, DeliveryError> {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-        let signature = self.key.sign(&self.id, timestamp, &self.body);
+        let signature = signature_header(&self.keys, &self.id, timestamp, &self.body);
         let response = client
             .post(&self.url)
             .timeout(timeout)
@@ -127,5 +90,71 @@ impl WebhookDelivery {
         } else {
             Err(DeliveryError::Status(status.as_u16()))
         }
+    }
+}
+
+/// The Standard Webhooks shape: `type` (`job.completed`, ...), `timestamp`
+/// (when the event happened) and `data`: the job's id, the state the event
+/// leaves it in, the round, and the event's own fields (`output`, `error`,
+/// `percent`, `attempt`, ...), named as WatchJob names them.
+fn body(event: &JobEvent) -> Vec<u8> {
+    let mut data = match serde_json::to_value(&event.kind) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
+    data.remove("type");
+    data.insert("job_id".into(), event.job_id.as_str().into());
+    data.insert(
+        "state".into(),
+        serde_json::to_value(event.kind.state()).unwrap_or_default(),
+    );
+    data.insert("round".into(), event.round.into());
+    let timestamp = event
+        .at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let payload = serde_json::json!({
+        "type": format!("job.{}", event.kind.name()),
+        "timestamp": timestamp,
+        "data": data,
+    });
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use reelmesh_nats::{EventKind, JobId, Progress, TenantId};
+
+    use super::*;
+
+    fn event(kind: EventKind) -> JobEvent {
+        JobEvent::now(
+            &TenantId::parse("acme").expect("tenant"),
+            &JobId::new(),
+            kind,
+        )
+    }
+
+    #[test]
+    fn the_body_carries_the_event_fields_under_data() {
+        let failed = event(EventKind::Failed {
+            error: "input 0: not a video".into(),
+        });
+        let json: serde_json::Value = serde_json::from_slice(&body(&failed)).expect("json");
+        assert_eq!(json["type"], "job.failed");
+        assert_eq!(json["data"]["state"], "failed");
+        assert_eq!(json["data"]["error"], "input 0: not a video");
+        assert_eq!(json["data"]["job_id"], failed.job_id.as_str());
+        assert!(json["data"].get("type").is_none());
+
+        let progress = event(EventKind::Progress(Progress {
+            stage: "render".into(),
+            percent: 40.0,
+            eta_seconds: Some(3.0),
+        }));
+        let json: serde_json::Value = serde_json::from_slice(&body(&progress)).expect("json");
+        assert_eq!(json["type"], "job.progress");
+        assert_eq!(json["data"]["state"], "running");
+        assert_eq!(json["data"]["percent"], 40.0);
     }
 }

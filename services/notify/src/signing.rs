@@ -42,6 +42,16 @@ impl SigningKey {
     }
 }
 
+/// The `webhook-signature` header for several keys: one signature each,
+/// space-separated, so a receiver holding any one of them accepts it
+/// (how secrets are rotated without a gap).
+pub fn signature_header(keys: &[SigningKey], id: &str, timestamp: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|key| key.sign(id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +64,18 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let signature = key.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn several_keys_give_one_signature_each() {
+        let keys = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2Vjb25k"]
+            .map(|s| SigningKey::from_secret(s).expect("secret"));
+        let header = signature_header(&keys, "msg_1", 1, b"{}");
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], keys[0].sign("msg_1", 1, b"{}"));
+        assert_eq!(parts[1], keys[1].sign("msg_1", 1, b"{}"));
+        assert_ne!(parts[0], parts[1]);
     }
 
     #[test]

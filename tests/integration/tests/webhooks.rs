@@ -3,14 +3,17 @@
 //! attempt in the delivery log (ListDeliveries), 410 Gone as a stop, a dead
 //! letter when the schedule runs out, Redeliver sending one again, and the
 //! egress guard refusing webhooks to private addresses before any request
-//! is made.
+//! is made. Then tenant endpoints: managed by gRPC, sent the event types
+//! they filter for, in order per job even while retrying, disabled by 410,
+//! and signed with both secrets while one is rotated out.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use reelmesh_cli::ReelmeshClient;
+use reelmesh_integration_tests::ReceivedWebhook;
 use reelmesh_integration_tests::{
-    KEY_A, TestCluster, WebhookReceiver, delivery_when, verify_signature,
+    KEY_A, KEY_B, TestCluster, WebhookReceiver, delivery_when, verify_signature,
 };
 use reelmesh_proto::v1::{self as pb, job_spec::Operation};
 use tonic::Code;
@@ -29,12 +32,18 @@ fn noop_with_callback(url: &str) -> pb::JobSpec {
     }
 }
 
-/// The job's one delivery once it is no longer retrying.
+/// The job's one delivery once it is delivered or a dead letter.
 async fn settled_delivery(
     client: &mut ReelmeshClient,
     job_id: &str,
 ) -> anyhow::Result<pb::WebhookDelivery> {
-    delivery_when(client, job_id, |d| d.state() != pb::DeliveryState::Retrying).await
+    delivery_when(client, job_id, |d| {
+        matches!(
+            d.state(),
+            pb::DeliveryState::Delivered | pb::DeliveryState::Failed
+        )
+    })
+    .await
 }
 
 fn statuses(delivery: &pb::WebhookDelivery) -> Vec<u32> {
@@ -139,28 +148,26 @@ async fn redeliver_sends_a_dead_letter_again_with_the_same_id() -> anyhow::Resul
     let dead = settled_delivery(&mut client, &job.id).await?;
     assert_eq!(statuses(&dead), vec![410]);
 
-    let redeliver = |job_id: &str, event: &str| pb::RedeliverRequest {
+    let redeliver = |job_id: &str, delivery_id: &str| pb::RedeliverRequest {
         job_id: job_id.into(),
-        event: event.into(),
+        delivery_id: delivery_id.into(),
+        endpoint_id: String::new(),
     };
-    let bad = client
-        .webhooks
-        .redeliver(redeliver(&job.id, "job.started"))
-        .await;
+    let bad = client.webhooks.redeliver(redeliver(&job.id, "")).await;
     assert_eq!(
-        bad.expect_err("not a webhook event").code(),
+        bad.expect_err("no delivery named").code(),
         Code::InvalidArgument
     );
     let other = client.submit(noop_with_callback(&receiver.url())).await?.id;
-    let none = client
-        .webhooks
-        .redeliver(redeliver(&other, "job.failed"))
-        .await;
-    assert_eq!(none.expect_err("no such webhook").code(), Code::NotFound);
+    let none = client.webhooks.redeliver(redeliver(&other, &dead.id)).await;
+    assert_eq!(
+        none.expect_err("another job's webhook").code(),
+        Code::NotFound
+    );
 
     let before = client
         .webhooks
-        .redeliver(redeliver(&job.id, "job.completed"))
+        .redeliver(redeliver(&job.id, &dead.id))
         .await?
         .into_inner();
     assert_eq!(
@@ -185,5 +192,315 @@ async fn redeliver_sends_a_dead_letter_again_with_the_same_id() -> anyhow::Resul
         );
     }
     assert!(ids.contains(&delivered.id), "{ids:?} vs {}", delivered.id);
+    Ok(())
+}
+
+fn noop(seconds: f64) -> pb::JobSpec {
+    pb::JobSpec {
+        operation: Some(Operation::Noop(pb::Noop {
+            seconds,
+            fail_attempts: 0,
+        })),
+        ..Default::default()
+    }
+}
+
+async fn create_endpoint(
+    client: &mut ReelmeshClient,
+    url: &str,
+    events: &[&str],
+) -> anyhow::Result<pb::Endpoint> {
+    let request = pb::CreateEndpointRequest {
+        url: url.into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        ..Default::default()
+    };
+    Ok(client.webhooks.create_endpoint(request).await?.into_inner())
+}
+
+/// The webhooks `receiver` accepts up to and including `last_type`.
+async fn webhooks_until(
+    receiver: &mut WebhookReceiver,
+    last_type: &str,
+) -> anyhow::Result<Vec<ReceivedWebhook>> {
+    let mut received = Vec::new();
+    loop {
+        let webhook = receiver.next(Duration::from_secs(30)).await?;
+        let done = webhook.json()["type"] == last_type;
+        received.push(webhook);
+        if done {
+            return Ok(received);
+        }
+    }
+}
+
+fn types(webhooks: &[ReceivedWebhook]) -> Vec<String> {
+    webhooks
+        .iter()
+        .map(|w| w.json()["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The event sequence in a `msg_<job>_<sequence>` webhook-id.
+fn sequence_of(webhook: &ReceivedWebhook) -> u64 {
+    let id = webhook.header("webhook-id");
+    id.rsplit('_')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_managed_per_tenant_and_refusals_name_the_field() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut other = cluster.client(KEY_B).await?;
+
+    let bad_url = create_endpoint(&mut client, "ftp://example.com/hook", &[]).await;
+    let status = bad_url.expect_err("ftp").downcast::<tonic::Status>()?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("url: "),
+        "{}",
+        status.message()
+    );
+    let bad_event =
+        create_endpoint(&mut client, "https://example.com/hook", &["job.finished"]).await;
+    let status = bad_event.expect_err("event").downcast::<tonic::Status>()?;
+    assert!(
+        status.message().starts_with("events[0]: "),
+        "{}",
+        status.message()
+    );
+
+    let created = create_endpoint(&mut client, "https://example.com/hook", &["job.failed"]).await?;
+    assert!(
+        created.secret.starts_with("whsec_"),
+        "shown once, on create"
+    );
+    assert_eq!(created.events, ["job.failed"]);
+    let get = |id: &str| pb::GetEndpointRequest { id: id.into() };
+    let fetched = client
+        .webhooks
+        .get_endpoint(get(&created.id))
+        .await?
+        .into_inner();
+    assert_eq!(fetched.secret, "", "not shown again");
+    assert_eq!(fetched.url, created.url);
+    let theirs = other.webhooks.get_endpoint(get(&created.id)).await;
+    assert_eq!(theirs.expect_err("tenant B").code(), Code::NotFound);
+    let listed = other
+        .webhooks
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await?
+        .into_inner();
+    assert!(listed.endpoints.is_empty(), "tenant B has none");
+
+    let update = |mask: &[&str]| pb::UpdateEndpointRequest {
+        endpoint: Some(pb::Endpoint {
+            id: created.id.clone(),
+            description: "billing".into(),
+            events: vec!["job.completed".into()],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: mask.iter().map(|p| p.to_string()).collect(),
+        }),
+    };
+    let unmasked = client.webhooks.update_endpoint(update(&[])).await;
+    assert_eq!(unmasked.expect_err("no mask").code(), Code::InvalidArgument);
+    let updated = client
+        .webhooks
+        .update_endpoint(update(&["description"]))
+        .await?
+        .into_inner();
+    assert_eq!(updated.description, "billing");
+    assert_eq!(updated.events, ["job.failed"], "not in the mask");
+    let listed = client
+        .webhooks
+        .list_endpoints(pb::ListEndpointsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(listed.endpoints, vec![updated]);
+
+    let delete = |id: &str| pb::DeleteEndpointRequest { id: id.into() };
+    client.webhooks.delete_endpoint(delete(&created.id)).await?;
+    let gone = client.webhooks.get_endpoint(get(&created.id)).await;
+    assert_eq!(gone.expect_err("deleted").code(), Code::NotFound);
+    let again = client.webhooks.delete_endpoint(delete(&created.id)).await;
+    assert_eq!(again.expect_err("deleted").code(), Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_get_their_event_types_in_order_even_while_retrying() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.notify.progress_interval_secs = 1;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // Fails the first two requests: the queued webhook is retried while
+    // everything after it waits.
+    let mut everything = WebhookReceiver::start(2).await?;
+    let mut ends = WebhookReceiver::start(0).await?;
+    let all = create_endpoint(&mut client, &everything.url(), &[]).await?;
+    let some = create_endpoint(&mut client, &ends.url(), &["job.started", "job.completed"]).await?;
+
+    let job = client.submit(noop(1.5)).await?;
+    let received = webhooks_until(&mut everything, "job.completed").await?;
+    let kinds = types(&received);
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("job.queued"),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds[1], "job.started", "{kinds:?}");
+    let progress = kinds.iter().filter(|k| *k == "job.progress").count();
+    assert!(
+        (1..=3).contains(&progress),
+        "progress throttled to about once a second: {kinds:?}"
+    );
+    assert_eq!(kinds.len(), progress + 3, "{kinds:?}");
+    let sequences: Vec<u64> = received.iter().map(sequence_of).collect();
+    assert!(sequences.is_sorted(), "in event order: {sequences:?}");
+    for webhook in &received {
+        assert!(
+            verify_signature(&all.secret, webhook),
+            "{:?}",
+            webhook.headers
+        );
+        assert_eq!(webhook.json()["data"]["job_id"], job.id.as_str());
+    }
+
+    let filtered = webhooks_until(&mut ends, "job.completed").await?;
+    assert_eq!(types(&filtered), ["job.started", "job.completed"]);
+    assert!(filtered.iter().all(|w| verify_signature(&some.secret, w)));
+    assert!(
+        !filtered.iter().any(|w| verify_signature(&all.secret, w)),
+        "own secret"
+    );
+
+    let request = pb::ListDeliveriesRequest {
+        job_id: job.id.clone(),
+    };
+    let log = client.webhooks.list_deliveries(request).await?.into_inner();
+    let to_all: Vec<&pb::WebhookDelivery> = log
+        .deliveries
+        .iter()
+        .filter(|d| d.endpoint_id == all.id)
+        .collect();
+    assert_eq!(to_all.len(), received.len());
+    assert_eq!(statuses(to_all[0]), vec![503, 503, 204]);
+    assert!(
+        to_all[1..].iter().all(|d| statuses(d) == vec![204]),
+        "{to_all:?}"
+    );
+    assert_eq!(everything.attempts(), received.len() + 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_an_endpoint_until_it_is_enabled_again() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut gone = WebhookReceiver::start_failing_with(1, StatusCode::GONE).await?;
+    let mut witness = WebhookReceiver::start(0).await?;
+    let endpoint = create_endpoint(&mut client, &gone.url(), &["job.completed"]).await?;
+    create_endpoint(&mut client, &witness.url(), &["job.completed"]).await?;
+
+    let first = client.submit(noop(0.0)).await?;
+    witness.next(Duration::from_secs(30)).await?;
+    let get = pb::GetEndpointRequest {
+        id: endpoint.id.clone(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let disabled = loop {
+        let now = client
+            .webhooks
+            .get_endpoint(get.clone())
+            .await?
+            .into_inner();
+        if now.disabled {
+            break now;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never disabled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(disabled.disabled_reason.contains("410"), "{disabled:?}");
+    // The attempt is recorded before the endpoint is disabled.
+    let log = client
+        .webhooks
+        .list_deliveries(pb::ListDeliveriesRequest {
+            job_id: first.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let ours = log
+        .deliveries
+        .iter()
+        .find(|d| d.endpoint_id == endpoint.id)
+        .expect("a delivery to the gone endpoint");
+    assert_eq!(statuses(ours), vec![410]);
+    assert_eq!(ours.state(), pb::DeliveryState::Failed);
+
+    // The next job's webhook reaches the witness only.
+    let second = client.submit(noop(0.0)).await?;
+    let seen = witness.next(Duration::from_secs(30)).await?;
+    assert_eq!(seen.json()["data"]["job_id"], second.id.as_str());
+    let log = client
+        .webhooks
+        .list_deliveries(pb::ListDeliveriesRequest {
+            job_id: second.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        log.deliveries.iter().all(|d| d.endpoint_id != endpoint.id),
+        "nothing for a disabled endpoint: {log:?}"
+    );
+    assert_eq!(gone.attempts(), 1);
+
+    let enable = pb::UpdateEndpointRequest {
+        endpoint: Some(pb::Endpoint {
+            id: endpoint.id.clone(),
+            disabled: false,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["disabled".into()],
+        }),
+    };
+    let enabled = client.webhooks.update_endpoint(enable).await?.into_inner();
+    assert!(!enabled.disabled && enabled.disabled_reason.is_empty());
+    let third = client.submit(noop(0.0)).await?;
+    let webhook = gone.next(Duration::from_secs(30)).await?;
+    assert_eq!(webhook.json()["data"]["job_id"], third.id.as_str());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_still_signs_alongside_the_new_one() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut receiver = WebhookReceiver::start(0).await?;
+    let endpoint = create_endpoint(&mut client, &receiver.url(), &["job.completed"]).await?;
+    let rotate = pb::RotateEndpointSecretRequest {
+        id: endpoint.id.clone(),
+        ..Default::default()
+    };
+    let rotated = client
+        .webhooks
+        .rotate_endpoint_secret(rotate)
+        .await?
+        .into_inner();
+    assert!(rotated.secret.starts_with("whsec_"));
+    assert_ne!(rotated.secret, endpoint.secret);
+
+    client.submit(noop(0.0)).await?;
+    let webhook = receiver.next(Duration::from_secs(30)).await?;
+    let signatures = webhook.header("webhook-signature").split(' ').count();
+    assert_eq!(signatures, 2, "{:?}", webhook.headers);
+    assert!(verify_signature(&endpoint.secret, &webhook), "old secret");
+    assert!(verify_signature(&rotated.secret, &webhook), "new secret");
     Ok(())
 }
