@@ -39,6 +39,8 @@ const MAX_HOLD: Duration = Duration::from_secs(60);
 const NATS_RETRY: Duration = Duration::from_secs(2);
 
 type ChainKey = (String, String, String);
+/// A task and the message it came in, to acknowledge.
+type Taken = (WebhookTask, Message);
 
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
@@ -53,7 +55,7 @@ struct Inner {
     config: NotifyConfig,
     permits: Semaphore,
     /// The queue of each chain with a task in hand.
-    chains: Mutex<HashMap<ChainKey, mpsc::UnboundedSender<Message>>>,
+    chains: Mutex<HashMap<ChainKey, mpsc::UnboundedSender<Taken>>>,
 }
 
 /// What to do with a webhook, once its chain and destination are known.
@@ -115,15 +117,15 @@ impl WebhookSender {
             task.destination.to_string(),
         );
         let mut chains = self.chains();
-        let message = match chains.get(&key) {
-            Some(queue) => match queue.send(message) {
+        let taken = match chains.get(&key) {
+            Some(queue) => match queue.send((task, message)) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(message)) => message,
+                Err(mpsc::error::SendError(taken)) => taken,
             },
-            None => message,
+            None => (task, message),
         };
         let (queue, received) = mpsc::unbounded_channel();
-        let _ = queue.send(message);
+        let _ = queue.send(taken);
         chains.insert(key.clone(), queue);
         let sender = self.clone();
         tokio::spawn(async move { sender.drain_chain(key, received).await });
@@ -131,14 +133,14 @@ impl WebhookSender {
 
     /// Works through one chain's tasks in arrival order, and retires the
     /// queue once it is empty.
-    async fn drain_chain(&self, key: ChainKey, mut received: mpsc::UnboundedReceiver<Message>) {
+    async fn drain_chain(&self, key: ChainKey, mut received: mpsc::UnboundedReceiver<Taken>) {
         loop {
-            let message = match received.try_recv() {
-                Ok(message) => message,
+            let (task, message) = match received.try_recv() {
+                Ok(taken) => taken,
                 Err(_) => {
                     let mut chains = self.chains();
                     match received.try_recv() {
-                        Ok(message) => message,
+                        Ok(taken) => taken,
                         Err(_) => {
                             chains.remove(&key);
                             return;
@@ -146,21 +148,18 @@ impl WebhookSender {
                     }
                 }
             };
-            self.handle(message).await;
+            self.handle(&task, message).await;
         }
     }
 
-    async fn handle(&self, message: Message) {
+    async fn handle(&self, task: &WebhookTask, message: Message) {
         let Ok(_permit) = self.inner.permits.acquire().await else {
             return;
         };
-        let ack = match WebhookTask::decode(&message.payload) {
-            Ok(task) => self.attempt(&task).await.unwrap_or_else(|err| {
-                tracing::warn!(job = %task.job_id, "webhook not attempted: {err}");
-                AckKind::Nak(Some(NATS_RETRY))
-            }),
-            Err(_) => AckKind::Term,
-        };
+        let ack = self.attempt(task).await.unwrap_or_else(|err| {
+            tracing::warn!(job = %task.job_id, "webhook not attempted: {err}");
+            AckKind::Nak(Some(NATS_RETRY))
+        });
         if let Err(err) = message.ack_with(ack).await {
             tracing::warn!("could not acknowledge a webhook task: {err}");
         }
@@ -382,9 +381,7 @@ impl WebhookSender {
         Ok(())
     }
 
-    fn chains(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ChainKey, mpsc::UnboundedSender<Message>>> {
+    fn chains(&self) -> std::sync::MutexGuard<'_, HashMap<ChainKey, mpsc::UnboundedSender<Taken>>> {
         self.inner
             .chains
             .lock()
