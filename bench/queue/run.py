@@ -76,22 +76,24 @@ def flatten(report):
     }
 
 
-def cpu_seconds(pids):
-    """User + system CPU time used so far by these processes, in seconds."""
-    total = 0
+def cpu_by_process(pids):
+    """{process name: user + system CPU seconds used so far} for these processes."""
+    used = {}
     for pid in pids:
         try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        used[name] = used.get(name, 0) + ticks / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def run_load(args, tool, producers):
     argv = load_command(args, tool, producers)
     pids = args.server_pids.get(tool, [])
-    cpu_before = cpu_seconds(pids)
+    cpu_before = cpu_by_process(pids)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout + 60)
     except subprocess.TimeoutExpired:
@@ -104,7 +106,11 @@ def run_load(args, tool, producers):
     except (ValueError, KeyError, IndexError) as err:
         return {"error": f"unreadable output ({err}): {done.stdout[-200:]}"}
     if pids:
-        run["server_cpu_ms"] = (cpu_seconds(pids) - cpu_before) * 1e3 / (args.jobs + args.warmup)
+        jobs = args.jobs + args.warmup
+        spent = {name: (used - cpu_before.get(name, 0)) * 1e3 / jobs
+                 for name, used in cpu_by_process(pids).items()}
+        run["server_cpu_ms"] = sum(spent.values())
+        run["cpu_by_process"] = spent
     return run
 
 
@@ -284,6 +290,19 @@ def render_report(args, info, results, producer_counts, tools, started, finished
                     f"{run['submit_p50']:.2f} / {run['submit_p99']:.2f} / {run['submit_max']:.2f} | "
                     f"{run['e2e_p50']:.2f} / {run['e2e_p99']:.2f} / {run['e2e_max']:.2f} | "
                     f"{fmt(run.get('server_cpu_ms'), 'server_cpu_ms')} |")
+    add("")
+    add("Where the server CPU goes: median CPU time per job of each server process (ms):")
+    add("")
+    for producers in producer_counts:
+        for tool in tools:
+            runs = [run for run in results.get((tool, producers), []) if "cpu_by_process" in run]
+            if not runs:
+                continue
+            names = sorted({name for run in runs for name in run["cpu_by_process"]})
+            shares = ", ".join(
+                f"{name} {statistics.median(run['cpu_by_process'].get(name, 0) for run in runs):.3f}"
+                for name in names)
+            add(f"- {producers} producer(s), {LABELS[tool]}: {shares}")
     add("")
     add("Load generator commands (one per run; P = producers; ports are picked afresh each time):")
     add("")

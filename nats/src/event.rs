@@ -23,6 +23,11 @@ pub struct JobEvent {
     /// The job's RetryJob round (`JobRecord::round`) the event belongs to.
     #[serde(default)]
     pub round: u32,
+    /// Whether the job has a callback URL, on events made from its record,
+    /// so notify reads the record only for jobs that do. `None` (unknown)
+    /// means look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<bool>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -108,14 +113,21 @@ impl JobEvent {
             tenant: tenant.clone(),
             at: OffsetDateTime::now_utc(),
             round: 0,
+            callback: None,
             kind,
         }
     }
 
     /// An event of `job`'s current round.
     pub fn of(job: &crate::JobRecord, kind: EventKind) -> Self {
+        let callback = job
+            .spec
+            .callback
+            .as_ref()
+            .is_some_and(|c| !c.url.is_empty());
         JobEvent {
             round: job.round,
+            callback: Some(callback),
             ..Self::now(&job.tenant, &job.id, kind)
         }
     }
@@ -276,6 +288,23 @@ mod tests {
         assert_eq!(json["error"], "bad input");
         let back: JobEvent = serde_json::from_value(json).expect("decode");
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn events_from_a_record_say_whether_it_has_a_callback() {
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let mut job = crate::JobRecord::new(tenant.clone(), Default::default());
+        assert_eq!(JobEvent::of(&job, EventKind::Cancelled).callback, Some(false));
+        job.spec.callback = Some(reelmesh_proto::v1::Callback {
+            url: "https://example.com/hook".into(),
+            secret: String::new(),
+        });
+        let event = JobEvent::of(&job, EventKind::Cancelled);
+        assert_eq!(event.callback, Some(true));
+        let mut json = serde_json::to_value(&event).expect("encode");
+        json.as_object_mut().expect("object").remove("callback");
+        let older: JobEvent = serde_json::from_value(json).expect("decode");
+        assert_eq!(older.callback, None, "unknown in events written before the field");
     }
 
     #[test]

@@ -224,6 +224,9 @@ impl EventRouter {
 
     /// The job's own callback, if it has one.
     async fn callback(&self, event: &JobEvent) -> Result<Option<(Destination, String)>, NatsError> {
+        if event.callback == Some(false) {
+            return Ok(None);
+        }
         let Some(job) = self.topology.jobs.get(&event.tenant, &event.job_id).await? else {
             return Ok(None);
         };
