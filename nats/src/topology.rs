@@ -14,7 +14,8 @@ use async_nats::jetstream::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AssetCatalog, DeliveryLog, EventLog, IdempotencyKeys, JobRecords, NatsError, WorkQueue, names,
+    AssetCatalog, DeliveryLog, EventLog, IdempotencyKeys, JobRecords, NatsError, RunningSlots,
+    WorkQueue, names,
 };
 
 /// Tunables of the topology; the defaults suit production and tests alike.
@@ -75,6 +76,7 @@ pub struct Topology {
     pub idempotency: IdempotencyKeys,
     pub assets: AssetCatalog,
     pub deliveries: DeliveryLog,
+    pub running: RunningSlots,
 }
 
 impl Topology {
@@ -138,6 +140,15 @@ impl Topology {
             })
             .await
             .map_err(NatsError::unavailable)?;
+        let running = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::RUNNING_BUCKET.into(),
+                description: "reelmesh running slots: <tenant>.<index> -> job id".into(),
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
             name: names::WORK_STREAM.into(),
             description: Some("reelmesh jobs waiting for a render worker".into()),
@@ -172,9 +183,11 @@ impl Topology {
         })
         .await
         .map_err(NatsError::unavailable)?;
+        let jobs = JobRecords::new(kv, js.clone());
         Ok(Topology {
             client,
-            jobs: JobRecords::new(kv, js.clone()),
+            running: RunningSlots::new(running, jobs.clone()),
+            jobs,
             idempotency: IdempotencyKeys::new(idempotency),
             assets: AssetCatalog::new(assets),
             deliveries: DeliveryLog::new(deliveries),
