@@ -275,6 +275,12 @@ fn render_consumer_config(config: &TopologyConfig) -> pull::Config {
         // Unlimited: attempts are counted on the job record, which fails
         // the job when they run out (see `JobRecord::begin_attempt`).
         max_deliver: -1,
+        // Unlimited: work naked with a delay (a retry's backoff, a tenant
+        // at its running limit) stays ack-pending until it comes back, and
+        // at the default cap of 1000 such messages the queue would deliver
+        // nothing new, so one tenant's waiting jobs would stall the others'.
+        // Workers fetch only what they can start, so this bounds nothing else.
+        max_ack_pending: -1,
         ..Default::default()
     }
 }

@@ -224,5 +224,11 @@ async fn running_slots_are_held_once_and_taken_over_only_from_jobs_not_running()
     assert!(slots.release(&second).await?);
     let freed = held(slots.claim(&tenant(), &jobs[3], 2).await?);
     assert_eq!(freed.index, second.index);
+
+    // Waiting work naked with a delay stays ack-pending: the queues must
+    // not stop delivering at some number of such messages.
+    for consumer in topology.work.render_consumers().await? {
+        assert_eq!(consumer.cached_info().config.max_ack_pending, -1);
+    }
     Ok(())
 }
