@@ -17,6 +17,7 @@ mod kv_json;
 pub mod names;
 pub mod pending;
 pub mod record;
+pub mod running;
 pub mod server;
 pub mod topology;
 pub mod work;
@@ -38,5 +39,6 @@ pub use record::{
     Attempt, DEFAULT_MAX_ATTEMPTS, JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary,
     NoAttempt, Priority, Progress, TenantId,
 };
+pub use running::{Claim, HeldSlot, RunningSlots};
 pub use topology::{Topology, TopologyConfig};
 pub use work::{WorkItem, WorkQueue};

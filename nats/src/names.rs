@@ -28,6 +28,10 @@ pub const DELIVERIES_BUCKET: &str = "reelmesh_deliveries";
 /// `<tenant>.<endpoint id>`.
 pub const ENDPOINTS_BUCKET: &str = "reelmesh_endpoints";
 
+/// KV bucket of running slots: `<tenant>.<index>` -> the job holding it,
+/// for the tenant limit on jobs running at once.
+pub const RUNNING_BUCKET: &str = "reelmesh_running";
+
 /// Work-queue stream: one message per job waiting for (or held by) a
 /// render worker.
 pub const WORK_STREAM: &str = "REELMESH_WORK";
@@ -109,6 +113,11 @@ pub fn webhook_subject(tenant: &TenantId, job: &JobId, destination: &Destination
 /// KV key of a job record.
 pub fn job_key(tenant: &TenantId, job: &JobId) -> String {
     format!("{tenant}.{job}")
+}
+
+/// KV key of a tenant's running slot `index` (from 0, below its limit).
+pub fn running_slot_key(tenant: &TenantId, index: u32) -> String {
+    format!("{tenant}.{index}")
 }
 
 /// KV key filter for all jobs of a tenant.

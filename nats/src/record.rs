@@ -246,6 +246,11 @@ pub struct JobRecord {
     /// still describes what they were.
     #[serde(default)]
     pub output_expired: bool,
+    /// The tenant's limit on jobs running at once, as the gateway had it
+    /// when the job was submitted (0: none). Kept here so that every render
+    /// worker applies the same limit without a copy of the gateway's config.
+    #[serde(default)]
+    pub running_limit: u32,
 }
 
 fn default_max_attempts() -> u32 {
@@ -270,6 +275,7 @@ impl JobRecord {
             retry_at: None,
             round: 0,
             output_expired: false,
+            running_limit: 0,
         }
     }
 
@@ -714,6 +720,17 @@ mod tests {
         let job = record();
         let decoded = JobRecord::decode(&job.encode().expect("encode")).expect("decode");
         assert_eq!(decoded, job);
+    }
+
+    #[test]
+    fn records_from_before_the_running_limit_have_none() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&record().encode().expect("encode")).expect("json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("running_limit");
+        let bytes = serde_json::to_vec(&json).expect("json");
+        assert_eq!(JobRecord::decode(&bytes).expect("decode").running_limit, 0);
     }
 
     #[test]

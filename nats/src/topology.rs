@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AssetCatalog, DeliveryLog, EndpointStore, EventLog, IdempotencyKeys, JobRecords, NatsError,
-    WorkQueue, names,
+    RunningSlots, WorkQueue, names,
 };
 
 /// Tunables of the topology; the defaults suit production and tests alike.
@@ -82,6 +82,7 @@ pub struct Topology {
     pub assets: AssetCatalog,
     pub deliveries: DeliveryLog,
     pub endpoints: EndpointStore,
+    pub running: RunningSlots,
 }
 
 impl Topology {
@@ -145,6 +146,15 @@ impl Topology {
             })
             .await
             .map_err(NatsError::unavailable)?;
+        let running = js
+            .create_or_update_key_value(kv::Config {
+                bucket: names::RUNNING_BUCKET.into(),
+                description: "reelmesh running slots: <tenant>.<index> -> job id".into(),
+                storage,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
         js.create_or_update_stream(stream::Config {
             name: names::WORK_STREAM.into(),
             description: Some("reelmesh jobs waiting for a render worker".into()),
@@ -190,9 +200,11 @@ impl Topology {
         })
         .await
         .map_err(NatsError::unavailable)?;
+        let jobs = JobRecords::new(kv, js.clone());
         Ok(Topology {
             client,
-            jobs: JobRecords::new(kv, js.clone()),
+            running: RunningSlots::new(running, jobs.clone()),
+            jobs,
             idempotency: IdempotencyKeys::new(idempotency),
             assets: AssetCatalog::new(assets),
             deliveries: DeliveryLog::new(deliveries, js.clone()),
@@ -289,6 +301,12 @@ fn render_consumer_config(config: &TopologyConfig) -> pull::Config {
         // Unlimited: attempts are counted on the job record, which fails
         // the job when they run out (see `JobRecord::begin_attempt`).
         max_deliver: -1,
+        // Unlimited: work naked with a delay (a retry's backoff, a tenant
+        // at its running limit) stays ack-pending until it comes back, and
+        // at the default cap of 1000 such messages the queue would deliver
+        // nothing new, so one tenant's waiting jobs would stall the others'.
+        // Workers fetch only what they can start, so this bounds nothing else.
+        max_ack_pending: -1,
         ..Default::default()
     }
 }

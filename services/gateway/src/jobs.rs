@@ -140,6 +140,7 @@ impl NatsJobs {
             0 => DEFAULT_MAX_ATTEMPTS,
             n => n,
         };
+        record.running_limit = self.limits.max_running_jobs_per_tenant;
         if let Some(key) = &key {
             let claim = self
                 .connect()

@@ -38,6 +38,12 @@ pub struct JobLimits {
     /// Most jobs one tenant may have queued or running at once; submits
     /// beyond it are RESOURCE_EXHAUSTED. 0 means no limit.
     pub max_active_jobs_per_tenant: u64,
+    /// Most jobs of one tenant running at once across all render workers;
+    /// beyond it, jobs wait in the queue (they are not refused). Stamped on
+    /// each job at submit, so workers need no copy. 0 means no limit. Meant
+    /// for tens or hundreds: a limited job's start reads all its tenant's
+    /// running slots.
+    pub max_running_jobs_per_tenant: u32,
 }
 
 impl Default for JobLimits {
@@ -51,6 +57,8 @@ impl Default for JobLimits {
             max_output_bytes: 20 << 30,
             max_attempts: 10,
             max_active_jobs_per_tenant: 10_000,
+            // Off: a tenant's jobs may use every free worker.
+            max_running_jobs_per_tenant: 0,
         }
     }
 }

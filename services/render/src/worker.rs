@@ -22,8 +22,8 @@ use std::{
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
-    EventKind, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError, NoAttempt,
-    Pending, Progress, Topology, WorkItem, names, record::Versioned,
+    EventKind, HeldSlot, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError,
+    NoAttempt, Pending, Progress, Topology, WorkItem, names, record::Versioned,
 };
 use reelmesh_store::{MediaStore, ObjectKey};
 use time::OffsetDateTime;
@@ -42,6 +42,7 @@ use crate::{
 };
 
 mod ingest;
+mod limit;
 
 /// Progress events are published at most this often, and only when the
 /// percentage moved by at least [`PROGRESS_STEP`]: a job's history (which
@@ -77,6 +78,7 @@ pub struct RenderWorker {
     urls: UrlFetcher,
     config: Arc<RenderConfig>,
     running: RunningJobs,
+    at_limit: Arc<limit::TenantsAtLimit>,
 }
 
 /// What to tell JetStream about a work item once we are done with it.
@@ -99,6 +101,7 @@ impl RenderWorker {
             urls: UrlFetcher::new(&config.url_inputs)?,
             config: Arc::new(config),
             running: Arc::default(),
+            at_limit: Arc::default(),
         })
     }
 
@@ -217,9 +220,13 @@ impl RenderWorker {
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
             let delivered = message.info().map_or(1, |info| info.delivered);
-            let started = match self.start(&item, delivered).await? {
+            let mut started = match self.start(&item, delivered).await? {
                 Start::Run(started) => *started,
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
+                Start::AtLimit => {
+                    tracing::debug!("the tenant is at its limit of running jobs: waiting");
+                    return Ok(Disposal::Nak(limit::wait(delivered)));
+                }
                 Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
             };
             let (job, attempt) = (&started.job.record, started.attempt);
@@ -227,58 +234,118 @@ impl RenderWorker {
             self.running_jobs().insert(job.id.clone(), flags.clone());
             let outcome = self.render(job, attempt, message, &flags).await;
             self.running_jobs().remove(&job.id);
-            self.finish(started, outcome, &flags)
+            let slot = started.slot.take();
+            let finished = self
+                .finish(started, outcome, &flags)
                 .instrument(tracing::info_span!("finish"))
-                .await
+                .await;
+            // After the job's end is recorded and announced, so its events
+            // never show more jobs running than the limit.
+            if let Some(slot) = slot {
+                self.at_limit.release(&self.topology, slot).await;
+            }
+            finished
         }
         .instrument(span)
         .await
     }
 
-    /// Begins an attempt on the record. The `started` event is sent but not
-    /// waited for: its ack comes in while the job renders, and
-    /// [`RenderWorker::finish`] makes sure of it before any later event.
+    /// Begins an attempt on the record. A job with a limit on its tenant's
+    /// running jobs first needs a running slot: the record read says so,
+    /// the slot is claimed, and the attempt begins by compare-and-set on
+    /// that read (a second read only if the record moved meanwhile). Jobs
+    /// without a limit pay nothing for it.
     async fn start(&self, item: &WorkItem, delivered: i64) -> Result<Start, RenderError> {
+        let (limit, current) = match self.begin(item, delivered, None).await? {
+            Begun::Start(start) => return Ok(start),
+            Begun::NeedsSlot(limit, current) => (limit, current),
+        };
+        // Still RUNNING: its worker stopped answering, and the slot that
+        // worker claimed is the job's to take again.
+        let holds_one = current.record.state == JobState::Running;
+        let (tenant, job) = (&item.tenant, &item.job_id);
+        let claim = self
+            .at_limit
+            .claim(&self.topology, tenant, job, limit, holds_one);
+        let Some(slot) = claim.await? else {
+            return Ok(Start::AtLimit);
+        };
+        match self.begin(item, delivered, Some(*current)).await {
+            Ok(Begun::Start(Start::Run(mut started))) => {
+                started.slot = Some(slot);
+                Ok(Start::Run(started))
+            }
+            begun => {
+                self.at_limit.release(&self.topology, slot).await;
+                match begun? {
+                    Begun::Start(start) => Ok(start),
+                    Begun::NeedsSlot(..) => Ok(Start::AtLimit),
+                }
+            }
+        }
+    }
+
+    /// Begins an attempt on the record, from `slotted`, the version read
+    /// before a running slot was claimed for it, if one was. The `started`
+    /// event is sent but not waited for: its ack comes in while the job
+    /// renders, and [`RenderWorker::finish`] makes sure of it before any
+    /// later event.
+    async fn begin(
+        &self,
+        item: &WorkItem,
+        delivered: i64,
+        slotted: Option<Versioned>,
+    ) -> Result<Begun, RenderError> {
         let mut outcome = Start::Nothing;
         // Set when the job has ended (before, or now for want of attempts).
         let mut ended = None;
-        let modified = self
-            .topology
-            .jobs
-            .modify(&item.tenant, &item.job_id, |job| {
-                (outcome, ended) = (Start::Nothing, None);
-                if job.round != item.round {
+        let mut needs_slot = None;
+        let has_slot = slotted.is_some();
+        let change = |job: &mut JobRecord| {
+            (outcome, ended, needs_slot) = (Start::Nothing, None, None);
+            if job.round != item.round {
+                return Ok(false);
+            }
+            if let Some(wait) = early_by(job) {
+                outcome = Start::Later(wait);
+                return Ok(false);
+            }
+            if job.running_limit > 0 && !has_slot && !job.state.is_terminal() {
+                needs_slot = Some(job.running_limit);
+                return Ok(false);
+            }
+            match job.begin_attempt() {
+                Ok(attempt) => outcome = Start::Run(Box::new(Started::at(job, attempt))),
+                Err(NoAttempt::Ended) => {
+                    ended = Some(job.clone());
                     return Ok(false);
                 }
-                if let Some(wait) = early_by(job) {
-                    outcome = Start::Later(wait);
-                    return Ok(false);
+                Err(NoAttempt::Exhausted(error)) => {
+                    tracing::warn!("job failed: {error}");
+                    ended = Some(job.clone());
                 }
-                match job.begin_attempt() {
-                    Ok(attempt) => outcome = Start::Run(Box::new(Started::at(job, attempt))),
-                    Err(NoAttempt::Ended) => {
-                        ended = Some(job.clone());
-                        return Ok(false);
-                    }
-                    Err(NoAttempt::Exhausted(error)) => {
-                        tracing::warn!("job failed: {error}");
-                        ended = Some(job.clone());
-                    }
-                }
-                Ok(true)
-            })
-            .await;
+            }
+            Ok(true)
+        };
+        let jobs = &self.topology.jobs;
+        let modified = match slotted {
+            Some(read) => jobs.modify_from(read, change).await,
+            None => jobs.modify(&item.tenant, &item.job_id, change).await,
+        };
         let written = match modified {
             Ok(written) => written,
             Err(NatsError::JobNotFound(_)) if is_young(&item.job_id) => {
-                return Ok(Start::Later(record_wait(delivered)));
+                return Ok(Begun::Start(Start::Later(record_wait(delivered))));
             }
-            Err(NatsError::JobNotFound(_)) => return Ok(Start::Nothing),
+            Err(NatsError::JobNotFound(_)) => return Ok(Begun::Start(Start::Nothing)),
             Err(err) => return Err(err.into()),
         };
+        if let Some(limit) = needs_slot {
+            return Ok(Begun::NeedsSlot(limit, Box::new(written)));
+        }
         if let Some(job) = ended {
             self.confirm_end(&job).await?;
-            return Ok(Start::Ended);
+            return Ok(Begun::Start(Start::Ended));
         }
         if let Start::Run(started) = &mut outcome {
             // What this start wrote: finish compares-and-sets against it.
@@ -287,7 +354,7 @@ impl RenderWorker {
             started.event_ack = Some(self.topology.events.send(&event).await?);
             tracing::info!(attempt = started.attempt, "render started");
         }
-        Ok(outcome)
+        Ok(Begun::Start(outcome))
     }
 
     async fn render(
@@ -647,11 +714,21 @@ enum Start {
     /// Not yet, for this long: a retry's backoff is not over, or the
     /// record is not stored yet.
     Later(Duration),
+    /// Not yet: the tenant has as many jobs running as its limit allows.
+    AtLimit,
     /// The job has ended in this round (finished or cancelled before, or
     /// FAILED just now for want of attempts); its terminal event is out.
     Ended,
     /// Nothing to do: the job is gone, or the item is a stale round's.
     Nothing,
+}
+
+/// What [`RenderWorker::begin`] found: a [`Start`], or that the job needs
+/// a running slot first (its limit, and the record as read).
+#[derive(Debug)]
+enum Begun {
+    Start(Start),
+    NeedsSlot(u32, Box<Versioned>),
 }
 
 /// An attempt this worker began.
@@ -662,6 +739,8 @@ struct Started {
     attempt: u32,
     /// The ack of the started event, until it is waited for.
     event_ack: Option<Pending>,
+    /// The running slot claimed for it, when its tenant has a limit.
+    slot: Option<HeldSlot>,
 }
 
 impl Started {
@@ -673,6 +752,7 @@ impl Started {
             },
             attempt,
             event_ack: None,
+            slot: None,
         }
     }
 

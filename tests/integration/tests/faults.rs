@@ -114,6 +114,48 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_ends_once() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_keeps_its_running_slot_and_takes_it_again() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_without_render(|config| {
+        config.gateway.limits.max_running_jobs_per_tenant = 1;
+    })
+    .await?;
+    let (nats, store) = (cluster.cluster.nats.url(), cluster.store_url.clone());
+    let mut client = cluster.client(KEY_A).await?;
+    let doomed = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
+    let first = client.submit(noop(2.0)).await?;
+    started(&mut client, &first.id).await?;
+    doomed.kill()?;
+
+    // The dead worker's job still counts as running until it comes back
+    // after the ack wait and takes its slot again: the second job waits.
+    let second = client.submit(noop(0.0)).await?;
+    let settings = [ACK_WAIT, ("CONCURRENCY", "2")];
+    let _rescuer = WorkerProcess::spawn(WORKER, &nats, &store, &settings)?;
+    let first_events = history(&mut client, &first.id).await?;
+    let second_events = history(&mut client, &second.id).await?;
+    let first_end = first_events
+        .last()
+        .filter(|e| is_terminal(e))
+        .map(|e| e.sequence);
+    let second_start = second_events
+        .iter()
+        .find(|e| matches!(e.kind, Some(Kind::Started(_))))
+        .map(|e| e.sequence);
+    assert!(
+        matches!((first_end, second_start), (Some(end), Some(start)) if end < start),
+        "{first_events:?}\n{second_events:?}"
+    );
+    for id in [&first.id, &second.id] {
+        let job = client.get(id).await?;
+        assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+        assert_eq!(terminal_events(&cluster, id).await?, 1);
+    }
+    assert_eq!(client.get(&first.id).await?.attempts.len(), 2);
+    assert_eq!(client.get(&second.id).await?.attempts.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_accepted_job_is_lost_across_a_nats_restart() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(|config| {
         config.render.concurrency = 2;

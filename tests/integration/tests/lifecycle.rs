@@ -1,7 +1,8 @@
 //! A job's life through the real services: retries and their recorded
 //! errors, dead letters and RetryJob, idempotent submits under concurrency,
-//! priorities, the tenant limit and resuming a watch. Noop jobs stand in for
-//! renders where only the job's path is under test.
+//! priorities, the tenant limits (on active and on running jobs) and
+//! resuming a watch. Noop jobs stand in for renders where only the job's
+//! path is under test.
 
 use std::time::Duration;
 
@@ -191,6 +192,160 @@ async fn a_tenant_beyond_its_limit_is_told_to_wait() -> anyhow::Result<()> {
     );
     let mut other = cluster.client(reelmesh_integration_tests::KEY_B).await?;
     other.submit(noop(0.0, 0)).await?;
+    Ok(())
+}
+
+/// A re-encode of the 6 s test clip: a real render that takes a moment.
+fn reencode_of_clip() -> pb::JobSpec {
+    pb::JobSpec {
+        operation: Some(Operation::Transcode(pb::Transcode {
+            input: Some(asset_source("in/clip.mp4")),
+        })),
+        copy: pb::CopyMode::Never as i32,
+        ..Default::default()
+    }
+}
+
+/// Whether an event ends a running attempt.
+fn ends_attempt(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Retrying(_) | Kind::Completed(_) | Kind::Failed(_) | Kind::Cancelled(_)
+    )
+}
+
+/// The most jobs running at once, by the order of their events in the
+/// stream (the sequence is stream-wide): each `started` opens an attempt,
+/// the event that ends it closes it.
+fn most_running_at_once(jobs: &[Vec<pb::JobEvent>]) -> usize {
+    let mut changes: Vec<(u64, isize)> = jobs
+        .iter()
+        .flatten()
+        .filter_map(|event| match event.kind.as_ref()? {
+            Kind::Started(_) => Some((event.sequence, 1)),
+            kind if ends_attempt(kind) => Some((event.sequence, -1)),
+            _ => None,
+        })
+        .collect();
+    changes.sort_unstable();
+    let mut running = 0_isize;
+    let mut most = 0_isize;
+    for (_, change) in changes {
+        running += change;
+        most = most.max(running);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+fn sequence_of(events: &[pb::JobEvent], is: fn(&Kind) -> bool) -> Option<u64> {
+    events
+        .iter()
+        .find(|e| e.kind.as_ref().is_some_and(is))
+        .map(|e| e.sequence)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_running_limit_waits_while_other_tenants_run() -> anyhow::Result<()> {
+    use reelmesh_integration_tests::{KEY_B, clips};
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.limits.max_running_jobs_per_tenant = 2;
+        config.render.concurrency = 5;
+    })
+    .await?;
+    let mut a = cluster.client(KEY_A).await?;
+    let mut b = cluster.client(KEY_B).await?;
+    for client in [&mut a, &mut b] {
+        client
+            .upload_file(clips::six_second_clip(), "in/clip.mp4")
+            .await?;
+    }
+    let mut a_jobs = Vec::new();
+    for _ in 0..5 {
+        a_jobs.push(a.submit(reencode_of_clip()).await?.id);
+    }
+    let b_job = b.submit(reencode_of_clip()).await?.id;
+
+    let mut a_events = Vec::new();
+    for id in &a_jobs {
+        a_events.push(events_of(&mut a, id).await?);
+    }
+    let b_events = events_of(&mut b, &b_job).await?;
+    for (id, events) in a_jobs.iter().zip(&a_events).chain([(&b_job, &b_events)]) {
+        assert_eq!(
+            count(events, |k| matches!(k, Kind::Completed(_))),
+            1,
+            "{id}: {events:?}"
+        );
+        assert_eq!(
+            count(events, |k| matches!(k, Kind::Started(_))),
+            1,
+            "{id}: {events:?}"
+        );
+    }
+    for id in &a_jobs {
+        let job = a.get(id).await?;
+        assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+        assert_eq!(job.attempts.len(), 1, "waiting used no attempt: {job:?}");
+    }
+    assert_eq!(
+        most_running_at_once(&a_events),
+        2,
+        "tenant A ran up to its limit and no further"
+    );
+    // B did not wait for A's jobs: it started before any of them ended
+    // (after which the A jobs beyond the first two could start).
+    let b_started = sequence_of(&b_events, |k| matches!(k, Kind::Started(_))).expect("started");
+    let first_a_end = a_events
+        .iter()
+        .filter_map(|events| sequence_of(events, ends_attempt))
+        .min()
+        .expect("ended");
+    assert!(
+        b_started < first_a_end,
+        "B started at {b_started}, after A's first end at {first_a_end}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_slot_left_by_an_ended_job_is_taken_over() -> anyhow::Result<()> {
+    use reelmesh_nats::{Claim, JobOutput, JobRecord, TenantId, Topology, TopologyConfig, names};
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.limits.max_running_jobs_per_tenant = 1;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // As if a worker completed a job and died before releasing its slot:
+    // tenant A's only slot names a job that is no longer running.
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let tenant = TenantId::parse("tenant-a").expect("tenant");
+    let mut ended = JobRecord::new(tenant.clone(), noop(0.0, 0));
+    ended.begin_attempt().expect("an attempt");
+    ended.complete(JobOutput::default())?;
+    nats.jobs.create(&ended).await?;
+    let left = nats.running.claim(&tenant, &ended.id, 1).await?;
+    assert!(
+        matches!(left, Claim::Held(ref slot) if slot.index == 0),
+        "{left:?}"
+    );
+
+    let job = client.submit(noop(0.0, 0)).await?;
+    let events = events_of(&mut client, &job.id).await?;
+    assert_eq!(
+        count(&events, |k| matches!(k, Kind::Completed(_))),
+        1,
+        "{events:?}"
+    );
+    // Once the worker is done with the job, the slot is free again.
+    cluster.wait_until_work_settled().await?;
+    let js = async_nats::jetstream::new(nats.client.clone());
+    let slots = js.get_key_value(names::RUNNING_BUCKET).await?;
+    let slot = slots.entry(names::running_slot_key(&tenant, 0)).await?;
+    let operation = slot.map(|entry| entry.operation);
+    assert_eq!(
+        operation,
+        Some(async_nats::jetstream::kv::Operation::Delete)
+    );
     Ok(())
 }
 

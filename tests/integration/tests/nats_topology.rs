@@ -171,3 +171,64 @@ async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> 
     assert_eq!(info.num_redelivered, 0, "{info:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn running_slots_are_held_once_and_taken_over_only_from_jobs_not_running()
+-> anyhow::Result<()> {
+    use reelmesh_nats::{Claim, JobId};
+    let (_server, topology) = topology().await?;
+    let mut jobs: Vec<JobId> = Vec::new();
+    for _ in 0..4 {
+        let record = JobRecord::new(tenant(), JobSpec::default());
+        topology.jobs.create(&record).await?;
+        jobs.push(record.id);
+    }
+    let slots = &topology.running;
+    let held = |claim: Claim| match claim {
+        Claim::Held(slot) => slot,
+        Claim::Full => panic!("no slot"),
+    };
+
+    // Two slots, two running jobs: a third job waits.
+    let first = held(slots.claim(&tenant(), &jobs[0], 2).await?);
+    let running = JobState::Running;
+    topology.jobs.move_to(&tenant(), &jobs[0], running).await?;
+    let second = held(slots.claim(&tenant(), &jobs[1], 2).await?);
+    topology.jobs.move_to(&tenant(), &jobs[1], running).await?;
+    assert_ne!(first.index, second.index);
+    assert_eq!(slots.claim(&tenant(), &jobs[2], 2).await?, Claim::Full);
+    let other = reelmesh_nats::TenantId::parse("other").expect("tenant");
+    assert!(matches!(
+        slots.claim(&other, &jobs[2], 2).await?,
+        Claim::Held(_)
+    ));
+
+    // Job 0's item came back after its worker stopped answering: the job
+    // re-takes its own slot, and the first worker's release frees nothing.
+    let again = held(slots.claim(&tenant(), &jobs[0], 2).await?);
+    assert_eq!(again.index, first.index);
+    assert!(!slots.release(&first).await?, "the slot changed hands");
+    assert_eq!(slots.claim(&tenant(), &jobs[2], 2).await?, Claim::Full);
+
+    // Job 0 ended but its worker died before releasing: job 2 takes over.
+    topology
+        .jobs
+        .move_to(&tenant(), &jobs[0], JobState::Completed)
+        .await?;
+    let taken = held(slots.claim(&tenant(), &jobs[2], 2).await?);
+    assert_eq!(taken.index, first.index);
+    assert!(!slots.release(&again).await?, "taken over");
+
+    // Job 2 is still QUEUED (its worker is about to begin it): not stale.
+    assert_eq!(slots.claim(&tenant(), &jobs[3], 2).await?, Claim::Full);
+    assert!(slots.release(&second).await?);
+    let freed = held(slots.claim(&tenant(), &jobs[3], 2).await?);
+    assert_eq!(freed.index, second.index);
+
+    // Waiting work naked with a delay stays ack-pending: the queues must
+    // not stop delivering at some number of such messages.
+    for consumer in topology.work.render_consumers().await? {
+        assert_eq!(consumer.cached_info().config.max_ack_pending, -1);
+    }
+    Ok(())
+}
