@@ -294,7 +294,10 @@ mod tests {
     fn events_from_a_record_say_whether_it_has_a_callback() {
         let tenant = TenantId::parse("acme").expect("tenant");
         let mut job = crate::JobRecord::new(tenant.clone(), Default::default());
-        assert_eq!(JobEvent::of(&job, EventKind::Cancelled).callback, Some(false));
+        assert_eq!(
+            JobEvent::of(&job, EventKind::Cancelled).callback,
+            Some(false)
+        );
         job.spec.callback = Some(reelmesh_proto::v1::Callback {
             url: "https://example.com/hook".into(),
             secret: String::new(),
@@ -304,7 +307,10 @@ mod tests {
         let mut json = serde_json::to_value(&event).expect("encode");
         json.as_object_mut().expect("object").remove("callback");
         let older: JobEvent = serde_json::from_value(json).expect("decode");
-        assert_eq!(older.callback, None, "unknown in events written before the field");
+        assert_eq!(
+            older.callback, None,
+            "unknown in events written before the field"
+        );
     }
 
     #[test]
