@@ -25,6 +25,19 @@ use reelmesh_store::{MediaStore, StoreOptions};
 
 pub use webhook::{ReceivedWebhook, WebhookReceiver, delivery_when, verify_signature};
 
+/// A job that renders nothing and takes `seconds` (reporting progress
+/// meanwhile): the job path without media.
+pub fn noop(seconds: f64) -> reelmesh_proto::v1::JobSpec {
+    use reelmesh_proto::v1::{Noop, job_spec::Operation};
+    reelmesh_proto::v1::JobSpec {
+        operation: Some(Operation::Noop(Noop {
+            seconds,
+            fail_attempts: 0,
+        })),
+        ..Default::default()
+    }
+}
+
 /// API keys of the two tenants every test cluster knows.
 pub const KEY_A: &str = "key-tenant-a";
 pub const KEY_B: &str = "key-tenant-b";

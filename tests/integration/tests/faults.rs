@@ -8,23 +8,13 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
 use reelmesh_integration_tests::{
-    KEY_A, TestCluster, WebhookReceiver, clips, delivery_when, worker::WorkerProcess,
+    KEY_A, TestCluster, WebhookReceiver, clips, delivery_when, noop, worker::WorkerProcess,
 };
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_render-worker");
 /// Short enough that a dead worker's job comes back within a test.
 const ACK_WAIT: (&str, &str) = ("TOPOLOGY__WORK_ACK_WAIT", "2");
-
-fn noop(seconds: f64) -> pb::JobSpec {
-    pb::JobSpec {
-        operation: Some(Operation::Noop(pb::Noop {
-            seconds,
-            fail_attempts: 0,
-        })),
-        ..Default::default()
-    }
-}
 
 fn is_terminal(event: &pb::JobEvent) -> bool {
     matches!(

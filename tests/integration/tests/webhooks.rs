@@ -11,24 +11,20 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use reelmesh_cli::ReelmeshClient;
-use reelmesh_integration_tests::ReceivedWebhook;
 use reelmesh_integration_tests::{
     KEY_A, KEY_B, TestCluster, WebhookReceiver, delivery_when, verify_signature,
 };
-use reelmesh_proto::v1::{self as pb, job_spec::Operation};
+use reelmesh_integration_tests::{ReceivedWebhook, noop};
+use reelmesh_proto::v1 as pb;
 use tonic::Code;
 
 fn noop_with_callback(url: &str) -> pb::JobSpec {
     pb::JobSpec {
-        operation: Some(Operation::Noop(pb::Noop {
-            seconds: 0.0,
-            fail_attempts: 0,
-        })),
         callback: Some(pb::Callback {
             url: url.into(),
             secret: String::new(),
         }),
-        ..Default::default()
+        ..noop(0.0)
     }
 }
 
@@ -195,16 +191,6 @@ async fn redeliver_sends_a_dead_letter_again_with_the_same_id() -> anyhow::Resul
     Ok(())
 }
 
-fn noop(seconds: f64) -> pb::JobSpec {
-    pb::JobSpec {
-        operation: Some(Operation::Noop(pb::Noop {
-            seconds,
-            fail_attempts: 0,
-        })),
-        ..Default::default()
-    }
-}
-
 async fn create_endpoint(
     client: &mut ReelmeshClient,
     url: &str,
@@ -216,6 +202,22 @@ async fn create_endpoint(
         ..Default::default()
     };
     Ok(client.webhooks.create_endpoint(request).await?.into_inner())
+}
+
+/// Every delivery of the job's webhooks, as ListDeliveries has them.
+async fn deliveries_of(
+    client: &mut ReelmeshClient,
+    job_id: &str,
+) -> anyhow::Result<Vec<pb::WebhookDelivery>> {
+    let request = pb::ListDeliveriesRequest {
+        job_id: job_id.into(),
+    };
+    Ok(client
+        .webhooks
+        .list_deliveries(request)
+        .await?
+        .into_inner()
+        .deliveries)
 }
 
 /// The webhooks `receiver` accepts up to and including `last_type`.
@@ -380,15 +382,9 @@ async fn endpoints_get_their_event_types_in_order_even_while_retrying() -> anyho
         "own secret"
     );
 
-    let request = pb::ListDeliveriesRequest {
-        job_id: job.id.clone(),
-    };
-    let log = client.webhooks.list_deliveries(request).await?.into_inner();
-    let to_all: Vec<&pb::WebhookDelivery> = log
-        .deliveries
-        .iter()
-        .filter(|d| d.endpoint_id == all.id)
-        .collect();
+    let log = deliveries_of(&mut client, &job.id).await?;
+    let to_all: Vec<&pb::WebhookDelivery> =
+        log.iter().filter(|d| d.endpoint_id == all.id).collect();
     assert_eq!(to_all.len(), received.len());
     assert_eq!(statuses(to_all[0]), vec![503, 503, 204]);
     assert!(
@@ -428,15 +424,8 @@ async fn gone_disables_an_endpoint_until_it_is_enabled_again() -> anyhow::Result
     };
     assert!(disabled.disabled_reason.contains("410"), "{disabled:?}");
     // The attempt is recorded before the endpoint is disabled.
-    let log = client
-        .webhooks
-        .list_deliveries(pb::ListDeliveriesRequest {
-            job_id: first.id.clone(),
-        })
-        .await?
-        .into_inner();
+    let log = deliveries_of(&mut client, &first.id).await?;
     let ours = log
-        .deliveries
         .iter()
         .find(|d| d.endpoint_id == endpoint.id)
         .expect("a delivery to the gone endpoint");
@@ -447,15 +436,9 @@ async fn gone_disables_an_endpoint_until_it_is_enabled_again() -> anyhow::Result
     let second = client.submit(noop(0.0)).await?;
     let seen = witness.next(Duration::from_secs(30)).await?;
     assert_eq!(seen.json()["data"]["job_id"], second.id.as_str());
-    let log = client
-        .webhooks
-        .list_deliveries(pb::ListDeliveriesRequest {
-            job_id: second.id.clone(),
-        })
-        .await?
-        .into_inner();
+    let log = deliveries_of(&mut client, &second.id).await?;
     assert!(
-        log.deliveries.iter().all(|d| d.endpoint_id != endpoint.id),
+        log.iter().all(|d| d.endpoint_id != endpoint.id),
         "nothing for a disabled endpoint: {log:?}"
     );
     assert_eq!(gone.attempts(), 1);
