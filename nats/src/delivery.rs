@@ -116,6 +116,9 @@ pub struct DeliveryRecord {
     pub redeliveries: u32,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub next_attempt_at: Option<OffsetDateTime>,
+    /// When it was logged and queued.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub queued_at: Option<OffsetDateTime>,
 }
 
 impl DeliveryRecord {
@@ -131,6 +134,7 @@ impl DeliveryRecord {
             schedule_from: 0,
             redeliveries: 0,
             next_attempt_at: None,
+            queued_at: Some(OffsetDateTime::now_utc()),
         }
     }
 
@@ -187,8 +191,8 @@ impl DeliveryChain {
     pub fn blocker(&self, sequence: u64) -> Option<&DeliveryRecord> {
         self.deliveries
             .iter()
-            .take_while(|d| d.sequence != sequence)
-            .find(|d| d.sequence < sequence && !d.state.is_settled())
+            .filter(|d| d.sequence < sequence && !d.state.is_settled())
+            .min_by_key(|d| d.sequence)
     }
 }
 
@@ -305,13 +309,18 @@ impl DeliveryLog {
     ) -> Result<Vec<DeliveryChain>, NatsError> {
         let filter = format!("$KV.{}.{tenant}.{job}.*", names::DELIVERIES_BUCKET);
         let values = kv_json::latest_matching(&self.js, names::DELIVERIES_BUCKET, filter).await?;
-        values
+        // Records of earlier releases share the key space; they are skipped.
+        let chains = values
             .iter()
-            .map(|bytes| {
-                serde_json::from_slice(bytes)
-                    .map_err(|err| NatsError::Corrupt(format!("deliveries of {job}: {err}")))
+            .filter_map(|bytes| match serde_json::from_slice(bytes) {
+                Ok(chain) => Some(chain),
+                Err(err) => {
+                    tracing::warn!(%job, "skipping an unreadable delivery record: {err}");
+                    None
+                }
             })
-            .collect()
+            .collect();
+        Ok(chains)
     }
 
     /// Queues a webhook for notify's senders; stored before this returns.

@@ -30,6 +30,9 @@ pub const WEBHOOK_EVENT_TYPES: [&str; 7] = [
     "job.cancelled",
 ];
 
+/// Replaced secrets that still sign beside the current one, at most.
+pub const MAX_PREVIOUS_SECRETS: usize = 2;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub id: EndpointId,
@@ -144,12 +147,13 @@ impl EndpointStore {
     }
 
     /// Applies `change` by compare-and-set, again on a fresh read if someone
-    /// else wrote in between; the endpoint as written.
+    /// else wrote in between; `change` says whether there is anything to
+    /// write. The endpoint as it now is.
     pub async fn update(
         &self,
         tenant: &TenantId,
         id: &EndpointId,
-        change: impl Fn(&mut EndpointRecord),
+        change: impl Fn(&mut EndpointRecord) -> bool,
     ) -> Result<EndpointRecord, EndpointChangeError> {
         let key = key(tenant, id);
         loop {
@@ -158,7 +162,9 @@ impl EndpointStore {
                 return Err(EndpointChangeError::NotFound);
             };
             let mut record: EndpointRecord = decode(&entry.value, id)?;
-            change(&mut record);
+            if !change(&mut record) {
+                return Ok(record);
+            }
             let written = self
                 .kv
                 .update(&key, encode(&record)?.into(), entry.revision)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::{AckPolicy, pull},
+    consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull},
     kv,
     stream::{self, RetentionPolicy, StorageType},
 };
@@ -32,6 +32,10 @@ pub struct TopologyConfig {
     /// How long a submit's idempotency key keeps returning the same job.
     #[serde(with = "humantime_secs")]
     pub idempotency_window: Duration,
+    /// How long notify may hold a webhook task without answering before it
+    /// is handed to another sender; longer than a webhook request may take.
+    #[serde(with = "humantime_secs")]
+    pub webhook_ack_wait: Duration,
     /// Keep everything in memory instead of files (tests that want speed only).
     pub in_memory: bool,
 }
@@ -42,6 +46,7 @@ impl Default for TopologyConfig {
             event_retention: Duration::from_secs(30 * 24 * 3600),
             work_ack_wait: Duration::from_secs(30),
             idempotency_window: Duration::from_secs(24 * 3600),
+            webhook_ack_wait: Duration::from_secs(60),
             in_memory: false,
         }
     }
@@ -66,6 +71,12 @@ mod humantime_secs {
 /// ends the message itself when the schedule runs out.
 pub const NOTIFY_MAX_DELIVER: i64 = -1;
 
+/// The priority group notify's router pulls events in.
+pub const NOTIFY_ROUTER_GROUP: &str = "router";
+/// How long the pinned router may go without pulling before another notify
+/// process routes instead.
+pub const NOTIFY_ROUTER_FAILOVER: Duration = Duration::from_secs(20);
+
 /// Webhooks notify may hold unacknowledged at once: each one waiting for a
 /// retry, or for an earlier webhook of its job, is one. Generous, so a
 /// receiver that is down for hours cannot stall everyone else's webhooks.
@@ -82,6 +93,7 @@ pub struct Topology {
     pub assets: AssetCatalog,
     pub deliveries: DeliveryLog,
     pub endpoints: EndpointStore,
+    config: TopologyConfig,
     pub running: RunningSlots,
 }
 
@@ -211,27 +223,49 @@ impl Topology {
             endpoints: EndpointStore::new(endpoints, js.clone()),
             events: EventLog::new(js.clone()),
             work: WorkQueue::new(js, render_consumer_config(config)),
+            config: config.clone(),
         })
     }
 
     /// The durable consumer of every event, from which notify queues
     /// webhooks. Acknowledging one acknowledges all before it: notify reads
-    /// events in order and acknowledges in batches.
+    /// events in order and acknowledges in batches. Only one notify process
+    /// routes at a time (the one pinned to [`NOTIFY_ROUTER_GROUP`]); another
+    /// takes over when it stops pulling for [`NOTIFY_ROUTER_FAILOVER`].
+    ///
+    /// Made the first time where earlier releases ran, it starts after the
+    /// last event their consumer acknowledged, so no webhook goes twice.
     pub async fn notify_events_consumer(
         &self,
     ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
-        self.retire_legacy_notify().await?;
-        self.notify_pull(
-            names::EVENTS_STREAM,
-            pull::Config {
-                durable_name: Some(names::NOTIFY_EVENTS_CONSUMER.into()),
-                description: Some("job events to route to webhooks".into()),
-                ack_policy: AckPolicy::All,
-                ack_wait: Duration::from_secs(30),
-                ..Default::default()
+        let events = jetstream::new(self.client.clone())
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        let deliver_policy = match events.consumer_info(names::LEGACY_NOTIFY_CONSUMER).await {
+            Ok(legacy) => DeliverPolicy::ByStartSequence {
+                start_sequence: legacy.ack_floor.stream_sequence + 1,
             },
-        )
-        .await
+            Err(_) => DeliverPolicy::All,
+        };
+        let consumer = self
+            .notify_pull(
+                names::EVENTS_STREAM,
+                pull::Config {
+                    durable_name: Some(names::NOTIFY_EVENTS_CONSUMER.into()),
+                    description: Some("job events to route to webhooks".into()),
+                    deliver_policy,
+                    ack_policy: AckPolicy::All,
+                    ack_wait: Duration::from_secs(30),
+                    priority_policy: PriorityPolicy::PinnedClient,
+                    priority_groups: vec![NOTIFY_ROUTER_GROUP.into()],
+                    priority_timeout: NOTIFY_ROUTER_FAILOVER,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.retire_legacy_notify().await?;
+        Ok(consumer)
     }
 
     /// The durable consumer of the webhook queue notify's senders share.
@@ -244,9 +278,7 @@ impl Topology {
                 durable_name: Some(names::NOTIFY_SEND_CONSUMER.into()),
                 description: Some("webhooks to send".into()),
                 ack_policy: AckPolicy::Explicit,
-                // Longer than a POST may take, so a send in progress is not
-                // handed to another sender.
-                ack_wait: Duration::from_secs(60),
+                ack_wait: self.config.webhook_ack_wait,
                 max_deliver: NOTIFY_MAX_DELIVER,
                 max_ack_pending: NOTIFY_MAX_ACK_PENDING,
                 ..Default::default()

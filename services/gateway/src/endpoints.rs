@@ -15,6 +15,8 @@ use crate::{
 pub const MAX_ENDPOINTS_PER_TENANT: usize = 50;
 /// How long a replaced secret still signs unless the request says.
 pub const DEFAULT_SECRET_GRACE: time::Duration = time::Duration::hours(24);
+/// The longest a request may ask for.
+pub const MAX_SECRET_GRACE: time::Duration = time::Duration::days(30);
 const MAX_DESCRIPTION_LEN: usize = 1024;
 
 /// A CreateEndpoint request that passed its checks.
@@ -140,11 +142,16 @@ impl SecretRotation {
         let id = endpoint_id("id", &request.id)?;
         let grace = match request.previous_secret_valid_seconds {
             0 => DEFAULT_SECRET_GRACE,
-            secs => {
-                let secs = i64::try_from(secs)
-                    .map_err(|_| invalid("previous_secret_valid_seconds: too large"))?;
-                time::Duration::seconds(secs)
-            }
+            secs => i64::try_from(secs)
+                .ok()
+                .map(time::Duration::seconds)
+                .filter(|grace| *grace <= MAX_SECRET_GRACE)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "previous_secret_valid_seconds: at most {} (30 days), got {secs}",
+                        MAX_SECRET_GRACE.whole_seconds()
+                    ))
+                })?,
         };
         let secret = checked_secret("secret", request.secret)?;
         Ok((id, SecretRotation { secret, grace }))
@@ -277,6 +284,24 @@ mod tests {
         assert_eq!(record.description, "", "not in the mask");
         assert_eq!(record.events, ["job.failed"]);
         assert_eq!(record.disabled, None, "enabled again");
+    }
+
+    #[test]
+    fn a_rotation_grace_beyond_30_days_is_refused() {
+        let rotate = |secs| pb::RotateEndpointSecretRequest {
+            id: EndpointId::new().to_string(),
+            secret: String::new(),
+            previous_secret_valid_seconds: secs,
+        };
+        let (_, default) = SecretRotation::parse(rotate(0)).expect("default");
+        assert_eq!(default.grace, DEFAULT_SECRET_GRACE);
+        assert!(is_webhook_secret(&default.secret));
+        let (_, month) = SecretRotation::parse(rotate(30 * 86400)).expect("30 days");
+        assert_eq!(month.grace, MAX_SECRET_GRACE);
+        for secs in [30 * 86400 + 1, u64::MAX] {
+            let err = SecretRotation::parse(rotate(secs)).expect_err("too long");
+            assert!(message(err).starts_with("previous_secret_valid_seconds: "));
+        }
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl WebhooksApi for NatsJobs {
             let changed = endpoints
                 .update(&tenant, &id, |record| {
                     update.apply(record, OffsetDateTime::now_utc());
+                    true
                 })
                 .await;
             changed.map_err(|err| endpoint_change_error(err, &id))
@@ -128,6 +129,7 @@ impl WebhooksApi for NatsJobs {
                 .update(&tenant, &id, |record| {
                     let now = OffsetDateTime::now_utc();
                     record.rotate_secret(rotation.secret.clone(), now, rotation.grace);
+                    true
                 })
                 .await;
             rotated.map_err(|err| endpoint_change_error(err, &id))

@@ -63,6 +63,13 @@ impl ServiceConfig for NotifyConfig {
         if self.concurrency == 0 {
             return Err("concurrency: must be at least 1".into());
         }
+        if self.topology.webhook_ack_wait.as_secs() <= self.timeout_secs {
+            return Err(format!(
+                "topology.webhook_ack_wait ({} s) must be longer than timeout_secs ({} s)",
+                self.topology.webhook_ack_wait.as_secs(),
+                self.timeout_secs
+            ));
+        }
         EgressPolicy::new(&self.egress)
             .map(|_| ())
             .map_err(|err| err.to_string())

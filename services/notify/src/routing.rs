@@ -17,8 +17,8 @@ use std::{
 use async_nats::jetstream::{Message, consumer::PullConsumer};
 use futures::{Stream, StreamExt as _};
 use reelmesh_nats::{
-    DeliveryRecord, Destination, EndpointChange, EndpointRecord, EventKind, JobEvent, JobId,
-    NatsError, TenantId, Topology, WebhookTask,
+    DeliveryRecord, DeliveryState, Destination, EndpointChange, EndpointRecord, EventKind,
+    JobEvent, JobId, NatsError, TenantId, Topology, WebhookTask,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,9 @@ const ACK_BATCH: usize = 64;
 const ACK_EVERY: Duration = Duration::from_millis(100);
 /// The pause before trying an event again after NATS failed us.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Webhooks one job may have per destination before its progress stops
+/// being sent there: bounds the chain's size in the delivery log.
+const MAX_CHAIN_LEN: usize = 200;
 
 /// Every tenant's endpoints, as the endpoints bucket says.
 #[derive(Debug, Default)]
@@ -88,17 +91,16 @@ impl ProgressThrottle {
         }
     }
 
-    /// Whether a progress webhook may go to `destination` now; if so, it
-    /// counts as sent.
-    pub fn admit(&mut self, job: &JobId, destination: &Destination, now: Instant) -> bool {
+    /// Whether a progress webhook may go to `destination` now.
+    pub fn is_due(&self, job: &JobId, destination: &Destination, now: Instant) -> bool {
+        let last = self.last.get(job).and_then(|sent| sent.get(destination));
+        last.is_none_or(|at| now.duration_since(*at) >= self.interval)
+    }
+
+    /// A progress webhook was queued for `destination`.
+    pub fn record(&mut self, job: &JobId, destination: &Destination, now: Instant) {
         let sent = self.last.entry(job.clone()).or_default();
-        match sent.get(destination) {
-            Some(at) if now.duration_since(*at) < self.interval => false,
-            _ => {
-                sent.insert(destination.clone(), now);
-                true
-            }
-        }
+        sent.insert(destination.clone(), now);
     }
 
     /// The job ended: nothing more to throttle.
@@ -137,7 +139,14 @@ impl EventRouter {
         changes: impl Stream<Item = EndpointChange>,
         shutdown: CancellationToken,
     ) -> Result<(), NatsError> {
-        let mut events = consumer.messages().await.map_err(NatsError::unavailable)?;
+        // Pulls expire well within the failover time, so the pin holds.
+        let mut events = consumer
+            .stream()
+            .group(reelmesh_nats::topology::NOTIFY_ROUTER_GROUP)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(NatsError::unavailable)?;
         let mut changes = std::pin::pin!(changes);
         let mut unacked: Option<Message> = None;
         let mut routed_since_ack = 0;
@@ -146,7 +155,11 @@ impl EventRouter {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(change) = changes.next() => self.endpoints.apply(change),
+                change = changes.next() => match change {
+                    Some(change) => self.endpoints.apply(change),
+                    // Routing on a frozen view would quietly miss endpoints.
+                    None => return Err(NatsError::Unavailable("the endpoint watch ended".into())),
+                },
                 message = events.next() => match message {
                     Some(Ok(message)) => {
                         if !self.handle(&message, &shutdown).await {
@@ -173,7 +186,9 @@ impl EventRouter {
     }
 
     /// Routes one event, trying again while NATS fails; `false` if
-    /// shutdown came first (the event stays unacknowledged).
+    /// shutdown came first (the event stays unacknowledged). Its
+    /// destinations are decided once, so a retry queues to the same ones,
+    /// and progress counts as sent only once it is queued.
     async fn handle(&mut self, message: &Message, shutdown: &CancellationToken) -> bool {
         let Ok(event) = JobEvent::decode(&message.payload) else {
             tracing::error!(subject = %message.subject, "skipping an unreadable event");
@@ -183,21 +198,45 @@ impl EventRouter {
             return true;
         };
         let sequence = info.stream_sequence;
-        loop {
-            match self.route(&event, sequence).await {
-                Ok(()) => return true,
-                Err(err) => tracing::warn!(job = %event.job_id, "routing an event: {err}"),
+        let targets = loop {
+            match self.targets(&event).await {
+                Ok(targets) => break targets,
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(job = %event.job_id, "routing an event: {err}");
+                }
+                Err(err) => {
+                    tracing::error!(job = %event.job_id, "skipping an event: {err}");
+                    return true;
+                }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            if !pause(shutdown).await {
+                return false;
+            }
+        };
+        loop {
+            match self.queue_all(&event, sequence, &targets).await {
+                Ok(()) => break,
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(job = %event.job_id, "queueing webhooks: {err}");
+                }
+                Err(err) => {
+                    // Waiting cannot mend what is unreadable.
+                    tracing::error!(job = %event.job_id, "webhooks not queued: {err}");
+                    break;
+                }
+            }
+            if !pause(shutdown).await {
+                return false;
             }
         }
+        self.sent(&event, &targets);
+        true
     }
 
-    async fn route(&mut self, event: &JobEvent, sequence: u64) -> Result<(), NatsError> {
+    /// Where the event goes now.
+    async fn targets(&self, event: &JobEvent) -> Result<Vec<Target>, NatsError> {
         let event_type = format!("job.{}", event.kind.name());
-        let mut targets: Vec<(Destination, String)> = self
+        let mut targets: Vec<Target> = self
             .endpoints
             .wanting(&event.tenant, &event_type)
             .map(|endpoint| {
@@ -209,21 +248,29 @@ impl EventRouter {
             .collect();
         if event.kind.is_terminal() {
             targets.extend(self.callback(event).await?);
-            self.throttle.forget(&event.job_id);
         }
         if matches!(event.kind, EventKind::Progress(_)) {
             let now = Instant::now();
-            targets.retain(|(destination, _)| self.throttle.admit(&event.job_id, destination, now));
+            targets
+                .retain(|(destination, _)| self.throttle.is_due(&event.job_id, destination, now));
         }
-        for (destination, url) in targets {
-            self.queue(event, sequence, &event_type, destination, url)
-                .await?;
+        Ok(targets)
+    }
+
+    /// Remembers what was queued, for the progress throttle.
+    fn sent(&mut self, event: &JobEvent, targets: &[Target]) {
+        if event.kind.is_terminal() {
+            self.throttle.forget(&event.job_id);
+        } else if matches!(event.kind, EventKind::Progress(_)) {
+            let now = Instant::now();
+            for (destination, _) in targets {
+                self.throttle.record(&event.job_id, destination, now);
+            }
         }
-        Ok(())
     }
 
     /// The job's own callback, if it has one.
-    async fn callback(&self, event: &JobEvent) -> Result<Option<(Destination, String)>, NatsError> {
+    async fn callback(&self, event: &JobEvent) -> Result<Option<Target>, NatsError> {
         if event.callback == Some(false) {
             return Ok(None);
         }
@@ -236,33 +283,71 @@ impl EventRouter {
             .map(|url| (Destination::Callback, url)))
     }
 
+    /// Queues the event's webhook to each target at once.
+    async fn queue_all(
+        &self,
+        event: &JobEvent,
+        sequence: u64,
+        targets: &[Target],
+    ) -> Result<(), NatsError> {
+        let queued = targets
+            .iter()
+            .map(|(destination, url)| self.queue(event, sequence, destination, url));
+        futures::future::try_join_all(queued).await.map(drop)
+    }
+
+    /// Appends the webhook to its chain and queues it. An event read again
+    /// (after a crash) queues it again only if it never got further than
+    /// the chain; progress stops being appended to a chain that is full.
     async fn queue(
         &self,
         event: &JobEvent,
         sequence: u64,
-        event_type: &str,
-        destination: Destination,
-        url: String,
+        destination: &Destination,
+        url: &str,
     ) -> Result<(), NatsError> {
         let (tenant, job) = (&event.tenant, &event.job_id);
+        let is_progress = matches!(event.kind, EventKind::Progress(_));
         let log = &self.topology.deliveries;
-        log.modify(tenant, job, &destination, |chain| {
-            if chain.find(sequence).is_some() {
+        let mut to_send = false;
+        log.modify(tenant, job, destination, |chain| {
+            if let Some(known) = chain.find(sequence) {
+                to_send = known.state == DeliveryState::Pending && known.attempts.is_empty();
                 return false;
             }
-            let record = DeliveryRecord::pending(job, sequence, event_type.into(), url.clone());
+            if is_progress && chain.deliveries.len() >= MAX_CHAIN_LEN {
+                to_send = false;
+                return false;
+            }
+            let event_type = format!("job.{}", event.kind.name());
+            let record = DeliveryRecord::pending(job, sequence, event_type, url.into());
             chain.deliveries.push(record);
+            to_send = true;
             true
         })
         .await?;
+        if !to_send {
+            return Ok(());
+        }
         log.enqueue(&WebhookTask {
             tenant: tenant.clone(),
             job_id: job.clone(),
-            destination,
+            destination: destination.clone(),
             sequence,
             redelivery: 0,
         })
         .await
+    }
+}
+
+/// A destination and the URL it had when the event was routed.
+type Target = (Destination, String);
+
+/// Waits before trying again; `false` if shutdown came first.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(RETRY_PAUSE) => true,
     }
 }
 
@@ -284,15 +369,20 @@ mod tests {
         let job = JobId::new();
         let endpoint = Destination::Endpoint(reelmesh_nats::EndpointId::new());
         let start = Instant::now();
-        assert!(throttle.admit(&job, &endpoint, start));
-        assert!(!throttle.admit(&job, &endpoint, start + Duration::from_secs(4)));
+        assert!(throttle.is_due(&job, &endpoint, start));
         assert!(
-            throttle.admit(&job, &Destination::Callback, start),
+            throttle.is_due(&job, &endpoint, start),
+            "not sent until recorded (a failed queueing does not count)"
+        );
+        throttle.record(&job, &endpoint, start);
+        assert!(!throttle.is_due(&job, &endpoint, start + Duration::from_secs(4)));
+        assert!(
+            throttle.is_due(&job, &Destination::Callback, start),
             "per destination"
         );
-        assert!(throttle.admit(&JobId::new(), &endpoint, start), "per job");
-        assert!(throttle.admit(&job, &endpoint, start + Duration::from_secs(5)));
+        assert!(throttle.is_due(&JobId::new(), &endpoint, start), "per job");
+        assert!(throttle.is_due(&job, &endpoint, start + Duration::from_secs(5)));
         throttle.forget(&job);
-        assert!(throttle.admit(&job, &endpoint, start + Duration::from_secs(6)));
+        assert!(throttle.is_due(&job, &endpoint, start + Duration::from_secs(1)));
     }
 }

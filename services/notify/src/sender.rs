@@ -6,7 +6,9 @@
 //! Order per job and destination: one task per chain at a time in this
 //! process, and a webhook whose chain still has an unsettled earlier one is
 //! handed back until that one is settled. Different chains go in parallel,
-//! so a slow or dead receiver holds up only its own webhooks.
+//! so a slow or dead receiver holds up only its own webhooks. The log is
+//! the judge of what is due: a duplicate task (a lost acknowledgement, a
+//! restart) finds its webhook settled or not yet due and goes back.
 
 use std::{
     collections::HashMap,
@@ -22,7 +24,7 @@ use reelmesh_nats::{
 };
 use reelmesh_runtime::EgressPolicy;
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -37,10 +39,21 @@ const HOLD_MARGIN: Duration = Duration::from_millis(250);
 const MAX_HOLD: Duration = Duration::from_secs(60);
 /// The pause before a webhook comes back when NATS failed us.
 const NATS_RETRY: Duration = Duration::from_secs(2);
+/// Tasks taken from the stream per webhook that may be in flight: enough
+/// to keep senders busy, few enough that none waits out its ack wait.
+const IN_HAND_PER_SENDER: usize = 4;
+/// A webhook still pending, never tried, this long after it was queued
+/// has lost its task (a crash between queueing steps): the next webhook
+/// of its chain sends it.
+const ORPHANED_AFTER: time::Duration = time::Duration::minutes(2);
+/// Times a task whose webhook is not in the log comes back before it is
+/// dropped (a read from a replica may lag the write that made it).
+const MISSING_RETRIES: i64 = 5;
 
 type ChainKey = (String, String, String);
-/// A task and the message it came in, to acknowledge.
-type Taken = (WebhookTask, Message);
+/// A task, the message it came in (to acknowledge) and its place among the
+/// tasks in hand.
+type Taken = (WebhookTask, Message, OwnedSemaphorePermit);
 
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
@@ -53,7 +66,10 @@ struct Inner {
     http: reqwest::Client,
     policy: EgressPolicy,
     config: NotifyConfig,
-    permits: Semaphore,
+    /// Requests in flight.
+    sending: Semaphore,
+    /// Tasks taken from the stream and not yet acknowledged.
+    in_hand: Arc<Semaphore>,
     /// The queue of each chain with a task in hand.
     chains: Mutex<HashMap<ChainKey, mpsc::UnboundedSender<Taken>>>,
 }
@@ -74,14 +90,17 @@ impl WebhookSender {
                 topology,
                 http,
                 policy,
-                permits: Semaphore::new(config.concurrency),
+                sending: Semaphore::new(config.concurrency),
+                in_hand: Arc::new(Semaphore::new(config.concurrency * IN_HAND_PER_SENDER)),
                 config,
                 chains: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    /// Takes tasks from `consumer` until `shutdown`.
+    /// Takes tasks from `consumer` until `shutdown`, then lets the ones in
+    /// hand finish (within the request timeout) so their attempts are
+    /// recorded rather than made again by the next process.
     pub async fn run(
         &self,
         consumer: PullConsumer,
@@ -89,23 +108,31 @@ impl WebhookSender {
     ) -> Result<(), NatsError> {
         let mut tasks = consumer.messages().await.map_err(NatsError::unavailable)?;
         loop {
+            let room = self.inner.in_hand.clone().acquire_owned();
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = room => permit.map_err(NatsError::unavailable)?,
+            };
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 message = tasks.next() => message,
             };
             match message {
-                Some(Ok(message)) => self.dispatch(message),
+                Some(Ok(message)) => self.dispatch(message, permit),
                 Some(Err(err)) => tracing::warn!("webhook consumer: {err}"),
                 None => break,
             }
         }
+        let all = u32::try_from(self.inner.config.concurrency * IN_HAND_PER_SENDER).unwrap_or(0);
+        let grace = Duration::from_secs(self.inner.config.timeout_secs + 5);
+        let _ = tokio::time::timeout(grace, self.inner.in_hand.acquire_many(all)).await;
         Ok(())
     }
 
     /// Hands the task to its chain's queue, starting one if the chain has
     /// none; the queue's sender is only used with the map locked, so a
     /// queue that is closing never misses a task.
-    fn dispatch(&self, message: Message) {
+    fn dispatch(&self, message: Message, permit: OwnedSemaphorePermit) {
         let Ok(task) = WebhookTask::decode(&message.payload) else {
             tracing::error!(subject = %message.subject, "dropping an unreadable webhook task");
             tokio::spawn(async move { message.ack_with(AckKind::Term).await });
@@ -118,11 +145,11 @@ impl WebhookSender {
         );
         let mut chains = self.chains();
         let taken = match chains.get(&key) {
-            Some(queue) => match queue.send((task, message)) {
+            Some(queue) => match queue.send((task, message, permit)) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(taken)) => taken,
             },
-            None => (task, message),
+            None => (task, message, permit),
         };
         let (queue, received) = mpsc::unbounded_channel();
         let _ = queue.send(taken);
@@ -135,7 +162,7 @@ impl WebhookSender {
     /// queue once it is empty.
     async fn drain_chain(&self, key: ChainKey, mut received: mpsc::UnboundedReceiver<Taken>) {
         loop {
-            let (task, message) = match received.try_recv() {
+            let (task, message, _permit) = match received.try_recv() {
                 Ok(taken) => taken,
                 Err(_) => {
                     let mut chains = self.chains();
@@ -153,10 +180,8 @@ impl WebhookSender {
     }
 
     async fn handle(&self, task: &WebhookTask, message: Message) {
-        let Ok(_permit) = self.inner.permits.acquire().await else {
-            return;
-        };
-        let ack = self.attempt(task).await.unwrap_or_else(|err| {
+        let delivered = message.info().map_or(1, |info| info.delivered);
+        let ack = self.attempt(task, delivered).await.unwrap_or_else(|err| {
             tracing::warn!(job = %task.job_id, "webhook not attempted: {err}");
             AckKind::Nak(Some(NATS_RETRY))
         });
@@ -165,36 +190,68 @@ impl WebhookSender {
         }
     }
 
-    /// One attempt at the task's webhook, unless it is settled already or
-    /// must wait for an earlier one; says what to tell the consumer.
-    async fn attempt(&self, task: &WebhookTask) -> Result<AckKind, NatsError> {
+    /// One attempt at the task's webhook, unless it is settled already, not
+    /// due yet, or must wait for an earlier one; says what to tell the
+    /// consumer.
+    async fn attempt(&self, task: &WebhookTask, delivered: i64) -> Result<AckKind, NatsError> {
         let log = &self.inner.topology.deliveries;
-        let Some(mut chain) = log
+        let chain = log
             .get(&task.tenant, &task.job_id, &task.destination)
-            .await?
-        else {
-            // Chains are written before their tasks: this one was purged.
-            return Ok(AckKind::Term);
+            .await?;
+        let Some(mut chain) = chain.filter(|chain| chain.find(task.sequence).is_some()) else {
+            // Webhooks are logged before they are queued, so it was purged,
+            // or this read came from a replica that has not caught up yet.
+            return Ok(match delivered < MISSING_RETRIES {
+                true => AckKind::Nak(Some(Duration::from_secs(1))),
+                false => AckKind::Term,
+            });
         };
-        let Some(record) = chain.find(task.sequence) else {
-            return Ok(AckKind::Term);
-        };
-        if record.state.is_settled() {
-            if task.redelivery <= record.redeliveries {
-                // Sent already: a duplicate task.
+        if chain
+            .find(task.sequence)
+            .is_some_and(|record| record.state.is_settled())
+        {
+            if !is_new_redelivery(&chain, task) {
                 return Ok(AckKind::Ack);
             }
             chain = self.restart_schedule(task).await?;
         }
-        let Some(record) = chain.find(task.sequence) else {
+        let Some(record) = chain.find(task.sequence).cloned() else {
             return Ok(AckKind::Term);
         };
-        if let Some(earlier) = chain.blocker(task.sequence) {
-            return Ok(AckKind::Nak(Some(hold_for(earlier))));
+        let now = OffsetDateTime::now_utc();
+        if let Some(wait) = not_due_for(&record, now) {
+            // A second task for a webhook waiting out its retry.
+            return Ok(AckKind::Nak(Some(wait)));
         }
-        let record = record.clone();
-        let (outcome, url, latency) = match self.verdict(&chain, &record).await? {
+        if let Some(earlier) = chain.blocker(task.sequence).cloned() {
+            if is_orphaned(&earlier, now) {
+                tracing::warn!(job = %task.job_id, id = %earlier.id, "sending a webhook whose task was lost");
+                let orphan = WebhookTask {
+                    sequence: earlier.sequence,
+                    redelivery: earlier.redeliveries,
+                    ..task.clone()
+                };
+                self.deliver(&orphan, &chain, &earlier).await?;
+                return Ok(AckKind::Nak(Some(HOLD_MARGIN)));
+            }
+            return Ok(AckKind::Nak(Some(hold_for(&earlier))));
+        }
+        self.deliver(task, &chain, &record).await
+    }
+
+    /// Makes the request (or decides not to), records it and says what to
+    /// tell the consumer.
+    async fn deliver(
+        &self,
+        task: &WebhookTask,
+        chain: &DeliveryChain,
+        record: &DeliveryRecord,
+    ) -> Result<AckKind, NatsError> {
+        let (outcome, url, latency) = match self.verdict(chain, record).await? {
             Verdict::Send(delivery) => {
+                let Ok(_sending) = self.inner.sending.acquire().await else {
+                    return Ok(AckKind::Nak(Some(NATS_RETRY)));
+                };
                 let started = Instant::now();
                 let outcome = self.send(&delivery).await;
                 (outcome, delivery.url, started.elapsed())
@@ -205,7 +262,14 @@ impl WebhookSender {
                 Duration::ZERO,
             ),
         };
-        self.settle(task, &record, &outcome, url, latency).await
+        // Before the attempt is recorded: were this to fail, the task comes
+        // back and the 410 is seen again.
+        if let (Err(err), Destination::Endpoint(id)) = (&outcome, &task.destination)
+            && err.is_gone()
+        {
+            self.disable(task, id, &url).await?;
+        }
+        self.settle(task, &outcome, url, latency).await
     }
 
     /// A client asked for a settled webhook again (Redeliver): pending on a
@@ -304,12 +368,11 @@ impl WebhookSender {
         delivery.send(&self.inner.http, timeout).await
     }
 
-    /// Records the attempt, disables an endpoint that answered 410, and
-    /// says what to tell the consumer.
+    /// Records the attempt and decides, on the log as it is now, what comes
+    /// next; a webhook someone else settled meanwhile is left as it is.
     async fn settle(
         &self,
         task: &WebhookTask,
-        record: &DeliveryRecord,
         outcome: &Result<u16, DeliveryError>,
         url: String,
         latency: Duration,
@@ -323,25 +386,29 @@ impl WebhookSender {
             latency_ms: latency.as_millis() as u64,
             error: outcome.as_ref().err().map(ToString::to_string),
         };
-        let failed = record.failed_attempts() + u32::from(outcome.is_err());
-        let (ack, state, next) = decide(&self.inner.config, outcome, failed);
+        let config = &self.inner.config;
+        let mut decided = None;
         let log = &self.inner.topology.deliveries;
         log.modify(&task.tenant, &task.job_id, &task.destination, |chain| {
+            decided = None;
             let Some(entry) = chain.find_mut(task.sequence) else {
                 return false;
             };
+            if entry.state.is_settled() {
+                return false;
+            }
             entry.attempts.push(attempt.clone());
+            let (ack, state, next) = decide(config, outcome, entry.failed_attempts());
             entry.state = state;
-            entry.url = url.clone();
+            entry.url.clone_from(&url);
             entry.next_attempt_at = next.map(|delay| at + delay);
+            decided = Some((ack, state));
             true
         })
         .await?;
-        if let (Err(err), Destination::Endpoint(id)) = (outcome, &task.destination)
-            && err.is_gone()
-        {
-            self.disable(task, id, &url, at).await?;
-        }
+        let Some((ack, state)) = decided else {
+            return Ok(AckKind::Ack);
+        };
         match outcome {
             Ok(_) => tracing::info!(job = %task.job_id, %url, "webhook delivered"),
             Err(err) => tracing::warn!(job = %task.job_id, %url, ?state, "webhook failed: {err}"),
@@ -349,28 +416,30 @@ impl WebhookSender {
         Ok(ack)
     }
 
-    /// The receiver said 410 Gone: no more webhooks to this endpoint until
-    /// a client enables it again.
+    /// `url` said 410 Gone: no more webhooks to this endpoint until a
+    /// client enables it again (unless its URL changed meanwhile).
     async fn disable(
         &self,
         task: &WebhookTask,
         id: &EndpointId,
         url: &str,
-        at: OffsetDateTime,
     ) -> Result<(), NatsError> {
+        let at = OffsetDateTime::now_utc();
         let reason = format!("{url} answered 410 Gone");
         let disabled = self
             .inner
             .topology
             .endpoints
             .update(&task.tenant, id, |endpoint| {
-                if endpoint.disabled.is_none() {
-                    endpoint.disabled = Some(Disabled {
-                        at,
-                        reason: reason.clone(),
-                    });
-                    endpoint.updated_at = at;
+                if endpoint.disabled.is_some() || endpoint.url != url {
+                    return false;
                 }
+                endpoint.disabled = Some(Disabled {
+                    at,
+                    reason: reason.clone(),
+                });
+                endpoint.updated_at = at;
+                true
             })
             .await;
         match disabled {
@@ -387,6 +456,31 @@ impl WebhookSender {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether the task asks for a settled webhook again (a Redeliver not yet
+/// acted on), rather than being a copy of one already sent.
+fn is_new_redelivery(chain: &DeliveryChain, task: &WebhookTask) -> bool {
+    chain
+        .find(task.sequence)
+        .is_some_and(|record| task.redelivery > record.redeliveries)
+}
+
+/// How long a retrying webhook still has before its next attempt, if it is
+/// not due yet.
+fn not_due_for(record: &DeliveryRecord, now: OffsetDateTime) -> Option<Duration> {
+    let at = record
+        .next_attempt_at
+        .filter(|_| record.state == DeliveryState::Retrying)?;
+    let wait = Duration::try_from(at - now).ok()?;
+    (wait > HOLD_MARGIN).then_some(wait)
+}
+
+/// A webhook that was logged but whose task never came.
+fn is_orphaned(record: &DeliveryRecord, now: OffsetDateTime) -> bool {
+    record.state == DeliveryState::Pending
+        && record.attempts.is_empty()
+        && record.queued_at.is_some_and(|at| now - at > ORPHANED_AFTER)
 }
 
 /// Success is acknowledged; a final failure or a spent schedule is a dead
@@ -450,6 +544,41 @@ mod tests {
         assert_eq!(state, DeliveryState::Failed, "gone is final");
         let (_, state, _) = decide(&config, &Ok(204), 0);
         assert_eq!(state, DeliveryState::Delivered);
+    }
+
+    #[test]
+    fn a_copy_of_a_retrying_webhook_waits_for_its_schedule() {
+        let now = OffsetDateTime::now_utc();
+        let mut record = DeliveryRecord::pending(&JobId::new(), 1, "job.queued".into(), "u".into());
+        assert_eq!(not_due_for(&record, now), None, "pending: due");
+        record.state = DeliveryState::Retrying;
+        record.next_attempt_at = Some(now + time::Duration::seconds(30));
+        let wait = not_due_for(&record, now).expect("not due");
+        assert!(wait > Duration::from_secs(29) && wait <= Duration::from_secs(30));
+        record.next_attempt_at = Some(now - time::Duration::seconds(1));
+        assert_eq!(not_due_for(&record, now), None, "overdue: due");
+    }
+
+    #[test]
+    fn only_an_old_untried_pending_webhook_counts_as_orphaned() {
+        let now = OffsetDateTime::now_utc();
+        let mut record = DeliveryRecord::pending(&JobId::new(), 1, "job.queued".into(), "u".into());
+        assert!(!is_orphaned(&record, now), "just queued");
+        let later = now + ORPHANED_AFTER + time::Duration::seconds(1);
+        assert!(is_orphaned(&record, later));
+        record.attempts.push(DeliveryAttempt {
+            at: now,
+            status: Some(503),
+            latency_ms: 1,
+            error: None,
+        });
+        assert!(!is_orphaned(&record, later), "tried: its task is alive");
+        record.attempts.clear();
+        record.queued_at = None;
+        assert!(
+            !is_orphaned(&record, later),
+            "written before queued_at existed"
+        );
     }
 
     #[test]

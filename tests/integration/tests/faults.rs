@@ -364,10 +364,14 @@ const NOTIFY: &str = env!("CARGO_BIN_EXE_notify");
 async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
     let nats = cluster.cluster.nats.url();
-    // Retries 2 s apart, so the kill lands between attempts.
+    // Retries 2 s apart, so the kill lands between attempts. The kill may
+    // beat the retry's hand-back to the server, and then the task returns
+    // after the ack wait: short here, though longer than a request's timeout.
     let settings = [
         ("RETRY_SCHEDULE_SECS", "[2, 2, 2, 2]"),
         ("EGRESS__ALLOW", "[\"127.0.0.1\"]"),
+        ("TIMEOUT_SECS", "5"),
+        ("TOPOLOGY__WEBHOOK_ACK_WAIT", "8"),
     ];
     let first = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
     let mut receiver = WebhookReceiver::start(2).await?;
@@ -401,5 +405,60 @@ async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {
         3,
         "delivered once, nothing lost or doubled"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_notify_processes_send_each_webhook_once_and_in_order() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
+    let nats = cluster.cluster.nats.url();
+    let settings = [("EGRESS__ALLOW", "[\"127.0.0.1\"]")];
+    let _first = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
+    let _second = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
+    let mut receiver = WebhookReceiver::start(0).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let request = pb::CreateEndpointRequest {
+        url: receiver.url(),
+        events: vec![
+            "job.queued".into(),
+            "job.started".into(),
+            "job.completed".into(),
+        ],
+        ..Default::default()
+    };
+    client.webhooks.create_endpoint(request).await?;
+    const JOBS: usize = 10;
+    let mut jobs = Vec::new();
+    for _ in 0..JOBS {
+        jobs.push(client.submit(noop(0.0)).await?.id);
+    }
+
+    let mut types: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut completed = 0;
+    while completed < JOBS {
+        let webhook = receiver.next(Duration::from_secs(60)).await?;
+        let json = webhook.json();
+        let job = json["data"]["job_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kind = json["type"].as_str().unwrap_or_default().to_string();
+        completed += usize::from(kind == "job.completed");
+        types.entry(job).or_default().push(kind);
+    }
+    for job in &jobs {
+        assert_eq!(
+            types.get(job).map(Vec::as_slice).unwrap_or_default(),
+            ["job.queued", "job.started", "job.completed"],
+            "job {job}: once each, in order"
+        );
+        // Settled in the log, so no copy of a task can send it again.
+        let settled = delivery_when(&mut client, job, |d| {
+            d.state() == pb::DeliveryState::Delivered
+        })
+        .await?;
+        assert_eq!(settled.attempts.len(), 1);
+    }
+    assert_eq!(receiver.attempts(), 3 * JOBS, "no webhook sent twice");
     Ok(())
 }
