@@ -139,7 +139,7 @@ def medians(runs):
     ok = [run for run in runs if "error" not in run]
     if not ok:
         return None
-    keys = {key for run in ok for key in run}
+    keys = {key for run in ok for key, value in run.items() if isinstance(value, (int, float))}
     return {key: statistics.median(run[key] for run in ok if key in run) for key in keys}
 
 
