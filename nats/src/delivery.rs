@@ -259,46 +259,14 @@ impl DeliveryLog {
         tenant: &TenantId,
         job: &JobId,
         destination: &Destination,
-        mut change: impl FnMut(&mut DeliveryChain) -> bool,
+        change: impl FnMut(&mut DeliveryChain) -> bool,
     ) -> Result<DeliveryChain, NatsError> {
         let key = chain_key(tenant, job, destination);
-        loop {
-            let entry = self.kv.entry(&key).await.map_err(NatsError::unavailable)?;
-            let entry = entry.filter(|e| e.operation == kv::Operation::Put);
-            let mut chain = match &entry {
-                Some(entry) => serde_json::from_slice(&entry.value)
-                    .map_err(|err| NatsError::Corrupt(format!("deliveries {key}: {err}")))?,
-                None => DeliveryChain::new(tenant, job, destination),
-            };
-            if !change(&mut chain) {
-                return Ok(chain);
-            }
-            let bytes = serde_json::to_vec(&chain)
-                .map_err(|err| NatsError::Corrupt(format!("deliveries {key}: {err}")))?;
-            let written = match &entry {
-                Some(entry) => self
-                    .kv
-                    .update(&key, bytes.into(), entry.revision)
-                    .await
-                    .map_err(|err| {
-                        (
-                            err.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            err.to_string(),
-                        )
-                    }),
-                None => self.kv.create(&key, bytes.into()).await.map_err(|err| {
-                    (
-                        err.kind() == kv::CreateErrorKind::AlreadyExists,
-                        err.to_string(),
-                    )
-                }),
-            };
-            match written {
-                Ok(_) => return Ok(chain),
-                Err((true, _)) => continue,
-                Err((false, err)) => return Err(NatsError::Unavailable(err)),
-            }
-        }
+        let what = format!("deliveries {key}");
+        let new = || Some(DeliveryChain::new(tenant, job, destination));
+        let chain = kv_json::modify(&self.kv, &key, &what, new, change).await?;
+        // A missing chain starts as a new one, so there always is one.
+        Ok(chain.unwrap_or_else(|| DeliveryChain::new(tenant, job, destination)))
     }
 
     /// Every chain of `job`: its callback's and each endpoint's.

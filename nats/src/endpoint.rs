@@ -155,26 +155,10 @@ impl EndpointStore {
         id: &EndpointId,
         change: impl Fn(&mut EndpointRecord) -> bool,
     ) -> Result<EndpointRecord, EndpointChangeError> {
-        let key = key(tenant, id);
-        loop {
-            let entry = self.kv.entry(&key).await.map_err(NatsError::unavailable)?;
-            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-                return Err(EndpointChangeError::NotFound);
-            };
-            let mut record: EndpointRecord = decode(&entry.value, id)?;
-            if !change(&mut record) {
-                return Ok(record);
-            }
-            let written = self
-                .kv
-                .update(&key, encode(&record)?.into(), entry.revision)
-                .await;
-            match written {
-                Ok(_) => return Ok(record),
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(err) => return Err(NatsError::unavailable(err).into()),
-            }
-        }
+        let what = format!("endpoint {id}");
+        kv_json::modify(&self.kv, &key(tenant, id), &what, || None, change)
+            .await?
+            .ok_or(EndpointChangeError::NotFound)
     }
 
     pub async fn delete(&self, tenant: &TenantId, id: &EndpointId) -> Result<(), NatsError> {
@@ -251,10 +235,6 @@ pub fn key(tenant: &TenantId, id: &EndpointId) -> String {
 
 fn encode(record: &EndpointRecord) -> Result<Vec<u8>, NatsError> {
     serde_json::to_vec(record).map_err(|err| NatsError::Corrupt(format!("endpoint: {err}")))
-}
-
-fn decode(bytes: &[u8], id: &EndpointId) -> Result<EndpointRecord, NatsError> {
-    serde_json::from_slice(bytes).map_err(|err| NatsError::Corrupt(format!("endpoint {id}: {err}")))
 }
 
 #[cfg(test)]

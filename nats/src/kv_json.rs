@@ -1,5 +1,6 @@
 //! Records kept as JSON in KV buckets (assets, webhook deliveries,
-//! endpoints): one read, one write, or one pass over many keys, with
+//! endpoints): one read, one write, a compare-and-set change, or one pass
+//! over many keys, with
 //! unreadable bytes reported as corrupt data naming what they were meant to
 //! be.
 
@@ -35,6 +36,52 @@ pub(crate) async fn put<T: Serialize>(
         .await
         .map(drop)
         .map_err(NatsError::unavailable)
+}
+
+/// Changes the record under `key` by compare-and-set, again on a fresh read
+/// whenever someone else wrote in between. A missing record starts as
+/// `missing()` (and is created), or, if that is `None`, the answer is
+/// `None`. `change` says whether there is anything to write. The record as
+/// it now is.
+pub(crate) async fn modify<T: Serialize + DeserializeOwned>(
+    kv: &kv::Store,
+    key: &str,
+    what: &str,
+    missing: impl Fn() -> Option<T>,
+    mut change: impl FnMut(&mut T) -> bool,
+) -> Result<Option<T>, NatsError> {
+    let corrupt = |err: serde_json::Error| NatsError::Corrupt(format!("{what}: {err}"));
+    loop {
+        let entry = kv.entry(key).await.map_err(NatsError::unavailable)?;
+        let entry = entry.filter(|e| e.operation == kv::Operation::Put);
+        let read = match &entry {
+            Some(entry) => Some(serde_json::from_slice(&entry.value).map_err(corrupt)?),
+            None => missing(),
+        };
+        let Some(mut record) = read else {
+            return Ok(None);
+        };
+        if !change(&mut record) {
+            return Ok(Some(record));
+        }
+        let bytes = serde_json::to_vec(&record).map_err(corrupt)?.into();
+        // Losing the race is the only failure worth another read.
+        let written = match &entry {
+            Some(entry) => kv.update(key, bytes, entry.revision).await.map_err(|err| {
+                let lost = err.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                (lost, err.to_string())
+            }),
+            None => kv.create(key, bytes).await.map_err(|err| {
+                let lost = err.kind() == kv::CreateErrorKind::AlreadyExists;
+                (lost, err.to_string())
+            }),
+        };
+        match written {
+            Ok(_) => return Ok(Some(record)),
+            Err((true, _)) => continue,
+            Err((false, err)) => return Err(NatsError::Unavailable(err)),
+        }
+    }
 }
 
 /// The latest value of every live key of `bucket` matching `filter` (a
