@@ -551,14 +551,26 @@ impl JobRecords {
         F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
     {
         let (tenant, id) = (known.record.tenant.clone(), known.record.id.clone());
-        self.change(&tenant, &id, Some(known), change).await
+        self.change(&tenant, &id, Some((known, false)), change)
+            .await
+    }
+
+    /// Like [`JobRecords::modify`], on `read`, a version the caller has
+    /// just read with [`JobRecords::get`]: it counts as the stored one, so a
+    /// decision to leave it alone is final without reading it again.
+    pub async fn modify_read<F>(&self, read: Versioned, change: F) -> Result<Versioned, NatsError>
+    where
+        F: FnMut(&mut JobRecord) -> Result<bool, NatsError>,
+    {
+        let (tenant, id) = (read.record.tenant.clone(), read.record.id.clone());
+        self.change(&tenant, &id, Some((read, true)), change).await
     }
 
     async fn change<F>(
         &self,
         tenant: &TenantId,
         id: &JobId,
-        mut known: Option<Versioned>,
+        mut known: Option<(Versioned, bool)>,
         mut change: F,
     ) -> Result<Versioned, NatsError>
     where
@@ -566,7 +578,7 @@ impl JobRecords {
     {
         loop {
             let (current, fresh) = match known.take() {
-                Some(known) => (known, false),
+                Some(known) => known,
                 None => (self.read(tenant, id).await?, true),
             };
             let mut record = current.record.clone();
@@ -587,6 +599,26 @@ impl JobRecords {
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(err) => return Err(NatsError::unavailable(err)),
             }
+        }
+    }
+
+    /// Writes `record` only if the stored version is still `revision`: the
+    /// new revision, or `None` when another writer came first. Unlike
+    /// [`JobRecords::modify_from`] it never retries on what that writer
+    /// left, for callers whose change is only valid on the version they read.
+    pub async fn replace(
+        &self,
+        record: &JobRecord,
+        revision: u64,
+    ) -> Result<Option<u64>, NatsError> {
+        match self
+            .kv
+            .update(record.key(), record.encode()?, revision)
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(err) => Err(NatsError::unavailable(err)),
         }
     }
 

@@ -36,6 +36,11 @@ pub struct RenderConfig {
     pub drain_grace_secs: f64,
     /// Limits on http(s) inputs and which non-public hosts they may name.
     pub url_inputs: UrlInputConfig,
+    /// A job's start (RUNNING on its record, and the started event) is
+    /// written once its render has run this long. A job that ends sooner
+    /// has its start and end written together: fewer writes for short jobs,
+    /// which never show RUNNING.
+    pub record_start_after_ms: u64,
 }
 
 /// Backoff between attempts: `base` doubled per failed attempt, capped at
@@ -87,6 +92,7 @@ impl Default for RenderConfig {
             retry: RetryPolicy::default(),
             drain_grace_secs: 60.0,
             url_inputs: UrlInputConfig::default(),
+            record_start_after_ms: 20,
         }
     }
 }
@@ -94,6 +100,10 @@ impl Default for RenderConfig {
 impl RenderConfig {
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_secs(self.stall_timeout_secs)
+    }
+
+    pub fn record_start_after(&self) -> Duration {
+        Duration::from_millis(self.record_start_after_ms)
     }
 
     pub fn drain_grace(&self) -> Duration {

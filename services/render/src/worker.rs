@@ -61,12 +61,24 @@ const RECORD_LAG: Duration = Duration::from_secs(60);
 const RETRY_SLACK: Duration = Duration::from_millis(50);
 
 /// Flags of a render in progress, set from outside it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Running {
     /// Stop the render (the job was cancelled, or is being handed back).
     stop: Arc<AtomicBool>,
     /// The stop is a hand-back by a draining worker, not a cancel.
     hand_back: AtomicBool,
+    /// Whether the start is written; progress is reported only after.
+    recorded: watch::Sender<bool>,
+}
+
+impl Running {
+    fn new(recorded: bool) -> Self {
+        Running {
+            stop: Arc::default(),
+            hand_back: AtomicBool::new(false),
+            recorded: watch::Sender::new(recorded),
+        }
+    }
 }
 
 type RunningJobs = Arc<Mutex<HashMap<JobId, Arc<Running>>>>;
@@ -229,11 +241,11 @@ impl RenderWorker {
                 }
                 Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
             };
-            let (job, attempt) = (&started.job.record, started.attempt);
-            let flags = Arc::new(Running::default());
-            self.running_jobs().insert(job.id.clone(), flags.clone());
-            let outcome = self.render(job, attempt, message, &flags).await;
-            self.running_jobs().remove(&job.id);
+            let flags = Arc::new(Running::new(started.recorded));
+            let id = started.job.record.id.clone();
+            self.running_jobs().insert(id.clone(), flags.clone());
+            let outcome = self.run_attempt(&mut started, message, &flags).await;
+            self.running_jobs().remove(&id);
             let slot = started.slot.take();
             let finished = self
                 .finish(started, outcome, &flags)
@@ -250,13 +262,82 @@ impl RenderWorker {
         .await
     }
 
-    /// Begins an attempt on the record. A job with a limit on its tenant's
+    /// Renders the started job. A start not written yet is written once
+    /// the render has run `record_start_after`, while it goes on; if the
+    /// job moved on meanwhile (cancelled while queued) the render stops.
+    /// Most of a short job's cost is its writes: one that ends sooner gets
+    /// its start and end in one compare-and-set instead of two, and both
+    /// events in one round trip. Its record never shows it RUNNING; its
+    /// events are the same.
+    async fn run_attempt(
+        &self,
+        started: &mut Started,
+        message: &Message,
+        flags: &Running,
+    ) -> Result<JobOutput, RenderError> {
+        let (job, attempt) = (&started.job, started.attempt);
+        if started.recorded {
+            return self.render(&job.record, attempt, message, flags).await;
+        }
+        let (outcome, recorded) = {
+            let render = self.render(&job.record, attempt, message, flags);
+            tokio::pin!(render);
+            tokio::select! {
+                outcome = &mut render => return outcome,
+                _ = tokio::time::sleep(self.config.record_start_after()) => {}
+            }
+            tokio::join!(render, self.record_start(job, attempt, flags))
+        };
+        if let Some((revision, event_ack)) = recorded? {
+            started.job.revision = revision;
+            started.event_ack = Some(event_ack);
+            started.recorded = true;
+        }
+        outcome
+    }
+
+    /// Writes a deferred start: the RUNNING record, by compare-and-set on
+    /// the version read when the job was taken, and the started event. `None`
+    /// (and the render stopped) when the record moved on since that read.
+    async fn record_start(
+        &self,
+        job: &Versioned,
+        attempt: u32,
+        flags: &Running,
+    ) -> Result<Option<(u64, Pending)>, RenderError> {
+        let written = self.topology.jobs.replace(&job.record, job.revision).await;
+        let Some(revision) = written.inspect_err(|_| flags.stop.store(true, Ordering::SeqCst))?
+        else {
+            tracing::info!("the job moved on before its start was written; stopping");
+            flags.stop.store(true, Ordering::SeqCst);
+            return Ok(None);
+        };
+        let event = JobEvent::of(&job.record, EventKind::Started { attempt });
+        let sent = self.topology.events.send(&event).await;
+        let event_ack = sent.inspect_err(|_| flags.stop.store(true, Ordering::SeqCst))?;
+        flags.recorded.send_replace(true);
+        Ok(Some((revision, event_ack)))
+    }
+
+    /// Begins an attempt on the record. A job that can start as it is
+    /// (queued, in this round, no limit on its tenant's running jobs) starts
+    /// at once, its start written later if at all (see
+    /// [`RenderWorker::run_attempt`]). A job with a limit on its tenant's
     /// running jobs first needs a running slot: the record read says so,
     /// the slot is claimed, and the attempt begins by compare-and-set on
     /// that read (a second read only if the record moved meanwhile). Jobs
     /// without a limit pay nothing for it.
     async fn start(&self, item: &WorkItem, delivered: i64) -> Result<Start, RenderError> {
-        let (limit, current) = match self.begin(item, delivered, None).await? {
+        let read = match self.topology.jobs.get(&item.tenant, &item.job_id).await? {
+            Some(read) => read,
+            None if is_young(&item.job_id) => return Ok(Start::Later(record_wait(delivered))),
+            None => return Ok(Start::Nothing),
+        };
+        if let Some(started) = Started::deferred(item, &read) {
+            tracing::info!(attempt = started.attempt, "render started");
+            return Ok(Start::Run(Box::new(started)));
+        }
+        let (limit, current) = match self.begin(item, delivered, read, false).await? {
             Begun::Start(start) => return Ok(start),
             Begun::NeedsSlot(limit, current) => (limit, current),
         };
@@ -270,7 +351,7 @@ impl RenderWorker {
         let Some(slot) = claim.await? else {
             return Ok(Start::AtLimit);
         };
-        match self.begin(item, delivered, Some(*current)).await {
+        match self.begin(item, delivered, *current, true).await {
             Ok(Begun::Start(Start::Run(mut started))) => {
                 started.slot = Some(slot);
                 Ok(Start::Run(started))
@@ -285,22 +366,22 @@ impl RenderWorker {
         }
     }
 
-    /// Begins an attempt on the record, from `slotted`, the version read
-    /// before a running slot was claimed for it, if one was. The `started`
-    /// event is sent but not waited for: its ack comes in while the job
-    /// renders, and [`RenderWorker::finish`] makes sure of it before any
-    /// later event.
+    /// Begins an attempt on the record by compare-and-set on `read`, the
+    /// version just read, or (`has_slot`) the one read before a running
+    /// slot was claimed for it. The `started` event is sent but not waited
+    /// for: its ack comes in while the job renders, and
+    /// [`RenderWorker::finish`] makes sure of it before any later event.
     async fn begin(
         &self,
         item: &WorkItem,
         delivered: i64,
-        slotted: Option<Versioned>,
+        read: Versioned,
+        has_slot: bool,
     ) -> Result<Begun, RenderError> {
         let mut outcome = Start::Nothing;
         // Set when the job has ended (before, or now for want of attempts).
         let mut ended = None;
         let mut needs_slot = None;
-        let has_slot = slotted.is_some();
         let change = |job: &mut JobRecord| {
             (outcome, ended, needs_slot) = (Start::Nothing, None, None);
             if job.round != item.round {
@@ -328,9 +409,9 @@ impl RenderWorker {
             Ok(true)
         };
         let jobs = &self.topology.jobs;
-        let modified = match slotted {
-            Some(read) => jobs.modify_from(read, change).await,
-            None => jobs.modify(&item.tenant, &item.job_id, change).await,
+        let modified = match has_slot {
+            true => jobs.modify_from(read, change).await,
+            false => jobs.modify_read(read, change).await,
         };
         let written = match modified {
             Ok(written) => written,
@@ -391,10 +472,13 @@ impl RenderWorker {
             .await?;
         let (progress_tx, progress_rx) = watch::channel(0.0);
         let reporter = CancellationToken::new();
-        tokio::spawn(
-            self.clone()
-                .report_progress(job.clone(), progress_rx, reporter.clone()),
-        );
+        let recorded = flags.recorded.subscribe();
+        tokio::spawn(self.clone().report_progress(
+            job.clone(),
+            progress_rx,
+            recorded,
+            reporter.clone(),
+        ));
         let rendered = self
             .run_engine(
                 &plan,
@@ -544,13 +628,19 @@ impl RenderWorker {
         }
     }
 
-    /// Publishes progress events and record updates, throttled.
+    /// Publishes progress events and record updates, throttled, once the
+    /// start is written (none may come before the started event).
     async fn report_progress(
         self,
         job: JobRecord,
         mut fraction: watch::Receiver<f64>,
+        mut recorded: watch::Receiver<bool>,
         done: CancellationToken,
     ) {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            written = recorded.wait_for(|yes| *yes) => if written.is_err() { return },
+        }
         let started = Instant::now();
         let mut last_event = Instant::now() - PROGRESS_EVERY;
         let mut last_percent = f64::NEG_INFINITY;
@@ -610,6 +700,9 @@ impl RenderWorker {
             Err(err) => self.after_failure(job, err),
             Ok(output) => End::Complete(output),
         };
+        if !started.recorded {
+            return self.finish_unrecorded(started, end).await;
+        }
         let mut ended = None;
         // Usually nobody wrote since the start, so no read is needed.
         let changed = self
@@ -638,13 +731,53 @@ impl RenderWorker {
         end.announce(self, &record, attempt).await
     }
 
+    /// Ends an attempt whose start was never written, in one
+    /// compare-and-set on the version read when the job was taken: the
+    /// start and the end together. Then the started and the ending events
+    /// go out back to back (stored in that order) and are waited for
+    /// together. Losing the compare-and-set means the job moved on before
+    /// this attempt ever showed: its result is removed and nothing of it is
+    /// announced.
+    async fn finish_unrecorded(&self, started: Started, end: End) -> Result<Disposal, RenderError> {
+        let (job, attempt) = (&started.job.record, started.attempt);
+        if let End::HandBack = end {
+            // Nothing was written: the record is queued as it was.
+            tracing::info!(attempt, "handed back to the queue");
+            return Ok(Disposal::Nak(Duration::ZERO));
+        }
+        let mut ended = job.clone();
+        end.apply(&mut ended)?;
+        let jobs = &self.topology.jobs;
+        if jobs.replace(&ended, started.job.revision).await?.is_none() {
+            self.discard(job, &end).await?;
+            if let Some(current) = jobs.get(&job.tenant, &job.id).await?
+                && current.record.round == job.round
+            {
+                self.confirm_end(&current.record).await?;
+            }
+            return Ok(Disposal::Ack);
+        }
+        let event = JobEvent::of(job, started.event());
+        let event_ack = self.topology.events.send(&event).await?;
+        let disposal = end.announce(self, &ended, attempt).await;
+        // Should the started event have been lost while the ending one was
+        // stored, it is sent again and lands after it: out of order, but
+        // not missing.
+        self.confirm_started(&started, Some(event_ack)).await?;
+        disposal
+    }
+
     /// Waits for the ack of the started event sent at the start, sending it
-    /// again (its message id makes that safe) if it did not arrive.
+    /// again (its message id makes that safe) if it did not arrive. A start
+    /// not written has no event to wait for.
     async fn confirm_started(
         &self,
         started: &Started,
         ack: Option<Pending>,
     ) -> Result<(), RenderError> {
+        if !started.recorded && ack.is_none() {
+            return Ok(());
+        }
         if let Some(ack) = ack
             && ack.durable().await.is_ok()
         {
@@ -741,6 +874,9 @@ struct Started {
     event_ack: Option<Pending>,
     /// The running slot claimed for it, when its tenant has a limit.
     slot: Option<HeldSlot>,
+    /// Whether `job` is stored and the started event sent. Until then `job`
+    /// is the record as the start would write it, over the revision read.
+    recorded: bool,
 }
 
 impl Started {
@@ -753,7 +889,34 @@ impl Started {
             attempt,
             event_ack: None,
             slot: None,
+            recorded: true,
         }
+    }
+
+    /// A start that needs no write yet: the job, as `read`, is queued in
+    /// this round and due, its tenant has no running limit, and it has an
+    /// attempt left. Anything else goes through [`RenderWorker::begin`].
+    fn deferred(item: &WorkItem, read: &Versioned) -> Option<Self> {
+        let job = &read.record;
+        let plain = job.state == JobState::Queued
+            && job.round == item.round
+            && job.running_limit == 0
+            && early_by(job).is_none();
+        if !plain {
+            return None;
+        }
+        let mut record = job.clone();
+        let attempt = record.begin_attempt().ok()?;
+        Some(Started {
+            job: Versioned {
+                record,
+                revision: read.revision,
+            },
+            attempt,
+            event_ack: None,
+            slot: None,
+            recorded: false,
+        })
     }
 
     fn event(&self) -> EventKind {
@@ -883,6 +1046,43 @@ mod tests {
         assert_eq!(record_wait(2), Duration::from_millis(20));
         assert_eq!(record_wait(1000), Duration::from_millis(5120));
         assert!(is_young(&JobId::new()));
+    }
+
+    #[test]
+    fn only_a_plainly_startable_job_starts_without_a_write() {
+        let tenant = reelmesh_nats::TenantId::parse("acme").expect("tenant");
+        let queued = JobRecord::new(tenant, Default::default());
+        let item = WorkItem {
+            tenant: queued.tenant.clone(),
+            job_id: queued.id.clone(),
+            round: 0,
+        };
+        let read = |record: &JobRecord| Versioned {
+            record: record.clone(),
+            revision: 7,
+        };
+        let started = Started::deferred(&item, &read(&queued)).expect("startable");
+        assert!(!started.recorded);
+        assert_eq!((started.attempt, started.job.revision), (1, 7));
+        assert_eq!(started.job.record.state, JobState::Running);
+
+        let mut limited = queued.clone();
+        limited.running_limit = 2;
+        let mut running = queued.clone();
+        running.begin_attempt().expect("attempt");
+        let mut spent = queued.clone();
+        spent.max_attempts = 0;
+        let mut later = queued.clone();
+        later.retry_at = Some(OffsetDateTime::now_utc() + Duration::from_secs(60));
+        let other_round = WorkItem {
+            round: 1,
+            ..item.clone()
+        };
+        assert!(Started::deferred(&item, &read(&limited)).is_none());
+        assert!(Started::deferred(&item, &read(&running)).is_none());
+        assert!(Started::deferred(&item, &read(&spent)).is_none());
+        assert!(Started::deferred(&item, &read(&later)).is_none());
+        assert!(Started::deferred(&other_round, &read(&queued)).is_none());
     }
 
     #[test]

@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
 use reelmesh_integration_tests::{KEY_A, TestCluster};
+use reelmesh_nats::JobState;
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
 fn noop(seconds: f64, fail_attempts: u32) -> pb::JobSpec {
@@ -397,6 +399,115 @@ async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -
         matches!(kinds.as_slice(), [Some(Kind::Cancelled(_))]),
         "{kinds:?}"
     );
+    Ok(())
+}
+
+/// The states a job's record went through, oldest first, from the KV
+/// bucket's history of its key.
+async fn record_states(cluster: &TestCluster, id: &str) -> anyhow::Result<Vec<JobState>> {
+    use reelmesh_nats::{JobId, JobRecord, TenantId, names};
+    let client = async_nats::connect(cluster.cluster.nats.url()).await?;
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value(names::JOBS_BUCKET)
+        .await?;
+    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let job = JobId::parse(id).map_err(anyhow::Error::msg)?;
+    let mut history = kv.history(names::job_key(&tenant, &job)).await?;
+    let mut states = Vec::new();
+    while let Some(entry) = history.next().await {
+        states.push(serde_json::from_slice::<JobRecord>(&entry?.value)?.state);
+    }
+    Ok(states)
+}
+
+fn kind_names(events: &[pb::JobEvent]) -> Vec<&'static str> {
+    let name = |kind: &Kind| match kind {
+        Kind::Queued(_) => "queued",
+        Kind::Started(_) => "started",
+        Kind::Progress(_) => "progress",
+        Kind::Retrying(_) => "retrying",
+        Kind::Completed(_) => "completed",
+        Kind::Failed(_) => "failed",
+        Kind::Cancelled(_) => "cancelled",
+    };
+    events
+        .iter()
+        .filter_map(|e| e.kind.as_ref().map(name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_job_writes_its_start_with_its_end_and_a_longer_one_shows_running()
+-> anyhow::Result<()> {
+    // Far beyond a no-op's time even on a loaded machine (the default is
+    // 20 ms).
+    let cluster =
+        TestCluster::start_with(|config| config.render.record_start_after_ms = 2_000).await?;
+    let mut client = cluster.client(KEY_A).await?;
+
+    let short = client.submit(noop(0.0, 0)).await?;
+    let events = events_of(&mut client, &short.id).await?;
+    assert_eq!(kind_names(&events), ["queued", "started", "completed"]);
+    let states = record_states(&cluster, &short.id).await?;
+    assert_eq!(states, [JobState::Queued, JobState::Completed]);
+    let short = client.get(&short.id).await?;
+    assert_eq!(short.attempts.len(), 1, "{short:?}");
+    assert!(short.attempts[0].ended_at.is_some());
+
+    // Runs past `record_start_after_ms`: RUNNING is written, and no
+    // progress event comes before `started`.
+    let long = client.submit(noop(3.0, 0)).await?;
+    let events = events_of(&mut client, &long.id).await?;
+    let kinds = kind_names(&events);
+    assert_eq!(kinds[..2], ["queued", "started"], "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
+    let states = record_states(&cluster, &long.id).await?;
+    assert_eq!(
+        states[..2],
+        [JobState::Queued, JobState::Running],
+        "{states:?}"
+    );
+    assert_eq!(states.last(), Some(&JobState::Completed), "{states:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_before_its_start_is_written_never_shows_started() -> anyhow::Result<()> {
+    // The start of this job is never written while it runs.
+    let cluster =
+        TestCluster::start_with(|config| config.render.record_start_after_ms = 600_000).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop(30.0, 0)).await?;
+    // The worker holds the item (rendering) once it is ack-pending.
+    let nats = async_nats::connect(cluster.cluster.nats.url()).await?;
+    let js = async_nats::jetstream::new(nats);
+    let normal = reelmesh_nats::names::render_consumer(reelmesh_nats::Priority::Normal);
+    eventually("the worker takes the job", || {
+        let js = js.clone();
+        let normal = normal.clone();
+        async move {
+            let stream = js.get_stream(reelmesh_nats::names::WORK_STREAM).await?;
+            let consumer = stream.get_consumer::<pull::Config>(&normal).await;
+            let mut consumer = consumer.map_err(|err| anyhow::anyhow!("{err}"))?;
+            Ok(consumer.info().await?.num_ack_pending == 1)
+        }
+    })
+    .await?;
+    assert_eq!(client.get(&job.id).await?.state(), pb::JobState::Queued);
+
+    let cancelled = client
+        .jobs
+        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(cancelled.state(), pb::JobState::Cancelled);
+    // The render stops and lets go of the item well before its 30 s.
+    tokio::time::timeout(Duration::from_secs(5), cluster.wait_until_work_settled()).await??;
+    let events = events_of(&mut client, &job.id).await?;
+    assert_eq!(kind_names(&events), ["queued", "cancelled"]);
+    let states = record_states(&cluster, &job.id).await?;
+    assert_eq!(states, [JobState::Queued, JobState::Cancelled]);
+    assert!(client.get(&job.id).await?.attempts.is_empty());
     Ok(())
 }
 
