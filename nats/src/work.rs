@@ -80,7 +80,10 @@ impl WorkQueue {
     }
 
     /// The durable pull consumers shared by all render workers, highest
-    /// priority first.
+    /// priority first. Declared as this release configures them, updating
+    /// those an earlier one created (or another ack wait): settings such as
+    /// the unlimited ack-pending count are what keep one tenant's waiting
+    /// jobs from stalling the rest, and take effect on upgrade.
     pub async fn render_consumers(&self) -> Result<Vec<PullConsumer>, NatsError> {
         let stream = self
             .js
@@ -98,8 +101,9 @@ impl WorkQueue {
                 filter_subject: names::work_priority_filter(priority),
                 ..self.consumer.clone()
             };
+            // Create or update; only editable settings ever change.
             let consumer = stream
-                .get_or_create_consumer(&name, config)
+                .create_consumer(config)
                 .await
                 .map_err(NatsError::unavailable)?;
             consumers.push(consumer);

@@ -152,6 +152,44 @@ async fn the_same_job_is_queued_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::pull;
+    let (server, topology) = topology().await?;
+    let js = async_nats::jetstream::new(topology.client.clone());
+    let stream = js.get_stream(reelmesh_nats::names::WORK_STREAM).await?;
+    let name = reelmesh_nats::names::render_consumer(Priority::Normal);
+    topology.work.render_consumers().await?;
+    // As an earlier release left it: the default cap on ack-pending work
+    // and another ack wait.
+    let mut old = stream
+        .get_consumer::<pull::Config>(&name)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?
+        .cached_info()
+        .config
+        .clone();
+    (old.max_ack_pending, old.ack_wait) = (1000, Duration::from_secs(90));
+    stream.update_consumer(old).await?;
+
+    let config = TopologyConfig {
+        work_ack_wait: Duration::from_secs(45),
+        ..TopologyConfig::default()
+    };
+    let upgraded = Topology::connect(&server.url(), &config).await?;
+    for mut consumer in upgraded.work.render_consumers().await? {
+        let info = consumer.info().await?;
+        assert_eq!(info.config.max_ack_pending, -1, "{}", info.name);
+        assert_eq!(
+            info.config.ack_wait,
+            Duration::from_secs(45),
+            "{}",
+            info.name
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> {
     let cluster = reelmesh_integration_tests::TestCluster::start().await?;
     let client = async_nats::connect(cluster.cluster.nats.url()).await?;
