@@ -39,7 +39,7 @@ pub struct RenderConfig {
     /// A job's start (RUNNING on its record, and the started event) is
     /// written once its render has run this long. A job that ends sooner
     /// has its start and end written together: fewer writes for short jobs,
-    /// which never show RUNNING.
+    /// which never show RUNNING. 0 writes every start before its render.
     pub record_start_after_ms: u64,
 }
 

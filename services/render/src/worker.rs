@@ -333,7 +333,8 @@ impl RenderWorker {
             None if is_young(&item.job_id) => return Ok(Start::Later(record_wait(delivered))),
             None => return Ok(Start::Nothing),
         };
-        if let Some(started) = Started::deferred(item, &read) {
+        let defer = !self.config.record_start_after().is_zero();
+        if let Some(started) = Started::deferred(item, &read).filter(|_| defer) {
             tracing::info!(attempt = started.attempt, "render started");
             return Ok(Start::Run(Box::new(started)));
         }

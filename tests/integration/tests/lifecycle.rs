@@ -472,6 +472,21 @@ async fn a_short_job_writes_its_start_with_its_end_and_a_longer_one_shows_runnin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_record_start_after_zero_every_start_is_written() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| config.render.record_start_after_ms = 0).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop(0.0, 0)).await?;
+    let events = events_of(&mut client, &job.id).await?;
+    assert_eq!(kind_names(&events), ["queued", "started", "completed"]);
+    let states = record_states(&cluster, &job.id).await?;
+    assert_eq!(
+        states,
+        [JobState::Queued, JobState::Running, JobState::Completed]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_before_its_start_is_written_never_shows_started() -> anyhow::Result<()> {
     // The start of this job is never written while it runs.
     let cluster =
