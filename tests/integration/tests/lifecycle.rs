@@ -510,11 +510,7 @@ async fn a_job_cancelled_before_its_start_is_written_never_shows_started() -> an
     .await?;
     assert_eq!(client.get(&job.id).await?.state(), pb::JobState::Queued);
 
-    let cancelled = client
-        .jobs
-        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
-        .await?
-        .into_inner();
+    let cancelled = client.cancel(&job.id).await?;
     assert_eq!(cancelled.state(), pb::JobState::Cancelled);
     // The render stops and lets go of the item well before its 30 s.
     tokio::time::timeout(Duration::from_secs(5), cluster.wait_until_work_settled()).await??;
