@@ -566,6 +566,9 @@ impl JobRecords {
         self.change(&tenant, &id, Some((read, true)), change).await
     }
 
+    /// The compare-and-set loop behind the `modify` family. `known` is a
+    /// version to try first, and whether it counts as just read (then a
+    /// decision to leave it alone is final) or only as the caller's own.
     async fn change<F>(
         &self,
         tenant: &TenantId,
