@@ -118,100 +118,109 @@ impl Topology {
         } else {
             StorageType::File
         };
-        let kv = js
-            .create_or_update_key_value(kv::Config {
+        let kv = bucket(
+            &js,
+            storage,
+            kv::Config {
                 bucket: names::JOBS_BUCKET.into(),
                 description: "reelmesh job records, keyed <tenant>.<job id>".into(),
                 history: 5,
-                storage,
                 ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        let idempotency = js
-            .create_or_update_key_value(kv::Config {
+            },
+        )
+        .await?;
+        let idempotency = bucket(
+            &js,
+            storage,
+            kv::Config {
                 bucket: names::IDEMPOTENCY_BUCKET.into(),
                 description: "reelmesh idempotency keys -> job ids".into(),
                 max_age: config.idempotency_window,
-                storage,
                 ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        let assets = js
-            .create_or_update_key_value(kv::Config {
+            },
+        )
+        .await?;
+        let assets = bucket(
+            &js,
+            storage,
+            kv::Config {
                 bucket: names::ASSETS_BUCKET.into(),
                 description: "reelmesh asset catalog and its url/sha256 indexes".into(),
-                storage,
                 ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        let deliveries = js
-            .create_or_update_key_value(kv::Config {
+            },
+        )
+        .await?;
+        let deliveries = bucket(
+            &js,
+            storage,
+            kv::Config {
                 bucket: names::DELIVERIES_BUCKET.into(),
                 description: "reelmesh webhook deliveries and their attempts".into(),
                 // Kept as long as the events they deliver.
                 max_age: config.event_retention,
-                storage,
                 ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        let running = js
-            .create_or_update_key_value(kv::Config {
+            },
+        )
+        .await?;
+        let running = bucket(
+            &js,
+            storage,
+            kv::Config {
                 bucket: names::RUNNING_BUCKET.into(),
                 description: "reelmesh running slots: <tenant>.<index> -> job id".into(),
-                storage,
                 ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        js.create_or_update_stream(stream::Config {
-            name: names::WORK_STREAM.into(),
-            description: Some("reelmesh jobs waiting for a render worker".into()),
-            subjects: vec![names::WORK_SUBJECTS.into()],
-            retention: RetentionPolicy::WorkQueue,
+            },
+        )
+        .await?;
+        declare_stream(
+            &js,
             storage,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(NatsError::unavailable)?;
-        let endpoints = js
-            .create_or_update_key_value(kv::Config {
+            stream::Config {
+                name: names::WORK_STREAM.into(),
+                description: Some("reelmesh jobs waiting for a render worker".into()),
+                subjects: vec![names::WORK_SUBJECTS.into()],
+                retention: RetentionPolicy::WorkQueue,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let endpoints = bucket(
+            &js,
+            storage,
+            kv::Config {
                 bucket: names::ENDPOINTS_BUCKET.into(),
                 description: "reelmesh webhook endpoints of each tenant".into(),
                 history: 5,
-                storage,
                 ..Default::default()
-            })
-            .await
-            .map_err(NatsError::unavailable)?;
-        js.create_or_update_stream(stream::Config {
-            name: names::WEBHOOK_STREAM.into(),
-            description: Some("reelmesh webhooks waiting to be sent".into()),
-            subjects: vec![names::WEBHOOK_SUBJECTS.into()],
-            retention: RetentionPolicy::WorkQueue,
+            },
+        )
+        .await?;
+        declare_stream(
+            &js,
             storage,
-            max_age: config.event_retention,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(NatsError::unavailable)?;
-        js.create_or_update_stream(stream::Config {
-            name: names::EVENTS_STREAM.into(),
-            description: Some("reelmesh job events, per job subject".into()),
-            subjects: vec![names::EVENTS_SUBJECTS.into()],
-            retention: RetentionPolicy::Limits,
+            stream::Config {
+                name: names::WEBHOOK_STREAM.into(),
+                description: Some("reelmesh webhooks waiting to be sent".into()),
+                subjects: vec![names::WEBHOOK_SUBJECTS.into()],
+                retention: RetentionPolicy::WorkQueue,
+                max_age: config.event_retention,
+                ..Default::default()
+            },
+        )
+        .await?;
+        declare_stream(
+            &js,
             storage,
-            max_age: config.event_retention,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(NatsError::unavailable)?;
+            stream::Config {
+                name: names::EVENTS_STREAM.into(),
+                description: Some("reelmesh job events, per job subject".into()),
+                subjects: vec![names::EVENTS_SUBJECTS.into()],
+                retention: RetentionPolicy::Limits,
+                max_age: config.event_retention,
+                ..Default::default()
+            },
+        )
+        .await?;
         let jobs = JobRecords::new(kv, js.clone());
         Ok(Topology {
             client,
@@ -323,6 +332,35 @@ impl Topology {
             .await
             .map_err(NatsError::unavailable)
     }
+}
+
+/// Declares a bucket (create or update) on the topology's storage.
+async fn bucket(
+    js: &jetstream::Context,
+    storage: StorageType,
+    config: kv::Config,
+) -> Result<kv::Store, NatsError> {
+    js.create_or_update_key_value(kv::Config { storage, ..config })
+        .await
+        .map_err(NatsError::unavailable)
+}
+
+/// Declares a stream (create or update) on the topology's storage, with the
+/// two-minute duplicate window every reelmesh stream's message ids rely on.
+async fn declare_stream(
+    js: &jetstream::Context,
+    storage: StorageType,
+    config: stream::Config,
+) -> Result<(), NatsError> {
+    let config = stream::Config {
+        storage,
+        duplicate_window: Duration::from_secs(120),
+        ..config
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(NatsError::unavailable)?;
+    Ok(())
 }
 
 fn render_consumer_config(config: &TopologyConfig) -> pull::Config {
