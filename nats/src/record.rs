@@ -593,15 +593,10 @@ impl JobRecords {
                 }
                 continue;
             }
-            match self
-                .kv
-                .update(record.key(), record.encode()?, current.revision)
-                .await
-            {
-                Ok(revision) => return Ok(Versioned { record, revision }),
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(err) => return Err(NatsError::unavailable(err)),
+            if let Some(revision) = self.replace(&record, current.revision).await? {
+                return Ok(Versioned { record, revision });
             }
+            // Another writer came first: read again.
         }
     }
 
