@@ -723,11 +723,7 @@ impl RenderWorker {
         let (current, confirmed) = tokio::join!(changed, self.confirm_started(&started, event_ack));
         let (current, ()) = (current?, confirmed?);
         let Some(record) = ended else {
-            self.discard(job, &end).await?;
-            if current.record.round == job.round {
-                self.confirm_end(&current.record).await?;
-            }
-            return Ok(Disposal::Ack);
+            return self.lost(job, &end, Some(&current.record)).await;
         };
         end.announce(self, &record, attempt).await
     }
@@ -750,13 +746,10 @@ impl RenderWorker {
         end.apply(&mut ended)?;
         let jobs = &self.topology.jobs;
         if jobs.replace(&ended, started.job.revision).await?.is_none() {
-            self.discard(job, &end).await?;
-            if let Some(current) = jobs.get(&job.tenant, &job.id).await?
-                && current.record.round == job.round
-            {
-                self.confirm_end(&current.record).await?;
-            }
-            return Ok(Disposal::Ack);
+            let current = jobs.get(&job.tenant, &job.id).await?;
+            return self
+                .lost(job, &end, current.as_ref().map(|c| &c.record))
+                .await;
         }
         let event = JobEvent::of(job, started.event());
         let event_ack = self.topology.events.send(&event).await?;
@@ -804,6 +797,22 @@ impl RenderWorker {
         } else {
             End::Fail(error)
         }
+    }
+
+    /// An attempt that found its job moved on (`current`, as stored now):
+    /// its result goes, and the job's ending in this round, if it has one,
+    /// is made sure of.
+    async fn lost(
+        &self,
+        job: &JobRecord,
+        end: &End,
+        current: Option<&JobRecord>,
+    ) -> Result<Disposal, RenderError> {
+        self.discard(job, end).await?;
+        if let Some(current) = current.filter(|current| current.round == job.round) {
+            self.confirm_end(current).await?;
+        }
+        Ok(Disposal::Ack)
     }
 
     /// Removes the result of an attempt that no longer owns its job.
