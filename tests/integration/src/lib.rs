@@ -38,6 +38,22 @@ pub fn noop(seconds: f64) -> reelmesh_proto::v1::JobSpec {
     }
 }
 
+/// An event's type as a short name ("queued", "started", ...), for
+/// asserting on a job's history.
+pub fn event_kind_name(event: &reelmesh_proto::v1::JobEvent) -> &'static str {
+    use reelmesh_proto::v1::job_event::Kind;
+    match event.kind {
+        Some(Kind::Queued(_)) => "queued",
+        Some(Kind::Started(_)) => "started",
+        Some(Kind::Progress(_)) => "progress",
+        Some(Kind::Completed(_)) => "completed",
+        Some(Kind::Failed(_)) => "failed",
+        Some(Kind::Cancelled(_)) => "cancelled",
+        Some(Kind::Retrying(_)) => "retrying",
+        None => "none",
+    }
+}
+
 /// API keys of the two tenants every test cluster knows.
 pub const KEY_A: &str = "key-tenant-a";
 pub const KEY_B: &str = "key-tenant-b";

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use reelmesh_cli::client::trim_spec;
 use reelmesh_integration_tests::{
-    KEY_A, KEY_B, TestCluster, WebhookReceiver, clips, verify_signature,
+    KEY_A, KEY_B, TestCluster, WebhookReceiver, clips, event_kind_name, verify_signature,
 };
 use reelmesh_proto::v1::{self as pb, job_event::Kind};
 use reelmesh_render::media;
@@ -20,19 +20,6 @@ async fn events_of(
     let stream = client.watch(id).await?;
     let events = tokio::time::timeout(Duration::from_secs(60), stream.collect::<Vec<_>>()).await?;
     Ok(events.into_iter().collect::<Result<Vec<_>, _>>()?)
-}
-
-fn kind_name(event: &pb::JobEvent) -> &'static str {
-    match event.kind {
-        Some(Kind::Queued(_)) => "queued",
-        Some(Kind::Started(_)) => "started",
-        Some(Kind::Progress(_)) => "progress",
-        Some(Kind::Completed(_)) => "completed",
-        Some(Kind::Failed(_)) => "failed",
-        Some(Kind::Cancelled(_)) => "cancelled",
-        Some(Kind::Retrying(_)) => "retrying",
-        None => "none",
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +47,7 @@ async fn trim_runs_end_to_end_with_progress_result_and_webhook() -> anyhow::Resu
         .clone();
 
     let events = events_of(&mut client, &job.id).await?;
-    let kinds: Vec<&str> = events.iter().map(kind_name).collect();
+    let kinds: Vec<&str> = events.iter().map(event_kind_name).collect();
     assert_eq!(kinds.first(), Some(&"queued"), "{kinds:?}");
     assert_eq!(kinds.get(1), Some(&"started"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
@@ -266,7 +253,7 @@ async fn cancelling_a_running_job_stops_it_and_stores_nothing() -> anyhow::Resul
     let rest: Vec<_> =
         tokio::time::timeout(Duration::from_secs(10), events.collect::<Vec<_>>()).await?;
     assert!(
-        matches!(rest.last(), Some(Ok(e)) if kind_name(e) == "cancelled"),
+        matches!(rest.last(), Some(Ok(e)) if event_kind_name(e) == "cancelled"),
         "{rest:?}"
     );
 

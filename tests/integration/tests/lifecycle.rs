@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
-use reelmesh_integration_tests::{KEY_A, TestCluster};
+use reelmesh_integration_tests::{KEY_A, TestCluster, event_kind_name};
 use reelmesh_nats::JobState;
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
@@ -421,19 +421,7 @@ async fn record_states(cluster: &TestCluster, id: &str) -> anyhow::Result<Vec<Jo
 }
 
 fn kind_names(events: &[pb::JobEvent]) -> Vec<&'static str> {
-    let name = |kind: &Kind| match kind {
-        Kind::Queued(_) => "queued",
-        Kind::Started(_) => "started",
-        Kind::Progress(_) => "progress",
-        Kind::Retrying(_) => "retrying",
-        Kind::Completed(_) => "completed",
-        Kind::Failed(_) => "failed",
-        Kind::Cancelled(_) => "cancelled",
-    };
-    events
-        .iter()
-        .filter_map(|e| e.kind.as_ref().map(name))
-        .collect()
+    events.iter().map(event_kind_name).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
