@@ -77,10 +77,12 @@ pub const NOTIFY_ROUTER_GROUP: &str = "router";
 /// process routes instead.
 pub const NOTIFY_ROUTER_FAILOVER: Duration = Duration::from_secs(20);
 
-/// Webhooks notify may hold unacknowledged at once: each one waiting for a
-/// retry, or for an earlier webhook of its job, is one. Generous, so a
-/// receiver that is down for hours cannot stall everyone else's webhooks.
-pub const NOTIFY_MAX_ACK_PENDING: i64 = 100_000;
+/// Webhooks notify may hold unacknowledged at once: unlimited. Each one
+/// waiting for a retry, or for an earlier webhook of its job, is one, and
+/// the consumer is shared by every tenant: under any cap, one receiver down
+/// for hours would in time stall everyone else's webhooks. Senders take
+/// only what they can send, so the cap bounds nothing else.
+pub const NOTIFY_MAX_ACK_PENDING: i64 = -1;
 
 /// Handles on everything in NATS a service works with.
 #[derive(Debug, Clone)]
@@ -318,17 +320,25 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares one of notify's consumers as this release configures it,
+    /// updating one an earlier release made, so a changed ack wait or cap
+    /// takes effect where notify already ran. Where a consumer starts
+    /// reading is set once, when it is made, and is kept.
     async fn notify_pull(
         &self,
         stream: &str,
-        config: pull::Config,
+        mut config: pull::Config,
     ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
         let name = config.durable_name.clone().unwrap_or_default();
-        jetstream::new(self.client.clone())
+        let stream = jetstream::new(self.client.clone())
             .get_stream(stream)
             .await
-            .map_err(NatsError::unavailable)?
-            .get_or_create_consumer(&name, config)
+            .map_err(NatsError::unavailable)?;
+        if let Ok(existing) = stream.consumer_info(&name).await {
+            config.deliver_policy = existing.config.deliver_policy;
+        }
+        stream
+            .create_consumer(config)
             .await
             .map_err(NatsError::unavailable)
     }

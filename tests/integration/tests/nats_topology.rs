@@ -190,6 +190,67 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
 }
 
 #[tokio::test]
+async fn notify_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use reelmesh_nats::names;
+    let (server, topology) = topology().await?;
+    let js = async_nats::jetstream::new(topology.client.clone());
+    topology.notify_send_consumer().await?;
+    // As an earlier release left them: the send consumer capped at 100 000
+    // unacknowledged webhooks with another ack wait, and the router's
+    // consumer made to start after an older consumer's last event.
+    let sends = js.get_stream(names::WEBHOOK_STREAM).await?;
+    let mut old = sends
+        .get_consumer::<pull::Config>(names::NOTIFY_SEND_CONSUMER)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?
+        .cached_info()
+        .config
+        .clone();
+    (old.max_ack_pending, old.ack_wait) = (100_000, Duration::from_secs(90));
+    sends.update_consumer(old).await?;
+    let events = js.get_stream(names::EVENTS_STREAM).await?;
+    let started_at = DeliverPolicy::ByStartSequence { start_sequence: 7 };
+    events
+        .create_consumer(pull::Config {
+            durable_name: Some(names::NOTIFY_EVENTS_CONSUMER.into()),
+            deliver_policy: started_at,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(90),
+            ..Default::default()
+        })
+        .await?;
+
+    let config = TopologyConfig {
+        webhook_ack_wait: Duration::from_secs(45),
+        ..TopologyConfig::default()
+    };
+    let upgraded = Topology::connect(&server.url(), &config).await?;
+    let send = upgraded.notify_send_consumer().await?.info().await?.clone();
+    assert_eq!(
+        send.config.max_ack_pending, -1,
+        "one dead receiver must not stall all"
+    );
+    assert_eq!(send.config.ack_wait, Duration::from_secs(45));
+    let router = upgraded
+        .notify_events_consumer()
+        .await?
+        .info()
+        .await?
+        .clone();
+    assert_eq!(router.config.ack_wait, Duration::from_secs(30));
+    assert_eq!(
+        router.config.priority_groups,
+        vec![reelmesh_nats::topology::NOTIFY_ROUTER_GROUP.to_string()]
+    );
+    assert_eq!(
+        router.config.deliver_policy, started_at,
+        "where it reads from stays"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> {
     let cluster = reelmesh_integration_tests::TestCluster::start().await?;
     let client = async_nats::connect(cluster.cluster.nats.url()).await?;
