@@ -102,8 +102,19 @@ pub struct Topology {
 impl Topology {
     /// Connects to NATS and makes sure every stream, consumer and bucket exists.
     pub async fn connect(url: &str, config: &TopologyConfig) -> Result<Self, NatsError> {
+        Self::connect_as(url, config, "reelmesh").await
+    }
+
+    /// [`Topology::connect`], with the connection named after the service
+    /// (`reelmesh-gateway`, ...), which is how nats-server's monitoring
+    /// (`/connz`) tells operators whose connection is whose.
+    pub async fn connect_as(
+        url: &str,
+        config: &TopologyConfig,
+        client: &str,
+    ) -> Result<Self, NatsError> {
         let client = async_nats::ConnectOptions::new()
-            .name("reelmesh")
+            .name(client)
             .connect(url)
             .await
             .map_err(|err| NatsError::Unavailable(format!("{url}: {err}")))?;

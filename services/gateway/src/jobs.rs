@@ -120,7 +120,7 @@ impl NatsJobs {
         let (url, config) = &*self.nats;
         let topology = self
             .topology
-            .get_or_try_init(|| Topology::connect(url, config))
+            .get_or_try_init(|| Topology::connect_as(url, config, "reelmesh-gateway"))
             .await?;
         Ok(topology)
     }

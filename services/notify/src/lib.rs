@@ -30,7 +30,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topology = Topology::connect(&config.nats_url, &config.topology).await?;
+    let topology =
+        Topology::connect_as(&config.nats_url, &config.topology, "reelmesh-notify").await?;
     let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
     let events = topology.notify_events_consumer().await?;
     let tasks = topology.notify_send_consumer().await?;

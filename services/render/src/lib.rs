@@ -29,7 +29,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     media::init()?;
-    let topology = Topology::connect(&config.nats_url, &config.topology).await?;
+    let topology =
+        Topology::connect_as(&config.nats_url, &config.topology, "reelmesh-render").await?;
     let store = MediaStore::open(&config.store_url, &config.store_options.pairs())?;
     let intake = intake::Intake::open(&topology).await?;
     let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
