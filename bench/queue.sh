@@ -147,8 +147,10 @@ if uses reelmesh; then
     echo "bench: starting nats-server (port $nats_port), reelmesh gateway ($addr), render" \
          "(concurrency $BENCH_CONCURRENCY) and notify; logs in bench/queue/logs/"
     mkdir -p "$data_dir/nats" "$data_dir/store"
-    # As `reelmesh dev` starts it: JetStream with file storage in the data dir.
-    "$REELMESH_NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$data_dir/nats" \
+    # As `reelmesh dev` starts it: JetStream with file storage in the data dir,
+    # plus a monitoring port from which the messages per job are counted.
+    monitor_port="$(free_port)"
+    "$REELMESH_NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -m "$monitor_port" -js -sd "$data_dir/nats" \
       >"$logs/nats-server.log" 2>&1 &
     pids+=($!)
     nats_url="nats://127.0.0.1:$nats_port"
@@ -171,6 +173,7 @@ if uses reelmesh; then
     wait_for "$!" "reelmesh notify" "$logs/reelmesh-notify.log" \
       grpcurl -plaintext "127.0.0.1:${health_ports[1]}" grpc.health.v1.Health/Check
     reelmesh_pids="$(IFS=,; echo "${pids[*]:$reelmesh_start}")"
+    run_args+=(--nats-monitor "http://127.0.0.1:$monitor_port")
   fi
   run_args+=(--load-bin "$target/reelmesh-queue-bench" --reelmesh-bin "$target/reelmesh"
              --endpoint "http://$addr" --nats-url "nats://127.0.0.1:$nats_port"

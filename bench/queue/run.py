@@ -26,6 +26,7 @@ import re
 import statistics
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,10 +91,39 @@ def cpu_by_process(pids):
     return used
 
 
+def nats_connections(monitor):
+    """{cid: (name, messages the client sent, messages it received)} for every
+    connection nats-server knows, closed ones included (the load generator's
+    ends before the run is read), or {} without a monitoring URL."""
+    if not monitor:
+        return {}
+    try:
+        with urllib.request.urlopen(f"{monitor}/connz?state=all&limit=100000", timeout=10) as answer:
+            connz = json.load(answer)
+    except (OSError, ValueError):
+        return {}
+    # The server's in_msgs are what the client sent it.
+    return {conn["cid"]: (conn.get("name") or "(unnamed)", conn["in_msgs"], conn["out_msgs"])
+            for conn in connz.get("connections") or []}
+
+
+def messages_by_client(before, after, jobs):
+    """{client name: [sent, received] per job} between two nats_connections()."""
+    per_job = {}
+    for cid, (name, sent, received) in after.items():
+        _, sent_before, received_before = before.get(cid, (name, 0, 0))
+        totals = per_job.setdefault(name, [0.0, 0.0])
+        totals[0] += (sent - sent_before) / jobs
+        totals[1] += (received - received_before) / jobs
+    return {name: totals for name, totals in per_job.items() if totals != [0.0, 0.0]}
+
+
 def run_load(args, tool, producers):
     argv = load_command(args, tool, producers)
     pids = args.server_pids.get(tool, [])
     cpu_before = cpu_by_process(pids)
+    monitor = args.nats_monitor if tool == "reelmesh" else None
+    connections_before = nats_connections(monitor)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout + 60)
     except subprocess.TimeoutExpired:
@@ -111,6 +141,10 @@ def run_load(args, tool, producers):
                  for name, used in cpu_by_process(pids).items()}
         run["server_cpu_ms"] = sum(spent.values())
         run["cpu_by_process"] = spent
+    if monitor:
+        after = nats_connections(monitor)
+        run["messages_by_client"] = messages_by_client(
+            connections_before, after, args.jobs + args.warmup)
     return run
 
 
@@ -303,6 +337,7 @@ def render_report(args, info, results, producer_counts, tools, started, finished
                 f"{name} {statistics.median(run['cpu_by_process'].get(name, 0) for run in runs):.3f}"
                 for name in names)
             add(f"- {producers} producer(s), {LABELS[tool]}: {shares}")
+    lines.extend(message_report(results, producer_counts))
     add("")
     add("Load generator commands (one per run; P = producers; ports are picked afresh each time):")
     add("")
@@ -311,6 +346,27 @@ def render_report(args, info, results, producer_counts, tools, started, finished
         add(f"- {LABELS[tool]}: `{' '.join(quote(arg) for arg in argv)}`")
     add("")
     return "\n".join(lines)
+
+
+def message_report(results, producer_counts):
+    """The NATS messages per job of each client, medians over runs."""
+    lines = []
+    for producers in producer_counts:
+        runs = [run for run in results.get(("reelmesh", producers), []) if "messages_by_client" in run]
+        if not runs:
+            continue
+        if not lines:
+            lines += ["", "NATS messages per job of each client, as nats-server's monitoring "
+                      "(`/connz`) counts them (median over runs; sent / received by the client; "
+                      "warm-up included):", ""]
+        names = sorted({name for run in runs for name in run["messages_by_client"]})
+        def median(name, index):
+            return statistics.median(run["messages_by_client"].get(name, [0, 0])[index] for run in runs)
+        sent = sum(median(name, 0) for name in names)
+        received = sum(median(name, 1) for name in names)
+        shares = ", ".join(f"{name} {median(name, 0):.2f} / {median(name, 1):.2f}" for name in names)
+        lines.append(f"- {producers} producer(s): {shares}; all {sent:.2f} / {received:.2f}")
+    return lines
 
 
 def relative(arg):
@@ -352,6 +408,8 @@ def main():
                         help="comma-separated pids of reelmesh's server processes (for CPU per job)")
     parser.add_argument("--bullmq-pids", default="",
                         help="comma-separated pids of redis-server and the BullMQ worker")
+    parser.add_argument("--nats-monitor", default="",
+                        help="nats-server's monitoring URL (http://host:port), for messages per job")
     parser.add_argument("--bullmq-queue", default="reelmesh-bench")
     parser.add_argument("--results", type=Path, default=HERE / "results.md")
     parser.add_argument("--command", default=" ".join(quote(a) for a in sys.argv),

@@ -163,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("--jobs and --producers must be at least 1");
     }
     let nats = async_nats::ConnectOptions::new()
+        .name("queue-bench-load")
         .subscription_capacity(1 << 18)
         .connect(&args.nats_url)
         .await
