@@ -151,9 +151,24 @@ async fn the_same_job_is_queued_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives a consumer settings an earlier release may have left it with.
+async fn set_back(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+    max_ack_pending: i64,
+    ack_wait: Duration,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::pull;
+    let consumer = stream.get_consumer::<pull::Config>(name).await;
+    let consumer = consumer.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let mut old = consumer.cached_info().config.clone();
+    (old.max_ack_pending, old.ack_wait) = (max_ack_pending, ack_wait);
+    stream.update_consumer(old).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::pull;
     let (server, topology) = topology().await?;
     let js = async_nats::jetstream::new(topology.client.clone());
     let stream = js.get_stream(reelmesh_nats::names::WORK_STREAM).await?;
@@ -161,15 +176,7 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     topology.work.render_consumers().await?;
     // As an earlier release left it: the default cap on ack-pending work
     // and another ack wait.
-    let mut old = stream
-        .get_consumer::<pull::Config>(&name)
-        .await
-        .map_err(|err| anyhow::anyhow!("{err}"))?
-        .cached_info()
-        .config
-        .clone();
-    (old.max_ack_pending, old.ack_wait) = (1000, Duration::from_secs(90));
-    stream.update_consumer(old).await?;
+    set_back(&stream, &name, 1000, Duration::from_secs(90)).await?;
 
     let config = TopologyConfig {
         work_ack_wait: Duration::from_secs(45),
@@ -200,15 +207,13 @@ async fn notify_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     // unacknowledged webhooks with another ack wait, and the router's
     // consumer made to start after an older consumer's last event.
     let sends = js.get_stream(names::WEBHOOK_STREAM).await?;
-    let mut old = sends
-        .get_consumer::<pull::Config>(names::NOTIFY_SEND_CONSUMER)
-        .await
-        .map_err(|err| anyhow::anyhow!("{err}"))?
-        .cached_info()
-        .config
-        .clone();
-    (old.max_ack_pending, old.ack_wait) = (100_000, Duration::from_secs(90));
-    sends.update_consumer(old).await?;
+    set_back(
+        &sends,
+        names::NOTIFY_SEND_CONSUMER,
+        100_000,
+        Duration::from_secs(90),
+    )
+    .await?;
     let events = js.get_stream(names::EVENTS_STREAM).await?;
     let started_at = DeliverPolicy::ByStartSequence { start_sequence: 7 };
     events
