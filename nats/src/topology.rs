@@ -71,6 +71,10 @@ mod humantime_secs {
 /// ends the message itself when the schedule runs out.
 pub const NOTIFY_MAX_DELIVER: i64 = -1;
 
+/// How long every stream remembers message ids: a message sent again
+/// (same id) within it is stored once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// The priority group notify's router pulls events in.
 pub const NOTIFY_ROUTER_GROUP: &str = "router";
 /// How long the pinned router may go without pulling before another notify
@@ -367,7 +371,7 @@ async fn bucket(
 }
 
 /// Declares a stream (create or update) on the topology's storage, with the
-/// two-minute duplicate window every reelmesh stream's message ids rely on.
+/// [`DUPLICATE_WINDOW`] every reelmesh stream's message ids rely on.
 async fn declare_stream(
     js: &jetstream::Context,
     storage: StorageType,
@@ -375,7 +379,7 @@ async fn declare_stream(
 ) -> Result<(), NatsError> {
     let config = stream::Config {
         storage,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: DUPLICATE_WINDOW,
         ..config
     };
     js.create_or_update_stream(config)

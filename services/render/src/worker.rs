@@ -56,6 +56,13 @@ const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// record of a job this young is waited for; of an older one, it is gone.
 const RECORD_LAG: Duration = Duration::from_secs(60);
 
+/// An ended job's started event is sent again (see
+/// [`RenderWorker::confirm_recent_start`]) only for an attempt that began
+/// this recently: well inside the duplicate window, so that a copy of one
+/// already stored is dropped, whatever the workers' clocks.
+const RESEND_START_WITHIN: Duration =
+    reelmesh_nats::topology::DUPLICATE_WINDOW.saturating_sub(Duration::from_secs(60));
+
 /// A work item that comes back early (its worker died right after asking
 /// for a retry) waits out the rest of the backoff unless it is this close.
 const RETRY_SLACK: Duration = Duration::from_millis(50);
@@ -426,6 +433,7 @@ impl RenderWorker {
             return Ok(Begun::NeedsSlot(limit, Box::new(written)));
         }
         if let Some(job) = ended {
+            self.confirm_recent_start(&job).await?;
             self.confirm_end(&job).await?;
             return Ok(Begun::Start(Start::Ended));
         }
@@ -836,6 +844,24 @@ impl RenderWorker {
     async fn confirm_end(&self, job: &JobRecord) -> Result<(), RenderError> {
         if let Some(kind) = EventKind::ending(job) {
             self.publish(job, kind).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the started event of an ended job's last attempt in its
+    /// round, if that attempt began within [`RESEND_START_WITHIN`]: a
+    /// start and end written together whose ack was lost (see
+    /// [`RenderWorker::finish_unrecorded`]) announced neither, and the
+    /// ending event must not go out alone. The message id makes this a
+    /// no-op for a start already stored; older starts are left alone, as
+    /// the duplicate window would no longer catch a second copy.
+    async fn confirm_recent_start(&self, job: &JobRecord) -> Result<(), RenderError> {
+        let Some(last) = job.attempts.last().filter(|a| a.round == job.round) else {
+            return Ok(());
+        };
+        if OffsetDateTime::now_utc() - last.started_at < RESEND_START_WITHIN {
+            let attempt = last.number;
+            self.publish(job, EventKind::Started { attempt }).await?;
         }
         Ok(())
     }

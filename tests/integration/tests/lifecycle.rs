@@ -402,6 +402,39 @@ async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_and_end_written_together_but_never_announced_are_announced_in_order()
+-> anyhow::Result<()> {
+    use reelmesh_nats::{JobRecord, Priority, TenantId, Topology, TopologyConfig, WorkItem};
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // As if a worker wrote a short job's start and end in one
+    // compare-and-set and lost the ack: ended, with neither event sent.
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    record
+        .begin_attempt()
+        .map_err(|err| anyhow::anyhow!("{err:?}"))?;
+    record.complete(Default::default())?;
+    nats.jobs.create(&record).await?;
+    let item = WorkItem {
+        tenant: record.tenant.clone(),
+        job_id: record.id.clone(),
+        round: 0,
+    };
+    nats.work.enqueue(&item, Priority::Normal).await?;
+    let events = events_of(&mut client, record.id.as_str()).await?;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [Some(Kind::Started(_)), Some(Kind::Completed(_))]
+        ),
+        "{kinds:?}"
+    );
+    Ok(())
+}
+
 /// The states a job's record went through, oldest first, from the KV
 /// bucket's history of its key.
 async fn record_states(cluster: &TestCluster, id: &str) -> anyhow::Result<Vec<JobState>> {
