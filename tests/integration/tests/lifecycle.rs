@@ -374,24 +374,35 @@ async fn a_dropped_watch_resumes_after_its_last_event_without_gap_or_repeat() ->
     Ok(())
 }
 
+/// Stores a record as it is, with no events, and queues its work item: a
+/// job as a failure between writes can leave it.
+async fn store_and_queue(
+    cluster: &TestCluster,
+    record: &reelmesh_nats::JobRecord,
+) -> anyhow::Result<()> {
+    use reelmesh_nats::{Priority, Topology, TopologyConfig, WorkItem};
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    nats.jobs.create(record).await?;
+    let item = WorkItem {
+        tenant: record.tenant.clone(),
+        job_id: record.id.clone(),
+        round: record.round,
+    };
+    nats.work.enqueue(&item, Priority::Normal).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -> anyhow::Result<()>
 {
-    use reelmesh_nats::{JobRecord, Priority, TenantId, Topology, TopologyConfig, WorkItem};
+    use reelmesh_nats::{JobRecord, TenantId};
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
     // As if the gateway cancelled the job and NATS failed before the
     // `cancelled` event went out: the record is ended, its item queued.
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
     let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
     record.cancel()?;
-    nats.jobs.create(&record).await?;
-    let item = WorkItem {
-        tenant: record.tenant.clone(),
-        job_id: record.id.clone(),
-        round: 0,
-    };
-    nats.work.enqueue(&item, Priority::Normal).await?;
+    store_and_queue(&cluster, &record).await?;
     // Without the worker's confirmation this watch would never end.
     let events = events_of(&mut client, record.id.as_str()).await?;
     let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
@@ -405,24 +416,17 @@ async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_and_end_written_together_but_never_announced_are_announced_in_order()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{JobRecord, Priority, TenantId, Topology, TopologyConfig, WorkItem};
+    use reelmesh_nats::{JobRecord, TenantId};
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
     // As if a worker wrote a short job's start and end in one
     // compare-and-set and lost the ack: ended, with neither event sent.
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
     let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
     record
         .begin_attempt()
         .map_err(|err| anyhow::anyhow!("{err:?}"))?;
     record.complete(Default::default())?;
-    nats.jobs.create(&record).await?;
-    let item = WorkItem {
-        tenant: record.tenant.clone(),
-        job_id: record.id.clone(),
-        round: 0,
-    };
-    nats.work.enqueue(&item, Priority::Normal).await?;
+    store_and_queue(&cluster, &record).await?;
     let events = events_of(&mut client, record.id.as_str()).await?;
     let kinds: Vec<_> = events.iter().map(|e| e.kind.clone()).collect();
     assert!(
