@@ -916,17 +916,26 @@ struct Started {
 }
 
 impl Started {
-    fn at(job: &JobRecord, attempt: u32) -> Self {
+    fn new(job: Versioned, attempt: u32, recorded: bool) -> Self {
         Started {
-            job: Versioned {
-                record: job.clone(),
-                revision: 0,
-            },
+            job,
             attempt,
             event_ack: None,
             slot: None,
-            recorded: true,
+            recorded,
         }
+    }
+
+    fn at(job: &JobRecord, attempt: u32) -> Self {
+        let record = job.clone();
+        Started::new(
+            Versioned {
+                record,
+                revision: 0,
+            },
+            attempt,
+            true,
+        )
     }
 
     /// A start that needs no write yet: the job, as `read`, is queued in
@@ -943,16 +952,8 @@ impl Started {
         }
         let mut record = job.clone();
         let attempt = record.begin_attempt().ok()?;
-        Some(Started {
-            job: Versioned {
-                record,
-                revision: read.revision,
-            },
-            attempt,
-            event_ack: None,
-            slot: None,
-            recorded: false,
-        })
+        let revision = read.revision;
+        Some(Started::new(Versioned { record, revision }, attempt, false))
     }
 
     fn event(&self) -> EventKind {
