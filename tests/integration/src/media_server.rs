@@ -1,6 +1,7 @@
 //! A real HTTP server for URL-input tests: it serves one media file and has
 //! routes that misbehave on purpose (a 404, a 503 that passes, a redirect to
-//! a metadata address, an endless body), and counts the requests it gets so
+//! a metadata address, an endless body, a slow body, one that stops
+//! halfway and hangs), and counts the requests it gets so
 //! a test can tell a refused fetch from one that was never refused.
 
 use std::{
@@ -9,6 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
@@ -37,6 +39,11 @@ struct Served {
 /// How many times `/flaky.mp4` answers 503 before it serves the media.
 pub const FLAKY_FAILURES: usize = 1;
 
+/// How long `/slow.mp4` takes to send the media, in [`SLOW_CHUNKS`] even
+/// pieces.
+pub const SLOW_BODY: Duration = Duration::from_secs(3);
+const SLOW_CHUNKS: u32 = 20;
+
 impl MediaServer {
     /// Serves `media` at `/media.mp4` on a free loopback port.
     pub async fn start(media: Vec<u8>) -> anyhow::Result<Self> {
@@ -51,6 +58,8 @@ impl MediaServer {
             .route("/flaky.mp4", get(flaky))
             .route("/to-metadata", get(to_metadata))
             .route("/endless.mp4", get(endless))
+            .route("/slow.mp4", get(slow))
+            .route("/hanging.mp4", get(hanging))
             .fallback(not_found)
             .with_state(served);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -110,4 +119,40 @@ async fn endless(State(served): State<Served>) -> Response {
     let chunk = Bytes::from(vec![0u8; 64 * 1024]);
     let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
     Body::from_stream(stream).into_response()
+}
+
+/// The media, dribbled out over [`SLOW_BODY`].
+async fn slow(State(served): State<Served>) -> Response {
+    served.requests.fetch_add(1, Ordering::SeqCst);
+    let media = served.media.clone();
+    let piece = media.len().div_ceil(SLOW_CHUNKS as usize);
+    let pieces = futures::StreamExt::then(
+        futures::stream::iter(0..SLOW_CHUNKS as usize),
+        move |index| {
+            let media = media.clone();
+            async move {
+                tokio::time::sleep(SLOW_BODY / SLOW_CHUNKS).await;
+                let start = (index * piece).min(media.len());
+                let end = (start + piece).min(media.len());
+                Ok::<_, std::io::Error>(media.slice(start..end))
+            }
+        },
+    );
+    let length = served.media.len().to_string();
+    (
+        [(header::CONTENT_LENGTH, length)],
+        Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
+/// Half the media, then nothing, the connection left open: a download of
+/// it ends only when its reader gives up.
+async fn hanging(State(served): State<Served>) -> Response {
+    served.requests.fetch_add(1, Ordering::SeqCst);
+    let half = served.media.slice(..served.media.len() / 2);
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(half) });
+    let body = futures::StreamExt::chain(first, futures::stream::pending());
+    let length = served.media.len().to_string();
+    ([(header::CONTENT_LENGTH, length)], Body::from_stream(body)).into_response()
 }

@@ -84,11 +84,27 @@ impl WorkerProcess {
 
     /// SIGTERM, then waits for the process to exit by itself.
     pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = i32::try_from(self.child.id())?;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        self.signal("TERM")?;
         Ok(self.child.wait()?)
+    }
+
+    /// SIGSTOP: the worker stalls as a stuck one would, holding its jobs
+    /// without a heartbeat, until [`WorkerProcess::resume`].
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`WorkerProcess::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
     }
 }
