@@ -117,6 +117,14 @@ impl ServiceConfig for RenderConfig {
         self.listen
     }
     fn validate(&self) -> Result<(), String> {
+        // A worker says it is alive every third of this; below a second
+        // that is a flood of acks, and at zero JetStream's default applies.
+        let ack_wait = self.topology.work_ack_wait;
+        if ack_wait < Duration::from_secs(1) {
+            return Err(format!(
+                "topology.work_ack_wait must be at least 1 s, not {ack_wait:?}"
+            ));
+        }
         self.store_options
             .check(&self.store_url)
             .map_err(|err| err.to_string())?;
@@ -129,6 +137,15 @@ impl ServiceConfig for RenderConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ack_wait_under_a_second_is_refused_by_name() {
+        let mut config = RenderConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        config.topology.work_ack_wait = Duration::from_millis(500);
+        let refused = config.validate().expect_err("too short");
+        assert!(refused.contains("topology.work_ack_wait"), "{refused}");
+    }
 
     #[test]
     fn retry_delays_double_up_to_the_cap_within_the_jitter() {

@@ -26,8 +26,9 @@ pub struct RenderPlan {
     pub work: Work,
     pub copy: CopyMode,
     /// Where this attempt writes: results go under a key of their own per
-    /// attempt, so an attempt that lost its job (it stalled and another
-    /// took over) can never overwrite the result the job records.
+    /// attempt and delivery, so an attempt that lost its job (it stalled
+    /// and another took over) can never overwrite the result the job
+    /// records, nor remove it when it cleans up.
     pub output_dir: String,
 }
 
@@ -115,8 +116,14 @@ impl Work {
 }
 
 impl RenderPlan {
-    /// The plan of attempt number `attempt` (from 1) of `job`.
-    pub fn for_job(job: &JobId, attempt: u32, spec: &JobSpec) -> Result<Self, RenderError> {
+    /// The plan of attempt number `attempt` (from 1) of `job`, taken on
+    /// the `delivery`th delivery of its work item.
+    pub fn for_job(
+        job: &JobId,
+        attempt: u32,
+        delivery: i64,
+        spec: &JobSpec,
+    ) -> Result<Self, RenderError> {
         let output = spec.output.unwrap_or_default();
         let format = video_format(&output);
         let work = match spec.operation.as_ref() {
@@ -185,7 +192,7 @@ impl RenderPlan {
         Ok(RenderPlan {
             work,
             copy: spec.copy(),
-            output_dir: format!("outputs/{job}/{attempt}"),
+            output_dir: output_dir(job, attempt, delivery),
         })
     }
 
@@ -378,6 +385,19 @@ fn input_ref(source: Option<&Source>) -> Result<InputRef, RenderError> {
     }
 }
 
+/// `outputs/<job>/<attempt>`, and `.<delivery>` after it for a work item
+/// delivered again. An attempt's number is fixed by the compare-and-set
+/// that writes its start, but a worker that defers that write renders
+/// under the number it expects; a second delivery of the same item (the
+/// first worker stalled before writing) expects the same number, and only
+/// the delivery count tells the two apart.
+fn output_dir(job: &JobId, attempt: u32, delivery: i64) -> String {
+    match delivery {
+        ..=1 => format!("outputs/{job}/{attempt}"),
+        _ => format!("outputs/{job}/{attempt}.{delivery}"),
+    }
+}
+
 fn output_key(key: &str) -> Result<ObjectKey, RenderError> {
     ObjectKey::parse(key).map_err(|err| RenderError::Plan(err.to_string()))
 }
@@ -452,7 +472,7 @@ mod tests {
             output,
             ..Default::default()
         };
-        RenderPlan::for_job(&JobId::new(), 1, &spec).expect("plan")
+        RenderPlan::for_job(&JobId::new(), 1, 1, &spec).expect("plan")
     }
 
     #[test]
@@ -466,7 +486,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let plan = RenderPlan::for_job(&job, 2, &spec).expect("plan");
+        let plan = RenderPlan::for_job(&job, 2, 1, &spec).expect("plan");
         let Work::Transcode { input, range, .. } = &plan.work else {
             panic!("{plan:?}")
         };
@@ -477,6 +497,13 @@ mod tests {
             format!("outputs/{job}/2/result.mp4")
         );
         assert_eq!(plan.copy, CopyMode::Auto);
+        // Two deliveries of one item that both expect attempt 2 (the first
+        // stalled before writing its start) write apart.
+        let again = RenderPlan::for_job(&job, 2, 3, &spec).expect("plan");
+        assert_eq!(
+            again.output_key(0).expect("key").as_str(),
+            format!("outputs/{job}/2.3/result.mp4")
+        );
     }
 
     #[test]
@@ -499,7 +526,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let err = RenderPlan::for_job(&JobId::new(), 1, &bad).expect_err("no host");
+        let err = RenderPlan::for_job(&JobId::new(), 1, 1, &bad).expect_err("no host");
         assert!(err.to_string().contains("input URL"), "{err}");
     }
 

@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -23,7 +23,7 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
     EventKind, HeldSlot, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError,
-    NoAttempt, Pending, Progress, Topology, WorkItem, names, record::Versioned,
+    NoAttempt, Pending, Progress, TenantId, Topology, WorkItem, names, record::Versioned,
 };
 use reelmesh_store::{MediaStore, ObjectKey};
 use time::OffsetDateTime;
@@ -70,8 +70,11 @@ const RETRY_SLACK: Duration = Duration::from_millis(50);
 /// Flags of a render in progress, set from outside it.
 #[derive(Debug)]
 struct Running {
-    /// Stop the render (the job was cancelled, or is being handed back).
+    job: JobId,
+    /// Set by [`Running::stop`]; the blocking engine polls it.
     stop: Arc<AtomicBool>,
+    /// Cancelled by [`Running::stop`]; downloads wait on it.
+    stopped: CancellationToken,
     /// The stop is a hand-back by a draining worker, not a cancel.
     hand_back: AtomicBool,
     /// Whether the start is written; progress is reported only after.
@@ -79,16 +82,77 @@ struct Running {
 }
 
 impl Running {
-    fn new(recorded: bool) -> Self {
+    fn new(job: JobId, recorded: bool) -> Self {
         Running {
+            job,
             stop: Arc::default(),
+            stopped: CancellationToken::new(),
             hand_back: AtomicBool::new(false),
             recorded: watch::Sender::new(recorded),
         }
     }
+
+    /// Stops the render (the job was cancelled, moved on, or is being
+    /// handed back) at whatever stage it is in.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.stopped.cancel();
+    }
 }
 
-type RunningJobs = Arc<Mutex<HashMap<JobId, Arc<Running>>>>;
+/// The renders in progress on this worker, each under a number of its
+/// own: one job can be here twice (its work item came back to this worker
+/// while the attempt that lost it was still ending), and a cancel must
+/// reach both.
+#[derive(Debug, Default)]
+struct RunningJobs {
+    renders: Mutex<HashMap<u64, Arc<Running>>>,
+    next: AtomicU64,
+}
+
+impl RunningJobs {
+    fn renders(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Running>>> {
+        self.renders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a render, until the returned guard is dropped.
+    fn track(self: &Arc<Self>, running: Arc<Running>) -> Tracked {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.renders().insert(key, running);
+        Tracked {
+            jobs: self.clone(),
+            key,
+        }
+    }
+
+    fn stop_job(&self, job: &JobId) {
+        for running in self.renders().values().filter(|r| r.job == *job) {
+            running.stop();
+        }
+    }
+
+    /// Stops every render as a hand-back; returns how many there were.
+    fn hand_back_all(&self) -> usize {
+        let renders = self.renders();
+        for running in renders.values() {
+            running.hand_back.store(true, Ordering::SeqCst);
+            running.stop();
+        }
+        renders.len()
+    }
+}
+
+/// A render's place in [`RunningJobs`], given up on drop.
+struct Tracked {
+    jobs: Arc<RunningJobs>,
+    key: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.jobs.renders().remove(&self.key);
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RenderWorker {
@@ -96,7 +160,7 @@ pub struct RenderWorker {
     store: MediaStore,
     urls: UrlFetcher,
     config: Arc<RenderConfig>,
-    running: RunningJobs,
+    running: Arc<RunningJobs>,
     at_limit: Arc<limit::TenantsAtLimit>,
 }
 
@@ -106,6 +170,10 @@ enum Disposal {
     Ack,
     /// Deliver again after this long (a retry's backoff, or at once).
     Nak(Duration),
+    /// Neither: the item was delivered again and the job is another
+    /// delivery's now. JetStream acks a message, not a delivery, so an ack
+    /// or nak here would take the item from under its new owner.
+    Leave,
 }
 
 impl RenderWorker {
@@ -167,20 +235,9 @@ impl RenderWorker {
         {
             return;
         }
-        let running: Vec<_> = self.running_jobs().values().cloned().collect();
-        tracing::warn!(
-            jobs = running.len(),
-            "drain grace of {grace:?} is over: handing jobs back"
-        );
-        for job in running {
-            job.hand_back.store(true, Ordering::SeqCst);
-            job.stop.store(true, Ordering::SeqCst);
-        }
+        let jobs = self.running.hand_back_all();
+        tracing::warn!(jobs, "drain grace of {grace:?} is over: handing jobs back");
         let _ = slots.acquire_many(all).await;
-    }
-
-    fn running_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Running>>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stops a render as soon as its job's cancel event goes by. The
@@ -197,10 +254,7 @@ impl RenderWorker {
                 let Ok(event) = JobEvent::decode(&message.payload) else {
                     continue;
                 };
-                let jobs = running.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(job) = jobs.get(&event.job_id) {
-                    job.stop.store(true, Ordering::SeqCst);
-                }
+                running.stop_job(&event.job_id);
             }
         })
     }
@@ -225,6 +279,7 @@ impl RenderWorker {
         let ack = match disposal {
             Disposal::Ack => AckKind::Ack,
             Disposal::Nak(delay) => AckKind::Nak(Some(delay)),
+            Disposal::Leave => return,
         };
         if let Err(err) = message.ack_with(ack).await {
             tracing::warn!("could not ack work item: {err}");
@@ -248,11 +303,11 @@ impl RenderWorker {
                 }
                 Start::Ended | Start::Nothing => return Ok(Disposal::Ack),
             };
-            let flags = Arc::new(Running::new(started.recorded));
-            let id = started.job.record.id.clone();
-            self.running_jobs().insert(id.clone(), flags.clone());
-            let outcome = self.run_attempt(&mut started, message, &flags).await;
-            self.running_jobs().remove(&id);
+            let flags = Arc::new(Running::new(item.job_id.clone(), started.recorded));
+            let tracked = self.running.track(flags.clone());
+            let attempt = self.run_attempt(&mut started, delivered, &flags);
+            let outcome = self.keep_alive(message, attempt).await;
+            drop(tracked);
             let slot = started.slot.take();
             let finished = self
                 .finish(started, outcome, &flags)
@@ -279,15 +334,15 @@ impl RenderWorker {
     async fn run_attempt(
         &self,
         started: &mut Started,
-        message: &Message,
+        delivered: i64,
         flags: &Running,
     ) -> Result<JobOutput, RenderError> {
         let (job, attempt) = (&started.job, started.attempt);
         if started.recorded {
-            return self.render(&job.record, attempt, message, flags).await;
+            return self.render(&job.record, attempt, delivered, flags).await;
         }
         let (outcome, recorded) = {
-            let render = self.render(&job.record, attempt, message, flags);
+            let render = self.render(&job.record, attempt, delivered, flags);
             tokio::pin!(render);
             tokio::select! {
                 outcome = &mut render => return outcome,
@@ -313,15 +368,14 @@ impl RenderWorker {
         flags: &Running,
     ) -> Result<Option<(u64, Pending)>, RenderError> {
         let written = self.topology.jobs.replace(&job.record, job.revision).await;
-        let Some(revision) = written.inspect_err(|_| flags.stop.store(true, Ordering::SeqCst))?
-        else {
+        let Some(revision) = written.inspect_err(|_| flags.stop())? else {
             tracing::info!("the job moved on before its start was written; stopping");
-            flags.stop.store(true, Ordering::SeqCst);
+            flags.stop();
             return Ok(None);
         };
         let event = JobEvent::of(&job.record, EventKind::Started { attempt });
         let sent = self.topology.events.send(&event).await;
-        let event_ack = sent.inspect_err(|_| flags.stop.store(true, Ordering::SeqCst))?;
+        let event_ack = sent.inspect_err(|_| flags.stop())?;
         flags.recorded.send_replace(true);
         Ok(Some((revision, event_ack)))
     }
@@ -447,14 +501,32 @@ impl RenderWorker {
         Ok(Begun::Start(outcome))
     }
 
+    /// Tells JetStream every third of the ack wait that the work item is
+    /// in hand while `work` (a whole attempt: downloads, render, uploads)
+    /// runs; otherwise a download or upload longer than the ack wait would
+    /// look like a dead worker and the job would be taken over.
+    async fn keep_alive<T>(&self, message: &Message, work: impl Future<Output = T>) -> T {
+        let every = self.config.topology.work_ack_wait / 3;
+        let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = beats.tick() => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+
     async fn render(
         &self,
         job: &JobRecord,
         attempt: u32,
-        message: &Message,
+        delivered: i64,
         flags: &Running,
     ) -> Result<JobOutput, RenderError> {
-        let plan = RenderPlan::for_job(&job.id, attempt, &job.spec)?;
+        let plan = RenderPlan::for_job(&job.id, attempt, delivered, &job.spec)?;
         // Making and removing a directory is most of a noop's cost in the
         // worker (file-system metadata work), so work that touches no files
         // gets none and is pointed at the (untouched) work dir instead.
@@ -475,15 +547,18 @@ impl RenderWorker {
                 .instrument(tracing::info_span!("ingest"))
                 .await;
         }
-        let inputs = self
-            .fetch_inputs(job, &plan, scratch_path)
-            .instrument(tracing::info_span!("fetch_inputs"))
-            .await?;
+        // A stop ends a download at once; an upload under way is let
+        // finish, as the end of the attempt then removes what it stored.
+        let inputs = tokio::select! {
+            inputs = self.fetch_inputs(job, &plan, scratch_path) => inputs?,
+            _ = flags.stopped.cancelled() => return Err(RenderError::Cancelled),
+        };
         let (progress_tx, progress_rx) = watch::channel(0.0);
         let reporter = CancellationToken::new();
         let recorded = flags.recorded.subscribe();
         tokio::spawn(self.clone().report_progress(
             job.clone(),
+            attempt,
             progress_rx,
             recorded,
             reporter.clone(),
@@ -495,7 +570,6 @@ impl RenderWorker {
                 scratch_path,
                 flags.stop.clone(),
                 progress_tx,
-                message,
             )
             .instrument(tracing::info_span!("engine"))
             .await;
@@ -561,7 +635,16 @@ impl RenderWorker {
         let mut size_bytes = 0;
         for (index, file) in rendered.files.iter().enumerate() {
             let key = plan.output_key(index)?;
-            let size = self.store.upload_file(&job.tenant, &key, file).await?;
+            let size = match self.store.upload_file(&job.tenant, &key, file).await {
+                Ok(size) => size,
+                Err(err) => {
+                    // No job will ever point at the files stored so far.
+                    if let Err(left) = self.remove_outputs(&job.tenant, &keys).await {
+                        tracing::warn!("cannot remove a part-stored result: {left}");
+                    }
+                    return Err(err.into());
+                }
+            };
             if index == 0 {
                 size_bytes = size;
             }
@@ -581,6 +664,14 @@ impl RenderWorker {
         })
     }
 
+    async fn remove_outputs(&self, tenant: &TenantId, keys: &[String]) -> Result<(), RenderError> {
+        for key in keys {
+            let key = ObjectKey::parse(key).map_err(reelmesh_store::StoreError::from)?;
+            self.store.delete(tenant, &key).await?;
+        }
+        Ok(())
+    }
+
     /// Refuses results beyond the configured size, before any is stored.
     fn check_output_size(&self, rendered: &Rendered) -> Result<(), RenderError> {
         let mut total = 0;
@@ -596,8 +687,7 @@ impl RenderWorker {
         Ok(())
     }
 
-    /// Runs the blocking render on the blocking pool, telling JetStream the
-    /// job is alive while it runs.
+    /// Runs the blocking render on the blocking pool.
     async fn run_engine(
         &self,
         plan: &RenderPlan,
@@ -605,7 +695,6 @@ impl RenderWorker {
         scratch: &std::path::Path,
         stop: Arc<AtomicBool>,
         progress: watch::Sender<f64>,
-        message: &Message,
     ) -> Result<Rendered, RenderError> {
         let (plan, inputs) = (plan.clone(), inputs.to_vec());
         let scratch = scratch.to_path_buf();
@@ -623,18 +712,9 @@ impl RenderWorker {
             let mut control = Control::new(&stop, stall_timeout, &mut on_progress);
             engine::execute(&plan, &inputs, &scratch, &mut control)
         });
-        tokio::pin!(engine);
-        let heartbeat = self.config.topology.work_ack_wait / 3;
-        loop {
-            tokio::select! {
-                result = &mut engine => {
-                    return result.unwrap_or_else(|err| Err(RenderError::Pipeline(err.to_string())));
-                }
-                _ = tokio::time::sleep(heartbeat) => {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            }
-        }
+        engine
+            .await
+            .unwrap_or_else(|err| Err(RenderError::Pipeline(err.to_string())))
     }
 
     /// Publishes progress events and record updates, throttled, once the
@@ -642,6 +722,7 @@ impl RenderWorker {
     async fn report_progress(
         self,
         job: JobRecord,
+        attempt: u32,
         mut fraction: watch::Receiver<f64>,
         mut recorded: watch::Receiver<bool>,
         done: CancellationToken,
@@ -675,11 +756,13 @@ impl RenderWorker {
                     .topology
                     .jobs
                     .modify(&job.tenant, &job.id, |record| {
-                        let running = record.state == JobState::Running;
-                        if running {
+                        // Not into a later attempt's record (this one lost
+                        // the job and has yet to find out).
+                        let ours = record.is_running_attempt(attempt);
+                        if ours {
                             record.progress = Some(progress.clone());
                         }
-                        Ok(running)
+                        Ok(ours)
                     })
                     .await;
             }
@@ -701,9 +784,13 @@ impl RenderWorker {
         let end = match outcome {
             Err(RenderError::Cancelled) if flags.hand_back.load(Ordering::SeqCst) => End::HandBack,
             Err(RenderError::Cancelled) => {
-                tracing::info!("render cancelled");
+                // Cancelled, or taken over: the record says which.
+                tracing::info!("render stopped: the job moved on");
                 self.confirm_started(&started, event_ack).await?;
-                return Ok(Disposal::Ack);
+                let current = self.topology.jobs.get(&job.tenant, &job.id).await?;
+                return self
+                    .lost(job, None, current.as_ref().map(|c| &c.record))
+                    .await;
             }
             Err(err @ RenderError::Nats(_)) => return Err(err),
             Err(err) => self.after_failure(job, err),
@@ -731,7 +818,7 @@ impl RenderWorker {
         let (current, confirmed) = tokio::join!(changed, self.confirm_started(&started, event_ack));
         let (current, ()) = (current?, confirmed?);
         let Some(record) = ended else {
-            return self.lost(job, &end, Some(&current.record)).await;
+            return self.lost(job, end.output(), Some(&current.record)).await;
         };
         end.announce(self, &record, attempt).await
     }
@@ -756,7 +843,7 @@ impl RenderWorker {
         if jobs.replace(&ended, started.job.revision).await?.is_none() {
             let current = jobs.get(&job.tenant, &job.id).await?;
             return self
-                .lost(job, &end, current.as_ref().map(|c| &c.record))
+                .lost(job, end.output(), current.as_ref().map(|c| &c.record))
                 .await;
         }
         let event = JobEvent::of(job, started.event());
@@ -808,32 +895,39 @@ impl RenderWorker {
     }
 
     /// An attempt that found its job moved on (`current`, as stored now):
-    /// its result goes, and the job's ending in this round, if it has one,
-    /// is made sure of.
+    /// its result (`output`) goes, and then what becomes of the work item
+    /// depends on where the job is. Ended in this round: its ending is made
+    /// sure of, and the item is done. Gone, or in a later round: the item
+    /// is spent. Still under way in this round: another delivery of the
+    /// item owns it, and the item is left to that delivery.
     async fn lost(
         &self,
         job: &JobRecord,
-        end: &End,
+        output: Option<&JobOutput>,
         current: Option<&JobRecord>,
     ) -> Result<Disposal, RenderError> {
-        self.discard(job, end).await?;
-        if let Some(current) = current.filter(|current| current.round == job.round) {
-            self.confirm_end(current).await?;
+        self.discard(job, output).await?;
+        let Some(current) = current.filter(|current| current.round == job.round) else {
+            return Ok(Disposal::Ack);
+        };
+        if !current.state.is_terminal() {
+            return Ok(Disposal::Leave);
         }
+        self.confirm_end(current).await?;
         Ok(Disposal::Ack)
     }
 
     /// Removes the result of an attempt that no longer owns its job.
-    async fn discard(&self, job: &JobRecord, end: &End) -> Result<(), RenderError> {
-        let End::Complete(output) = end else {
+    async fn discard(
+        &self,
+        job: &JobRecord,
+        output: Option<&JobOutput>,
+    ) -> Result<(), RenderError> {
+        let Some(output) = output else {
             return Ok(());
         };
         tracing::info!("the job moved on while this attempt ran; removing its result");
-        for key in &output.keys {
-            let key = ObjectKey::parse(key).map_err(reelmesh_store::StoreError::from)?;
-            self.store.delete(&job.tenant, &key).await?;
-        }
-        Ok(())
+        self.remove_outputs(&job.tenant, &output.keys).await
     }
 
     /// Publishes the terminal event of a job that has ended. Whoever ended
@@ -973,6 +1067,13 @@ enum End {
 }
 
 impl End {
+    fn output(&self) -> Option<&JobOutput> {
+        match self {
+            End::Complete(output) => Some(output),
+            _ => None,
+        }
+    }
+
     fn apply(&self, record: &mut JobRecord) -> Result<(), NatsError> {
         let changed = match self {
             End::Complete(output) => record.complete(output.clone()),
@@ -1076,6 +1177,33 @@ fn summary(info: media::MediaInfo) -> MediaSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_reaches_every_render_of_its_job_and_each_leaves_alone() {
+        let jobs = Arc::new(RunningJobs::default());
+        let (job, other) = (JobId::new(), JobId::new());
+        let running = || Arc::new(Running::new(job.clone(), true));
+        let (first, second) = (running(), running());
+        let bystander = Arc::new(Running::new(other, true));
+        let tracked = [
+            jobs.track(first.clone()),
+            jobs.track(second.clone()),
+            jobs.track(bystander.clone()),
+        ];
+        jobs.stop_job(&job);
+        for stopped in [&first, &second] {
+            assert!(stopped.stop.load(Ordering::SeqCst));
+            assert!(stopped.stopped.is_cancelled());
+        }
+        assert!(!bystander.stop.load(Ordering::SeqCst));
+        let [first_place, rest @ ..] = tracked;
+        drop(first_place);
+        assert_eq!(jobs.renders().len(), 2, "the second render is still there");
+        assert_eq!(jobs.hand_back_all(), 2);
+        assert!(bystander.hand_back.load(Ordering::SeqCst));
+        drop(rest);
+        assert!(jobs.renders().is_empty());
+    }
 
     #[test]
     fn a_missing_record_is_waited_for_with_a_growing_pause() {

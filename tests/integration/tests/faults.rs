@@ -189,15 +189,63 @@ async fn no_accepted_job_is_lost_across_a_nats_restart() -> anyhow::Result<()> {
 
 /// Waits for the job's `started` event.
 async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
+    attempt_started(client, id, 1).await
+}
+
+/// Waits for the job's `nth` `started` event (its `nth` attempt, as no
+/// attempt is handed back in these tests).
+async fn attempt_started(client: &mut ReelmeshClient, id: &str, nth: usize) -> anyhow::Result<()> {
     let mut events = client.watch(id).await?;
-    loop {
+    let mut seen = 0;
+    while seen < nth {
         let event = tokio::time::timeout(Duration::from_secs(30), events.next())
             .await?
             .expect("events until started")?;
         if matches!(event.kind, Some(Kind::Started(_))) {
-            return Ok(());
+            seen += 1;
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_that_wakes_leaves_the_job_to_its_new_owner() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let (nats, store) = (cluster.cluster.nats.url(), cluster.store_url.clone());
+    let mut client = cluster.client(KEY_A).await?;
+    let stalled = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
+    // Attempts 1 and 2 fail. The second worker's attempt 2 asks for a
+    // retry with the work item after the stalled worker woke up and found
+    // its attempt 1 closed: had that worker acked the item (JetStream acks
+    // the message, whichever delivery sends the ack), attempt 3 would
+    // never come and the job would stay QUEUED for ever.
+    let spec = pb::JobSpec {
+        operation: Some(Operation::Noop(pb::Noop {
+            seconds: 3.0,
+            fail_attempts: 2,
+        })),
+        ..Default::default()
+    };
+    let job = client.submit(spec).await?;
+    started(&mut client, &job.id).await?;
+    stalled.pause()?;
+    let _owner = WorkerProcess::spawn(WORKER, &nats, &store, &[ACK_WAIT])?;
+    attempt_started(&mut client, &job.id, 2).await?;
+    stalled.resume()?;
+
+    let events = history(&mut client, &job.id).await?;
+    assert!(events.last().is_some_and(is_terminal), "{events:?}");
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts.len(), 3, "{:?}", job.attempts);
+    assert!(
+        job.attempts[0].error.contains("stopped responding"),
+        "{:?}",
+        job.attempts
+    );
+    assert_eq!(terminal_events(&cluster, &job.id).await?, 1);
+    cluster.wait_until_work_settled().await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,9 @@ use futures::StreamExt as _;
 use object_store::ObjectStore as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
 use reelmesh_integration_tests::{
-    KEY_A, TestCluster, clips, media_server::MediaServer, packets::video_packets,
+    KEY_A, TestCluster, clips,
+    media_server::{self, MediaServer},
+    packets::video_packets,
     worker::WorkerProcess,
 };
 use reelmesh_proto::v1::{self as pb, job_spec::Operation};
@@ -157,6 +159,61 @@ async fn allowlisted_urls_feed_jobs_and_each_failure_is_named() -> anyhow::Resul
         .filter(|key| key.contains("outputs/"))
         .count();
     assert_eq!(outputs, 3, "trim, concat and the retried trim");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_longer_than_the_ack_wait_keeps_its_job() -> anyhow::Result<()> {
+    let ack_wait = Duration::from_secs(1);
+    assert!(media_server::SLOW_BODY > 2 * ack_wait);
+    let cluster = TestCluster::start_with(|config| {
+        config.render.url_inputs.egress.allow = vec!["127.0.0.1".into()];
+        config.render.topology.work_ack_wait = ack_wait;
+        // A free slot takes the item should it come back mid-download.
+        config.render.concurrency = 2;
+    })
+    .await?;
+    let server = MediaServer::start(std::fs::read(clips::six_second_clip())?).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // The worker says it is alive while it downloads, so the item is not
+    // handed to another delivery, which would begin a second attempt.
+    let trim = trim_of(url_source(&server.url("/slow.mp4")), 2.0, 4.0);
+    let job = run(&mut client, trim).await?;
+    assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts.len(), 1, "{:?}", job.attempts);
+    assert_eq!(server.requests(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_download_under_way() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.render.url_inputs.egress.allow = vec!["127.0.0.1".into()];
+    })
+    .await?;
+    let server = MediaServer::start(std::fs::read(clips::six_second_clip())?).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let trim = trim_of(url_source(&server.url("/hanging.mp4")), 2.0, 4.0);
+    let job = client.submit(trim).await?;
+    let mut events = client.watch(&job.id).await?;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next()).await? {
+        if matches!(event?.kind, Some(pb::job_event::Kind::Started(_))) {
+            break;
+        }
+    }
+    client.cancel(&job.id).await?;
+    // The download would hang for the fetcher's 10 minute timeout; the
+    // cancel ends it, and the worker lets go of the item.
+    cluster.wait_until_work_settled().await?;
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Cancelled, "{job:?}");
+    assert_eq!(server.requests(), 1);
+    let outputs: Vec<_> = stored_keys(&cluster)
+        .await?
+        .into_iter()
+        .filter(|key| key.contains("outputs/"))
+        .collect();
+    assert!(outputs.is_empty(), "{outputs:?}");
     Ok(())
 }
 
