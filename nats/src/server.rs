@@ -83,6 +83,28 @@ impl NatsServer {
         Ok(())
     }
 
+    /// SIGSTOP: the server keeps its connections but answers nothing, as
+    /// one that hangs would, until [`NatsServer::resume`]. For fault tests.
+    pub fn pause(&self) -> Result<(), NatsError> {
+        self.signal("STOP")
+    }
+
+    pub fn resume(&self) -> Result<(), NatsError> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> Result<(), NatsError> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .map_err(|err| NatsError::Server(format!("kill -{name}: {err}")))?;
+        match status.success() {
+            true => Ok(()),
+            false => Err(NatsError::Server(format!("kill -{name} {pid} failed"))),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
