@@ -6,6 +6,11 @@ use crate::record::{JobState, TransitionError};
 pub enum NatsError {
     #[error("could not reach NATS: {0}")]
     Unavailable(String),
+    /// A write was sent but its ack never came (timed out, or the
+    /// connection dropped): it may or may not be stored, and a client that
+    /// buffered it during an outage may still deliver it.
+    #[error("NATS did not answer, so the write may yet be stored: {0}")]
+    NoAnswer(String),
     #[error("job {0} not found")]
     JobNotFound(String),
     #[error("job {0} already exists")]
@@ -27,7 +32,7 @@ impl NatsError {
 
     /// True when the caller may retry later (NATS down or slow).
     pub fn is_transient(&self) -> bool {
-        matches!(self, NatsError::Unavailable(_))
+        matches!(self, NatsError::Unavailable(_) | NatsError::NoAnswer(_))
     }
 
     pub(crate) fn invalid_transition(id: &str, from: JobState, to: JobState) -> Self {

@@ -35,6 +35,39 @@ impl IdempotencyKeys {
         }
     }
 
+    /// Moves the claim on `key` from `from` (a job that was never stored)
+    /// to `to`, by compare-and-set: `false` if the claim holds another job
+    /// by now, or is gone.
+    pub async fn take_over(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        from: &JobId,
+        to: &JobId,
+    ) -> Result<bool, NatsError> {
+        let entry_key = entry_key(tenant, key);
+        let entry = self
+            .kv
+            .entry(&entry_key)
+            .await
+            .map_err(NatsError::unavailable)?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        if entry.value != from.as_str().as_bytes() {
+            return Ok(false);
+        }
+        let moved = self
+            .kv
+            .update(&entry_key, to.as_str().to_owned().into(), entry.revision)
+            .await;
+        match moved {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(err) => Err(NatsError::unavailable(err)),
+        }
+    }
+
     /// Gives up a claim whose job could not be created, so a retry of the
     /// submit is not pointed at a job that does not exist.
     pub async fn release(&self, tenant: &TenantId, key: &str) -> Result<(), NatsError> {

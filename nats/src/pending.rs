@@ -38,6 +38,14 @@ impl Pending {
             Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
                 Err(self.conflict.unwrap_or_else(|| NatsError::unavailable(err)))
             }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                ) =>
+            {
+                Err(NatsError::NoAnswer(err.to_string()))
+            }
             Err(err) => Err(NatsError::unavailable(err)),
         }
     }

@@ -469,6 +469,12 @@ pub struct Versioned {
     pub revision: u64,
 }
 
+/// How long after its id was made a job's record may still arrive: its
+/// create can be overtaken by its own work item, or sent by a client that
+/// buffered it while NATS was away and delivered it on reconnecting. A
+/// job with no record after this is taken as never created.
+pub const RECORD_LAG: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The job-record bucket.
 #[derive(Debug, Clone)]
 pub struct JobRecords {
@@ -652,6 +658,17 @@ impl JobRecords {
     /// Every current record of every tenant (the retention sweeper's view).
     pub async fn list_all(&self) -> Result<Vec<JobRecord>, NatsError> {
         self.list_matching(names::all_jobs_filter()).await
+    }
+
+    /// Makes sure a job that was never stored never will be: a delete
+    /// marker under its key makes a create still in flight (see
+    /// [`NatsError::NoAnswer`]) fail its check that nothing was ever
+    /// stored there.
+    pub async fn bar(&self, tenant: &TenantId, id: &JobId) -> Result<(), NatsError> {
+        self.kv
+            .delete(names::job_key(tenant, id))
+            .await
+            .map_err(NatsError::unavailable)
     }
 
     /// Removes a record and its history of values for good.

@@ -35,6 +35,7 @@ impl From<NatsError> for GatewayError {
         match err {
             NatsError::JobNotFound(id) => GatewayError::NotFound(id),
             NatsError::Unavailable(message) => GatewayError::Unavailable(message),
+            err @ NatsError::NoAnswer(_) => GatewayError::Unavailable(err.to_string()),
             other => GatewayError::Internal(other.to_string()),
         }
     }

@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 
 use reelmesh_nats::{
     DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Pending,
-    Priority, SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem,
+    Priority, SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem, record::RECORD_LAG,
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -88,6 +88,9 @@ enum Created {
     No(GatewayError),
     /// The record was stored but could not be queued; it was ended.
     NotQueued(GatewayError),
+    /// NATS did not answer the create: the record (and its event and work
+    /// item, sent after it) may yet be stored, so the claim stays with it.
+    Unknown(GatewayError),
 }
 
 /// [`JobsApi`] on NATS JetStream.
@@ -141,15 +144,10 @@ impl NatsJobs {
             n => n,
         };
         record.running_limit = self.limits.max_running_jobs_per_tenant;
-        if let Some(key) = &key {
-            let claim = self
-                .connect()
-                .await?
-                .idempotency
-                .claim(&record.tenant, key, &record.id);
-            if let Some(existing) = claim.await? {
-                return self.claimed_job(&record.tenant, &existing).await;
-            }
+        if let Some(key) = &key
+            && let Some(existing) = self.claim_key(&record, key).await?
+        {
+            return Ok(existing);
         }
         let created = match self.check_capacity(&record.tenant).await {
             Ok(()) => self.create_and_enqueue(&record).await,
@@ -163,7 +161,7 @@ impl NatsJobs {
                 }
                 return Err(err);
             }
-            Err(Created::NotQueued(err)) => return Err(err),
+            Err(Created::NotQueued(err) | Created::Unknown(err)) => return Err(err),
         }
         tracing::info!(job = %record.id, tenant = %record.tenant, "job queued");
         Ok(record)
@@ -186,12 +184,24 @@ impl NatsJobs {
                 (create.durable().await, Err(err), Err(unsent))
             }
         };
-        if let Err(err) = created {
-            // No record: take the work item back so no worker waits for it.
-            if let Ok(sequence) = work {
-                let _ = nats.work.withdraw(sequence).await;
+        match created {
+            Ok(_) => {}
+            // The record may land later, its work item after it: leave
+            // both, so that a record that lands is a job that runs. A work
+            // item whose record never comes is dropped by the worker once
+            // the job's id is `RECORD_LAG` old.
+            Err(err @ NatsError::NoAnswer(_)) => {
+                return Err(Created::Unknown(GatewayError::Unavailable(format!(
+                    "{err}; a submit with the same idempotency key returns the job if it was"
+                ))));
             }
-            return Err(Created::No(err.into()));
+            Err(err) => {
+                // No record: take the work item back so no worker waits.
+                if let Ok(sequence) = work {
+                    let _ = nats.work.withdraw(sequence).await;
+                }
+                return Err(Created::No(err.into()));
+            }
         }
         if let Err(err) = queued.and(work) {
             self.abandon(record, &err).await;
@@ -251,14 +261,56 @@ impl NatsJobs {
         Ok(())
     }
 
+    /// Claims the idempotency key for `record`'s job: `None` when it is
+    /// ours, else the job that holds it. A claim on a job that was never
+    /// stored (NATS stopped answering that submit's create) is taken over
+    /// once the job is `RECORD_LAG` old, its record barred first so that a
+    /// create still in flight cannot land after the key moved on.
+    async fn claim_key(
+        &self,
+        record: &JobRecord,
+        key: &str,
+    ) -> Result<Option<JobRecord>, GatewayError> {
+        let (tenant, nats) = (&record.tenant, self.connect().await?);
+        // Each round that fails saw the claim change hands under it.
+        for _ in 0..3 {
+            let Some(holder) = nats.idempotency.claim(tenant, key, &record.id).await? else {
+                return Ok(None);
+            };
+            if let Some(job) = self.claimed_job(tenant, &holder).await? {
+                return Ok(Some(job));
+            }
+            tracing::warn!(job = %holder, "taking over the idempotency key of a job never stored");
+            nats.jobs.bar(tenant, &holder).await?;
+            if nats
+                .idempotency
+                .take_over(tenant, key, &holder, &record.id)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+        Err(GatewayError::Unavailable(format!(
+            "the idempotency key {key:?} keeps changing hands; retry the submit"
+        )))
+    }
+
     /// The job another submit with the same idempotency key made. It may
-    /// still be on its way into the bucket, so wait for it briefly.
-    async fn claimed_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {
+    /// still be on its way into the bucket, so wait for it briefly. `None`
+    /// when it is too old to be on its way: it was never stored.
+    async fn claimed_job(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+    ) -> Result<Option<JobRecord>, GatewayError> {
         let deadline = tokio::time::Instant::now() + CLAIMED_JOB_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
             if let Some(found) = self.connect().await?.jobs.get(tenant, id).await? {
-                return Ok(found.record);
+                return Ok(Some(found.record));
+            }
+            if id.age().is_none_or(|age| age >= RECORD_LAG) {
+                return Ok(None);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(GatewayError::Unavailable(format!(

@@ -51,10 +51,6 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const PROGRESS_STEP: f64 = 1.0;
 /// How often progress is written to the job record (GetJob pollers see it).
 const RECORD_PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// A work item may reach a worker before its job's record can be read: the
-/// gateway sends both at once and only the stream order is given. A missing
-/// record of a job this young is waited for; of an older one, it is gone.
-const RECORD_LAG: Duration = Duration::from_secs(60);
 
 /// An ended job's started event is sent again (see
 /// [`RenderWorker::confirm_recent_start`]) only for an attempt that began
@@ -1137,8 +1133,12 @@ fn early_by(job: &JobRecord) -> Option<Duration> {
     (left > RETRY_SLACK).then_some(left)
 }
 
+/// A work item may reach a worker before its job's record can be read: the
+/// gateway sends both at once and only the stream order is given. A missing
+/// record of a job this young is waited for; of an older one, it is gone.
 fn is_young(job: &JobId) -> bool {
-    job.age().is_some_and(|age| age < RECORD_LAG)
+    job.age()
+        .is_some_and(|age| age < reelmesh_nats::record::RECORD_LAG)
 }
 
 /// How long to wait for a record not stored yet: 10 ms, doubling with each

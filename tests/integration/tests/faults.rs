@@ -187,6 +187,34 @@ async fn no_accepted_job_is_lost_across_a_nats_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_nats_did_not_answer_is_reported_as_maybe_stored_and_lands_whole()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        // No tenant count to refresh: the create is the first write.
+        config.gateway.limits.max_active_jobs_per_tenant = 0;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    client.submit(noop(0.0)).await?;
+    cluster.cluster.nats.pause()?;
+    let unanswered = client.submit(noop(0.0)).await;
+    cluster.cluster.nats.resume()?;
+    let status = unanswered.expect_err("NATS was paused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("may yet be stored"), "{status}");
+    // Sent before the pause ended, the record, its event and its work item
+    // land together once NATS answers again: a whole job that runs.
+    cluster.wait_until_work_settled().await?;
+    let jobs = client.list(pb::JobState::Unspecified, 10).await?.jobs;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
+        assert_eq!(terminal_events(&cluster, &job.id).await?, 1);
+    }
+    Ok(())
+}
+
 /// Waits for the job's `started` event.
 async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
     attempt_started(client, id, 1).await

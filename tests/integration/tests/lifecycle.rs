@@ -146,6 +146,47 @@ async fn concurrent_submits_with_duplicate_keys_make_one_job_per_key() -> anyhow
     Ok(())
 }
 
+/// A job id made `age` ago, as a submit that long ago would have made it.
+fn job_id_made(age: Duration) -> anyhow::Result<reelmesh_nats::JobId> {
+    let since = (std::time::SystemTime::now() - age).duration_since(std::time::UNIX_EPOCH)?;
+    let at = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    reelmesh_nats::JobId::parse(&uuid::Uuid::new_v7(at).simple().to_string())
+        .map_err(anyhow::Error::msg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_whose_job_was_never_stored_is_taken_over_once_it_cannot_be()
+-> anyhow::Result<()> {
+    use reelmesh_nats::{JobRecord, NatsError, TenantId, Topology, TopologyConfig, record};
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    // As a submit whose create NATS never answered leaves its key: claimed,
+    // with no record. While the create could still land, the key waits.
+    let recent = job_id_made(Duration::from_secs(5))?;
+    nats.idempotency.claim(&tenant, "recent", &recent).await?;
+    let refused = client.submit_once(noop(0.0, 0), "recent").await;
+    let refused = refused.expect_err("its record may still arrive");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains("not stored yet"), "{refused}");
+
+    let never = job_id_made(record::RECORD_LAG + Duration::from_secs(10))?;
+    nats.idempotency.claim(&tenant, "never", &never).await?;
+    let job = client.submit_once(noop(0.0, 0), "never").await?;
+    assert_ne!(job.id, never.as_str());
+    let again = client.submit_once(noop(0.0, 0), "never").await?;
+    assert_eq!(again.id, job.id, "the key is the new job's now");
+    // A create of the old job still in flight can no longer land.
+    let mut late = JobRecord::new(tenant, noop(0.0, 0));
+    late.id = never;
+    let landed = nats.jobs.send_create(&late).await?.durable().await;
+    assert!(matches!(landed, Err(NatsError::JobExists(_))), "{landed:?}");
+    let events = events_of(&mut client, &job.id).await?;
+    assert_eq!(events.last().map(event_kind_name), Some("completed"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_job_overtakes_the_normal_queue() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| config.render.concurrency = 1).await?;
