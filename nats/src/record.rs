@@ -671,12 +671,24 @@ impl JobRecords {
             .map_err(NatsError::unavailable)
     }
 
-    /// Removes a record and its history of values for good.
-    pub async fn purge(&self, tenant: &TenantId, id: &JobId) -> Result<(), NatsError> {
-        self.kv
-            .purge(names::job_key(tenant, id))
-            .await
-            .map_err(NatsError::unavailable)
+    /// Removes a record and its history of values for good, unless it
+    /// changed since `revision` (`false` then: the job moved on, e.g. a
+    /// RetryJob queued it again).
+    pub async fn purge_at(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        revision: u64,
+    ) -> Result<bool, NatsError> {
+        let purged = self
+            .kv
+            .purge_expect_revision(names::job_key(tenant, id), Some(revision))
+            .await;
+        match purged {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(err) => Err(NatsError::unavailable(err)),
+        }
     }
 
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {

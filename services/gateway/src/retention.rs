@@ -90,11 +90,9 @@ pub async fn sweep(
         }
         let age = Duration::try_from(now - job.updated_at).unwrap_or_default();
         if age >= Duration::from_secs(config.job_retention_secs) {
-            // Record last: if a delete fails, the next sweep finds the job.
-            delete_outputs(store, &job).await?;
-            nats.events.purge(&job.tenant, &job.id).await?;
-            nats.jobs.purge(&job.tenant, &job.id).await?;
-            swept.jobs += 1;
+            if remove_job(nats, store, &job).await? {
+                swept.jobs += 1;
+            }
         } else if age >= Duration::from_secs(config.output_retention_secs)
             && !job.output_expired
             && job.output.as_ref().is_some_and(|o| !o.keys.is_empty())
@@ -105,6 +103,35 @@ pub async fn sweep(
         }
     }
     Ok(swept)
+}
+
+/// Removes an ended job: outputs, record, events. The record goes by
+/// compare-and-set on the version just read, so a RetryJob since the
+/// listing keeps its job (`false`); only FAILED jobs can be retried, and
+/// they have no outputs, so deleting those first loses nothing. Events go
+/// last: should that fail, they expire with the event stream's max age.
+async fn remove_job(
+    nats: &Topology,
+    store: &MediaStore,
+    listed: &JobRecord,
+) -> Result<bool, GatewayError> {
+    let Some(read) = nats.jobs.get(&listed.tenant, &listed.id).await? else {
+        return Ok(false);
+    };
+    let job = &read.record;
+    if !job.state.is_terminal() || job.updated_at != listed.updated_at {
+        return Ok(false);
+    }
+    delete_outputs(store, job).await?;
+    if !nats
+        .jobs
+        .purge_at(&job.tenant, &job.id, read.revision)
+        .await?
+    {
+        return Ok(false);
+    }
+    nats.events.purge(&job.tenant, &job.id).await?;
+    Ok(true)
 }
 
 async fn delete_outputs(store: &MediaStore, job: &JobRecord) -> Result<(), GatewayError> {

@@ -336,3 +336,30 @@ async fn running_slots_are_held_once_and_taken_over_only_from_jobs_not_running()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_record_is_purged_only_at_the_revision_read() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let mut job = JobRecord::new(tenant(), JobSpec::default());
+    job.fail("out of attempts")?;
+    let read = topology.jobs.create(&job).await?;
+    // A RetryJob between the retention sweeper's read and its purge.
+    let retried = topology
+        .jobs
+        .modify(&tenant(), &job.id, |record| {
+            record.requeue()?;
+            Ok(true)
+        })
+        .await?;
+    assert!(!topology.jobs.purge_at(&tenant(), &job.id, read).await?);
+    let kept = topology.jobs.get(&tenant(), &job.id).await?.expect("kept");
+    assert_eq!(kept.record.state, JobState::Queued);
+    assert!(
+        topology
+            .jobs
+            .purge_at(&tenant(), &job.id, retried.revision)
+            .await?
+    );
+    assert!(topology.jobs.get(&tenant(), &job.id).await?.is_none());
+    Ok(())
+}
