@@ -7,6 +7,7 @@
 
 use async_nats::jetstream::{
     self, consumer::DeliverPolicy, consumer::pull, message::PublishMessage,
+    stream::LastRawMessageErrorKind,
 };
 use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,25 @@ pub struct EventLog {
 impl EventLog {
     pub(crate) fn new(js: jetstream::Context) -> Self {
         EventLog { js }
+    }
+
+    /// Whether the stream holds `ending` (a terminal event) already: the
+    /// last event on its job's subject for its kind is of its round or a
+    /// later one. Whoever ends a job publishes the kind its record shows,
+    /// so that one subject tells. Needed to send an ending again once the
+    /// duplicate window, which would drop a second copy, may be over.
+    pub async fn has_ending(&self, ending: &JobEvent) -> Result<bool, NatsError> {
+        let subject = names::event_subject(&ending.tenant, &ending.job_id, ending.kind.name());
+        let stream = self
+            .js
+            .get_stream_no_info(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(stored) => Ok(JobEvent::decode(&stored.payload)?.round >= ending.round),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(err) => Err(NatsError::unavailable(err)),
+        }
     }
 
     /// Publishes and waits for the stream's ack, so a returned event is durable.

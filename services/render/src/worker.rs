@@ -926,14 +926,19 @@ impl RenderWorker {
         self.remove_outputs(&job.tenant, &output.keys).await
     }
 
-    /// Publishes the terminal event of a job that has ended. Whoever ended
-    /// it publishes that event, but may have failed to (NATS went away
-    /// between the two); the event's message id makes this a no-op when the
-    /// event is already in the stream (within its duplicate window), and
-    /// without it watchers and webhooks would wait for ever.
+    /// Publishes the terminal event of a job that has ended, unless it is
+    /// stored. Whoever ended it publishes that event, but may have failed to
+    /// (NATS went away between the two), and without it watchers and
+    /// webhooks would wait for ever. The look comes first because the
+    /// message id drops a copy only within the duplicate window, and the
+    /// item of a job cancelled while queued can come up long after.
     async fn confirm_end(&self, job: &JobRecord) -> Result<(), RenderError> {
-        if let Some(kind) = EventKind::ending(job) {
-            self.publish(job, kind).await?;
+        let Some(kind) = EventKind::ending(job) else {
+            return Ok(());
+        };
+        let ending = JobEvent::of(job, kind);
+        if !self.topology.events.has_ending(&ending).await? {
+            self.topology.events.publish(&ending).await?;
         }
         Ok(())
     }

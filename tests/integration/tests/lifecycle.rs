@@ -455,6 +455,34 @@ async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ending_stored_before_the_duplicate_window_is_not_sent_again() -> anyhow::Result<()> {
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord, TenantId, names};
+    let cluster = TestCluster::start().await?;
+    // A job cancelled while queued, its `cancelled` event stored long ago:
+    // published here without its message id, as the stream has forgotten
+    // it once the duplicate window is over. Its work item comes up now.
+    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    record.cancel()?;
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.cluster.nats.url()).await?);
+    let subject = names::event_subject(&record.tenant, &record.id, "cancelled");
+    let event = serde_json::to_vec(&JobEvent::of(&record, EventKind::Cancelled))?;
+    js.publish(subject.clone(), event.into()).await?.await?;
+    store_and_queue(&cluster, &record).await?;
+    cluster.wait_until_work_settled().await?;
+    let stream = js.get_stream(names::EVENTS_STREAM).await?;
+    let mut subjects = stream.info_with_subjects(&subject).await?;
+    let mut stored = 0;
+    while let Some(counted) = subjects.next().await {
+        stored += counted?.1;
+    }
+    assert_eq!(
+        stored, 1,
+        "one cancelled event, not a second from the worker"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_and_end_written_together_but_never_announced_are_announced_in_order()
 -> anyhow::Result<()> {
     use reelmesh_nats::{JobRecord, TenantId};
