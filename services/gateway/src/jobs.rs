@@ -19,7 +19,7 @@ use reelmesh_proto::v1::JobSpec;
 
 use crate::{
     GatewayError,
-    capacity::TenantCounts,
+    capacity::{Admitted, TenantCounts},
     validate::{JobLimits, check_idempotency_key, validate_spec},
 };
 
@@ -150,7 +150,8 @@ impl NatsJobs {
             return Ok(existing);
         }
         let created = match self.check_capacity(&record.tenant).await {
-            Ok(()) => self.create_and_enqueue(&record).await,
+            // Counted in flight until its writes are stored (or failed).
+            Ok(_admitted) => self.create_and_enqueue(&record).await,
             Err(err) => Err(Created::No(err)),
         };
         match created {
@@ -246,19 +247,28 @@ impl NatsJobs {
     }
 
     /// Refuses a tenant's job beyond its limit of queued and running jobs.
-    async fn check_capacity(&self, tenant: &TenantId) -> Result<(), GatewayError> {
+    /// `None`: the tenant has no limit.
+    async fn check_capacity(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Admitted<'_>>, GatewayError> {
         let limit = self.limits.max_active_jobs_per_tenant;
-        if limit == 0 || self.active.try_admit(tenant, limit) {
-            return Ok(());
+        if limit == 0 {
+            return Ok(None);
         }
-        let active = self.connect().await?.work.tenant_depth(tenant).await?;
-        if !self.active.admit_on(tenant, active, limit) {
-            return Err(GatewayError::ResourceExhausted(format!(
-                "tenant {tenant} already has {active} jobs queued or running (limit {limit}); \
+        if let Some(admitted) = self.active.try_admit(tenant, limit) {
+            return Ok(Some(admitted));
+        }
+        let nats = self.connect().await?;
+        let asked = self.active.reading(tenant);
+        let active = nats.work.tenant_depth(tenant).await?;
+        match self.active.admit_on(tenant, asked, active, limit) {
+            Ok(admitted) => Ok(Some(admitted)),
+            Err(counted) => Err(GatewayError::ResourceExhausted(format!(
+                "tenant {tenant} already has {counted} jobs queued or running (limit {limit}); \
                  retry once some finish"
-            )));
+            ))),
         }
-        Ok(())
     }
 
     /// Claims the idempotency key for `record`'s job: `None` when it is
@@ -404,6 +414,13 @@ impl NatsJobs {
     }
 
     async fn retry_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
+        // A retried job is active again: it counts against the limit. A job
+        // that cannot be retried is told so first, not that the tenant is full.
+        let current = self.get_job(&tenant, &id).await?;
+        if current.state != JobState::Failed {
+            return Err(not_retryable(&id, current.state));
+        }
+        let _admitted = self.check_capacity(&tenant).await?;
         let mut state = None;
         let versioned = self
             .connect()
@@ -419,15 +436,18 @@ impl NatsJobs {
             })
             .await?;
         if state != Some(JobState::Failed) {
-            return Err(GatewayError::FailedPrecondition(format!(
-                "job {id} is {:?}; only FAILED jobs can be retried",
-                versioned.record.state
-            )));
+            return Err(not_retryable(&id, versioned.record.state));
         }
         self.enqueue(&versioned.record).await?;
         tracing::info!(job = %id, %tenant, round = versioned.record.round, "job requeued");
         Ok(versioned.record)
     }
+}
+
+fn not_retryable(id: &JobId, state: JobState) -> GatewayError {
+    GatewayError::FailedPrecondition(format!(
+        "job {id} is {state:?}; only FAILED jobs can be retried"
+    ))
 }
 
 impl JobsApi for NatsJobs {

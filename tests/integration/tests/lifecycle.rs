@@ -146,6 +146,68 @@ async fn concurrent_submits_with_duplicate_keys_make_one_job_per_key() -> anyhow
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_racing_for_a_tenants_last_places_never_pass_its_limit() -> anyhow::Result<()> {
+    const LIMIT: usize = 5;
+    // No workers: nothing ends, so the limit is all that decides.
+    let cluster = TestCluster::start_without_render(|config| {
+        config.gateway.limits.max_active_jobs_per_tenant = LIMIT as u64;
+    })
+    .await?;
+    let client = cluster.client(KEY_A).await?;
+    let burst = (0..40).map(|_| {
+        let mut client = client.clone();
+        async move { client.submit(noop(0.0, 0)).await }
+    });
+    let mut accepted = 0;
+    for submitted in futures::future::join_all(burst).await {
+        match submitted {
+            Ok(_) => accepted += 1,
+            Err(status) => assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}"),
+        }
+    }
+    // A refusal in the burst may come one early (a job counted both in
+    // the read and in flight); one at a time now, the rest fill up.
+    let mut client = client.clone();
+    while client.submit(noop(0.0, 0)).await.is_ok() {
+        accepted += 1;
+    }
+    assert_eq!(accepted, LIMIT);
+    let listed = client.list(pb::JobState::Unspecified, 100).await?;
+    assert_eq!(listed.jobs.len(), LIMIT);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_counts_against_its_tenants_limit() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.limits.max_active_jobs_per_tenant = 2;
+        config.render.concurrency = 1;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut spec = noop(0.0, 1);
+    spec.max_attempts = 1;
+    let failed = client.submit(spec).await?;
+    events_of(&mut client, &failed.id).await?;
+    let busy = [
+        client.submit(noop(30.0, 0)).await?,
+        client.submit(noop(30.0, 0)).await?,
+    ];
+    let refused = client.retry(&failed.id).await.expect_err("tenant full");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert_eq!(client.get(&failed.id).await?.state(), pb::JobState::Failed);
+
+    for job in &busy {
+        client.cancel(&job.id).await?;
+    }
+    cluster.wait_until_work_settled().await?;
+    client.retry(&failed.id).await?;
+    let events = events_of(&mut client, &failed.id).await?;
+    assert_eq!(events.last().map(event_kind_name), Some("completed"));
+    Ok(())
+}
+
 /// A job id made `age` ago, as a submit that long ago would have made it.
 fn job_id_made(age: Duration) -> anyhow::Result<reelmesh_nats::JobId> {
     let since = (std::time::SystemTime::now() - age).duration_since(std::time::UNIX_EPOCH)?;
