@@ -171,20 +171,20 @@ impl EventLog {
         EventLog { js }
     }
 
-    /// Whether the stream holds `ending` (a terminal event) already: the
-    /// last event on its job's subject for its kind is of its round or a
-    /// later one. Whoever ends a job publishes the kind its record shows,
-    /// so that one subject tells. Needed to send an ending again once the
+    /// Whether the stream holds an event of `event`'s kind for its job, of
+    /// its round or a later one (the last on that kind's subject tells).
+    /// Whoever ends a job publishes the kind its record shows, so this
+    /// finds an ending sent before; needed to send one again once the
     /// duplicate window, which would drop a second copy, may be over.
-    pub async fn has_ending(&self, ending: &JobEvent) -> Result<bool, NatsError> {
-        let subject = names::event_subject(&ending.tenant, &ending.job_id, ending.kind.name());
+    pub async fn holds(&self, event: &JobEvent) -> Result<bool, NatsError> {
+        let subject = names::event_subject(&event.tenant, &event.job_id, event.kind.name());
         let stream = self
             .js
             .get_stream_no_info(names::EVENTS_STREAM)
             .await
             .map_err(NatsError::unavailable)?;
         match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(stored) => Ok(JobEvent::decode(&stored.payload)?.round >= ending.round),
+            Ok(stored) => Ok(JobEvent::decode(&stored.payload)?.round >= event.round),
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
             Err(err) => Err(NatsError::unavailable(err)),
         }

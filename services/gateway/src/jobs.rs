@@ -20,12 +20,17 @@ use reelmesh_proto::v1::JobSpec;
 use crate::{
     GatewayError,
     capacity::{Admitted, TenantCounts},
+    unqueued,
     validate::{JobLimits, check_idempotency_key, validate_spec},
 };
 
 /// How long a submit that lost an idempotency race waits for the winner's
 /// job record to appear.
 const CLAIMED_JOB_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a job ends its terminal event may still be on its way
+/// (sent again by a worker when the item comes back after its ack wait).
+const ENDING_LAG: Duration = Duration::from_secs(600);
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
@@ -333,22 +338,15 @@ impl NatsJobs {
     }
 
     /// The record exists but the job could not be queued: end it as FAILED
-    /// so it does not sit in QUEUED forever, then report the outage.
+    /// so it does not sit in QUEUED forever, then report the outage. Should
+    /// that fail too, the sweep ends it later (see [`crate::unqueued`]).
     async fn abandon(&self, record: &JobRecord, cause: &NatsError) {
         let message = format!("the job could not be queued: {cause}");
         let Ok(nats) = self.connect().await else {
             return;
         };
-        let failed = nats
-            .jobs
-            .modify(&record.tenant, &record.id, |job| {
-                job.fail(message.clone())?;
-                Ok(true)
-            })
-            .await;
-        if failed.is_ok() {
-            let event = JobEvent::of(record, EventKind::Failed { error: message });
-            let _ = nats.events.publish(&event).await;
+        if let Err(err) = unqueued::fail(nats, record, message).await {
+            tracing::warn!(job = %record.id, "job left for the sweep to fail: {err}");
         }
     }
 
@@ -400,13 +398,16 @@ impl NatsJobs {
         id: JobId,
         after: u64,
     ) -> Result<EventStream, GatewayError> {
-        let round = self.get_job(&tenant, &id).await?.round;
-        let events = self
-            .connect()
-            .await?
-            .events
-            .follow(&tenant, &id, after)
-            .await?;
+        let job = self.get_job(&tenant, &id).await?;
+        let nats = self.connect().await?;
+        if history_expired(nats, &job).await? {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "job {id} ended ({:?}) and its events have expired; GetJob has its outcome",
+                job.state
+            )));
+        }
+        let round = job.round;
+        let events = nats.events.follow(&tenant, &id, after).await?;
         let events = events
             .map(|event| event.map_err(GatewayError::from))
             .boxed();
@@ -501,6 +502,20 @@ fn paginate(mut jobs: Vec<JobRecord>, page_size: usize) -> JobPage {
     let next = (jobs.len() > size).then(|| jobs[size - 1].id.clone());
     jobs.truncate(size);
     JobPage { jobs, next }
+}
+
+/// Whether `job` ended long enough ago that its ending should be stored,
+/// and the stream no longer holds it (events expire with the stream's max
+/// age, which may be shorter than the jobs'): a watch would wait for ever.
+async fn history_expired(nats: &Topology, job: &JobRecord) -> Result<bool, NatsError> {
+    let Some(kind) = EventKind::ending(job) else {
+        return Ok(false);
+    };
+    let ended = time::OffsetDateTime::now_utc() - job.updated_at;
+    if ended < ENDING_LAG {
+        return Ok(false);
+    }
+    Ok(!nats.events.holds(&JobEvent::of(job, kind)).await?)
 }
 
 /// Passes events through up to and including the first terminal one of

@@ -14,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod jobs;
 pub mod retention;
+pub mod unqueued;
 pub mod validate;
 pub mod webhooks;
 

@@ -1,7 +1,8 @@
 //! The retention sweeper: ended jobs do not stay for ever. Their outputs
 //! are deleted after `output_retention_secs`, and the job itself (record
 //! and events) after `job_retention_secs`, both counted from when the job
-//! ended. Queued and running jobs are never touched.
+//! ended. Queued and running jobs are not removed; the same pass fails
+//! the queued ones that were never queued at all ([`crate::unqueued`]).
 //!
 //! Every gateway runs one; sweeps are idempotent, so several gateways
 //! sweeping at once only repeat each other's deletes.
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::{GatewayError, NatsJobs};
+use crate::{GatewayError, NatsJobs, unqueued};
 
 const DAY: u64 = 24 * 3600;
 
@@ -39,11 +40,13 @@ impl Default for RetentionConfig {
     }
 }
 
-/// What one sweep removed.
+/// What one sweep removed, or ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
     pub outputs: usize,
     pub jobs: usize,
+    /// Jobs failed because they were never queued ([`crate::unqueued`]).
+    pub unqueued: usize,
 }
 
 /// Sweeps now and then every `sweep_every_secs` until `shutdown`.
@@ -61,6 +64,7 @@ pub async fn sweep_until(
                     tracing::info!(
                         outputs = swept.outputs,
                         jobs = swept.jobs,
+                        unqueued = swept.unqueued,
                         "retention sweep"
                     );
                 }
@@ -86,6 +90,7 @@ pub async fn sweep(
     let mut swept = Swept::default();
     for job in nats.jobs.list_all().await? {
         if !job.state.is_terminal() {
+            swept.unqueued += usize::from(unqueued::sweep_one(nats, &job).await?);
             continue;
         }
         let age = Duration::try_from(now - job.updated_at).unwrap_or_default();

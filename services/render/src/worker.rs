@@ -937,7 +937,7 @@ impl RenderWorker {
             return Ok(());
         };
         let ending = JobEvent::of(job, kind);
-        if !self.topology.events.has_ending(&ending).await? {
+        if !self.topology.events.holds(&ending).await? {
             self.topology.events.publish(&ending).await?;
         }
         Ok(())

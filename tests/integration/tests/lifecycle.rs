@@ -545,6 +545,55 @@ async fn an_ending_stored_before_the_duplicate_window_is_not_sent_again() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_never_queued_is_failed_by_the_sweep_and_a_queued_one_is_not() -> anyhow::Result<()> {
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord, TenantId, Topology, TopologyConfig};
+    let cluster = TestCluster::start_without_render(|config| {
+        config.gateway.retention.sweep_every_secs = 0.1;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let two_minutes_ago = time::OffsetDateTime::now_utc() - Duration::from_secs(120);
+    // As a submit leaves a job when NATS fails after its record and then
+    // again when the submit tries to fail it: QUEUED, nothing else.
+    let mut stranded = JobRecord::new(tenant.clone(), noop(0.0, 0));
+    stranded.updated_at = two_minutes_ago;
+    nats.jobs.create(&stranded).await?;
+    // Queued just as long, but properly: it waits for a worker.
+    let mut waiting = JobRecord::new(tenant, noop(0.0, 0));
+    waiting.updated_at = two_minutes_ago;
+    nats.jobs.create(&waiting).await?;
+    let queued = JobEvent::of(&waiting, EventKind::Queued);
+    nats.events.publish(&queued).await?;
+
+    let events = events_of(&mut client, stranded.id.as_str()).await?;
+    assert_eq!(events.last().map(event_kind_name), Some("failed"));
+    let failed = client.get(stranded.id.as_str()).await?;
+    assert!(failed.error.contains("could not be queued"), "{failed:?}");
+    let waiting = client.get(waiting.id.as_str()).await?;
+    assert_eq!(waiting.state(), pb::JobState::Queued, "{waiting:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_a_job_whose_events_expired_is_refused_not_left_hanging() -> anyhow::Result<()> {
+    use reelmesh_nats::{JobRecord, TenantId, Topology, TopologyConfig};
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let mut ended = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    ended.cancel()?;
+    ended.updated_at = time::OffsetDateTime::now_utc() - Duration::from_secs(3600);
+    nats.jobs.create(&ended).await?;
+    let watch = tokio::time::timeout(Duration::from_secs(10), client.watch(ended.id.as_str()));
+    let refused = watch.await?.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.message().contains("expired"), "{refused}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_and_end_written_together_but_never_announced_are_announced_in_order()
 -> anyhow::Result<()> {
     use reelmesh_nats::{JobRecord, TenantId};

@@ -1,0 +1,54 @@
+//! Jobs whose record was stored but whose `queued` event and work item
+//! were not: a submit or RetryJob that NATS failed halfway through. Nothing
+//! would ever run them, so they are ended as FAILED: at once by the call
+//! that saw its writes fail, or, should that write fail too, by the sweep
+//! once the record has sat unchanged for `RECORD_LAG` with no `queued`
+//! event of its round.
+
+use reelmesh_nats::{
+    EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, record::RECORD_LAG,
+};
+use time::OffsetDateTime;
+
+/// Ends `job` as FAILED with `error` if its record is still as `job` shows
+/// it (QUEUED, same round, unchanged), and publishes `failed`. `false` when
+/// the job moved on.
+pub async fn fail(nats: &Topology, job: &JobRecord, error: String) -> Result<bool, NatsError> {
+    let mut failed = false;
+    let written = nats
+        .jobs
+        .modify(&job.tenant, &job.id, |record| {
+            failed = record.state == JobState::Queued
+                && record.round == job.round
+                && record.updated_at == job.updated_at;
+            if failed {
+                record.fail(error.clone())?;
+            }
+            Ok(failed)
+        })
+        .await?;
+    if failed {
+        let event = JobEvent::of(&written.record, EventKind::Failed { error });
+        nats.events.publish(&event).await?;
+    }
+    Ok(failed)
+}
+
+/// Fails `job`, as listed by the sweep, if it is one of these: QUEUED and
+/// unchanged for `RECORD_LAG` with no `queued` event of its round.
+pub async fn sweep_one(nats: &Topology, job: &JobRecord) -> Result<bool, NatsError> {
+    let quiet = OffsetDateTime::now_utc() - job.updated_at;
+    if job.state != JobState::Queued || quiet < RECORD_LAG {
+        return Ok(false);
+    }
+    if nats
+        .events
+        .holds(&JobEvent::of(job, EventKind::Queued))
+        .await?
+    {
+        return Ok(false);
+    }
+    tracing::warn!(job = %job.id, tenant = %job.tenant, "failing a job that was never queued");
+    let error = "the job could not be queued: its queued event and work item were never stored";
+    fail(nats, job, error.into()).await
+}
