@@ -622,8 +622,34 @@ impl JobRecords {
         {
             Ok(revision) => Ok(Some(revision)),
             Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(err) if err.kind() == kv::UpdateErrorKind::TimedOut => {
+                self.landed(record, revision).await
+            }
             Err(err) => Err(NatsError::unavailable(err)),
         }
+    }
+
+    /// After a write over `revision` whose ack timed out: its revision if
+    /// the stored record is the one written (the write landed, only its
+    /// answer was late), else [`NatsError::NoAnswer`], as it may still land.
+    /// Without this a slow server turns a write that happened into a
+    /// failure, and the events that should follow it are never sent.
+    async fn landed(&self, record: &JobRecord, revision: u64) -> Result<Option<u64>, NatsError> {
+        let written = JobRecord::decode(&record.encode()?)?;
+        // A read can overtake the write it follows inside the server.
+        for pause in [10, 50, 250] {
+            match self.get(&record.tenant, &record.id).await? {
+                Some(stored) if stored.record == written => return Ok(Some(stored.revision)),
+                Some(stored) if stored.revision == revision => {
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                _ => break,
+            }
+        }
+        Err(NatsError::NoAnswer(format!(
+            "the write of job {} timed out and is not stored as sent",
+            record.id
+        )))
     }
 
     async fn read(&self, tenant: &TenantId, id: &JobId) -> Result<Versioned, NatsError> {

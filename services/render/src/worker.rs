@@ -265,9 +265,11 @@ impl RenderWorker {
                 return;
             }
             Err(err) => {
-                // NATS failed under us: the record could not be updated, so
-                // leave the item to come back; its next start sees the
-                // attempt still open and closes it.
+                // NATS failed under us: the record was not updated (a
+                // write whose answer was only late counts as done, see
+                // `JobRecords::replace`) or its events not all sent. The
+                // item comes back; its next start closes an attempt left
+                // open and sends what a retry left unsent.
                 tracing::warn!("job interrupted, will be redelivered: {err}");
                 Disposal::Nak(Duration::from_secs(2))
             }
@@ -390,6 +392,7 @@ impl RenderWorker {
             None if is_young(&item.job_id) => return Ok(Start::Later(record_wait(delivered))),
             None => return Ok(Start::Nothing),
         };
+        self.confirm_recent_retry(&read.record, item.round).await?;
         let defer = !self.config.record_start_after().is_zero();
         if let Some(started) = Started::deferred(item, &read).filter(|_| defer) {
             tracing::info!(attempt = started.attempt, "render started");
@@ -958,6 +961,42 @@ impl RenderWorker {
             let attempt = last.number;
             self.publish(job, EventKind::Started { attempt }).await?;
         }
+        Ok(())
+    }
+
+    /// Publishes the `started` and `retrying` events of a job's last
+    /// attempt if it is QUEUED for a retry after it, in this round, and the
+    /// attempt began within [`RESEND_START_WITHIN`]. The worker that ended
+    /// it may have written the record and failed to send them (NATS
+    /// answered too late), and its item is then redelivered; the message
+    /// ids make this a no-op for events already stored.
+    async fn confirm_recent_retry(&self, job: &JobRecord, round: u32) -> Result<(), RenderError> {
+        let (Some(last), Some(retry_at)) = (job.attempts.last(), job.retry_at) else {
+            return Ok(());
+        };
+        let recent = OffsetDateTime::now_utc() - last.started_at < RESEND_START_WITHIN;
+        let retried = job.state == JobState::Queued && job.round == round && last.round == round;
+        let (Some(error), false) = (&last.error, last.handed_back) else {
+            return Ok(());
+        };
+        if !(recent && retried) {
+            return Ok(());
+        }
+        let attempt = last.number;
+        let started = JobEvent::of(job, EventKind::Started { attempt });
+        let error = error.clone();
+        let retrying = JobEvent::of(
+            job,
+            EventKind::Retrying {
+                attempt,
+                error,
+                retry_at,
+            },
+        );
+        let events = &self.topology.events;
+        let (started, retrying) = (events.send(&started).await?, events.send(&retrying).await?);
+        started.durable().await?;
+        retrying.durable().await?;
         Ok(())
     }
 

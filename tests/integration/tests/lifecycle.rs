@@ -619,6 +619,31 @@ async fn a_start_and_end_written_together_but_never_announced_are_announced_in_o
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_written_but_never_announced_is_announced_before_the_next_attempt()
+-> anyhow::Result<()> {
+    use reelmesh_nats::{JobRecord, TenantId};
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // As a worker leaves a job whose first attempt failed when NATS
+    // answered its write too late: queued for a retry (due now), and
+    // neither `started` nor `retrying` sent.
+    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 1));
+    record.max_attempts = 3;
+    record
+        .begin_attempt()
+        .map_err(|err| anyhow::anyhow!("{err:?}"))?;
+    let due = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
+    record.retry_at("noop: this attempt fails".into(), due)?;
+    store_and_queue(&cluster, &record).await?;
+    let events = events_of(&mut client, record.id.as_str()).await?;
+    assert_eq!(
+        kind_names(&events),
+        ["started", "retrying", "started", "completed"]
+    );
+    Ok(())
+}
+
 /// The states a job's record went through, oldest first, from the KV
 /// bucket's history of its key.
 async fn record_states(cluster: &TestCluster, id: &str) -> anyhow::Result<Vec<JobState>> {

@@ -363,3 +363,32 @@ async fn a_record_is_purged_only_at_the_revision_read() -> anyhow::Result<()> {
     assert!(topology.jobs.get(&tenant(), &job.id).await?.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_write_answered_too_late_is_found_stored() -> anyhow::Result<()> {
+    let (server, topology) = topology().await?;
+    let job = JobRecord::new(tenant(), JobSpec::default());
+    let revision = topology.jobs.create(&job).await?;
+    let mut cancelled = job.clone();
+    cancelled.cancel()?;
+    server.pause()?;
+    // Sent (one poll puts it on the connection) while the server is
+    // stopped, so its ack wait runs out before the server sees it.
+    let write = topology.jobs.replace(&cancelled, revision);
+    tokio::pin!(write);
+    assert!(futures::poll!(&mut write).is_pending());
+    // A read sent after it times out after it: then the write's wait is
+    // over too, and the server can have it.
+    let probe = topology.jobs.get(&tenant(), &job.id).await;
+    assert!(matches!(probe, Err(NatsError::Unavailable(_))), "{probe:?}");
+    server.resume()?;
+    let written = write.await?;
+    let stored = topology
+        .jobs
+        .get(&tenant(), &job.id)
+        .await?
+        .expect("stored");
+    assert_eq!(written, Some(stored.revision));
+    assert_eq!(stored.record.state, JobState::Cancelled);
+    Ok(())
+}
