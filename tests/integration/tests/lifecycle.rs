@@ -253,8 +253,15 @@ async fn an_idempotency_key_whose_job_was_never_stored_is_taken_over_once_it_can
 async fn a_high_priority_job_overtakes_the_normal_queue() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| config.render.concurrency = 1).await?;
     let mut client = cluster.client(KEY_A).await?;
-    // Holds the only slot while the queue fills.
-    let blocker = client.submit(noop(1.0, 0)).await?;
+    // Holds the only slot while the queue fills (however slowly: the
+    // slot is freed by cancelling it once all are queued).
+    let blocker = client.submit(noop(60.0, 0)).await?;
+    let mut watch = client.watch(&blocker.id).await?;
+    while let Some(event) = watch.next().await {
+        if matches!(event?.kind, Some(Kind::Started(_))) {
+            break;
+        }
+    }
     let mut normal = Vec::new();
     for _ in 0..50 {
         normal.push(client.submit(noop(0.0, 0)).await?);
@@ -262,6 +269,7 @@ async fn a_high_priority_job_overtakes_the_normal_queue() -> anyhow::Result<()> 
     let mut urgent = noop(0.0, 0);
     urgent.priority = pb::Priority::High as i32;
     let urgent = client.submit(urgent).await?;
+    client.cancel(&blocker.id).await?;
     cluster.wait_until_work_settled().await?;
     let started = |job: pb::Job| job.attempts.first().and_then(|a| a.started_at);
     let urgent_start = started(client.get(&urgent.id).await?).expect("started");
