@@ -198,7 +198,7 @@ impl NatsJobs {
             // the job's id is `RECORD_LAG` old.
             Err(err @ NatsError::NoAnswer(_)) => {
                 return Err(Created::Unknown(GatewayError::Unavailable(format!(
-                    "{err}; a submit with the same idempotency key returns the job if it was"
+                    "{err}; a submit with the same idempotency key returns the job if it was stored"
                 ))));
             }
             Err(err) => {
