@@ -636,20 +636,23 @@ impl JobRecords {
     /// failure, and the events that should follow it are never sent.
     async fn landed(&self, record: &JobRecord, revision: u64) -> Result<Option<u64>, NatsError> {
         let written = JobRecord::decode(&record.encode()?)?;
+        let unknown = |why: String| NatsError::NoAnswer(format!("job {}: {why}", record.id));
         // A read can overtake the write it follows inside the server.
-        for pause in [10, 50, 250] {
-            match self.get(&record.tenant, &record.id).await? {
+        for pause in [10, 50, 250, 0] {
+            let read = self.get(&record.tenant, &record.id).await;
+            match read
+                .map_err(|err| unknown(format!("write timed out, read back failed: {err}")))?
+            {
                 Some(stored) if stored.record == written => return Ok(Some(stored.revision)),
-                Some(stored) if stored.revision == revision => {
+                Some(stored) if stored.revision == revision && pause > 0 => {
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 _ => break,
             }
         }
-        Err(NatsError::NoAnswer(format!(
-            "the write of job {} timed out and is not stored as sent",
-            record.id
-        )))
+        Err(unknown(
+            "the write timed out and is not stored as sent".into(),
+        ))
     }
 
     async fn read(&self, tenant: &TenantId, id: &JobId) -> Result<Versioned, NatsError> {
@@ -689,12 +692,18 @@ impl JobRecords {
     /// Makes sure a job that was never stored never will be: a delete
     /// marker under its key makes a create still in flight (see
     /// [`NatsError::NoAnswer`]) fail its check that nothing was ever
-    /// stored there.
-    pub async fn bar(&self, tenant: &TenantId, id: &JobId) -> Result<(), NatsError> {
-        self.kv
-            .delete(names::job_key(tenant, id))
-            .await
-            .map_err(NatsError::unavailable)
+    /// stored there. The marker is itself written only where nothing is:
+    /// `false` when the job's record landed first.
+    pub async fn bar(&self, tenant: &TenantId, id: &JobId) -> Result<bool, NatsError> {
+        let barred = self
+            .kv
+            .delete_expect_revision(names::job_key(tenant, id), Some(0))
+            .await;
+        match barred {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(false),
+            Err(err) => Err(NatsError::unavailable(err)),
+        }
     }
 
     /// Removes a record and its history of values for good, unless it

@@ -295,8 +295,11 @@ impl NatsJobs {
             if let Some(job) = self.claimed_job(tenant, &holder).await? {
                 return Ok(Some(job));
             }
+            // Should its record land just now, the next round finds it.
+            if !nats.jobs.bar(tenant, &holder).await? {
+                continue;
+            }
             tracing::warn!(job = %holder, "taking over the idempotency key of a job never stored");
-            nats.jobs.bar(tenant, &holder).await?;
             if nats
                 .idempotency
                 .take_over(tenant, key, &holder, &record.id)
@@ -402,7 +405,8 @@ impl NatsJobs {
         let nats = self.connect().await?;
         if history_expired(nats, &job).await? {
             return Err(GatewayError::FailedPrecondition(format!(
-                "job {id} ended ({:?}) and its events have expired; GetJob has its outcome",
+                "job {id} ended ({:?}) and its terminal event is not stored (expired, or \
+                 never sent); GetJob has its outcome",
                 job.state
             )));
         }

@@ -90,7 +90,11 @@ pub async fn sweep(
     let mut swept = Swept::default();
     for job in nats.jobs.list_all().await? {
         if !job.state.is_terminal() {
-            swept.unqueued += usize::from(unqueued::sweep_one(nats, &job).await?);
+            // One job's trouble must not stop the sweep for all the others.
+            match unqueued::sweep_one(nats, &job).await {
+                Ok(failed) => swept.unqueued += usize::from(failed),
+                Err(err) => tracing::warn!(job = %job.id, "cannot check a queued job: {err}"),
+            }
             continue;
         }
         let age = Duration::try_from(now - job.updated_at).unwrap_or_default();

@@ -905,7 +905,11 @@ impl RenderWorker {
         output: Option<&JobOutput>,
         current: Option<&JobRecord>,
     ) -> Result<Disposal, RenderError> {
-        self.discard(job, output).await?;
+        // Left over at worst: an error here must not become a nak, which
+        // would take the item from its new owner.
+        if let Err(err) = self.discard(job, output).await {
+            tracing::warn!("cannot remove the result of an attempt that lost its job: {err}");
+        }
         let Some(current) = current.filter(|current| current.round == job.round) else {
             return Ok(Disposal::Ack);
         };

@@ -392,3 +392,18 @@ async fn a_write_answered_too_late_is_found_stored() -> anyhow::Result<()> {
     assert_eq!(stored.record.state, JobState::Cancelled);
     Ok(())
 }
+
+#[tokio::test]
+async fn only_a_job_never_stored_is_barred() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let stored = JobRecord::new(tenant(), JobSpec::default());
+    topology.jobs.create(&stored).await?;
+    // Its create landed just before the bar: the record stays.
+    assert!(!topology.jobs.bar(&tenant(), &stored.id).await?);
+    assert!(topology.jobs.get(&tenant(), &stored.id).await?.is_some());
+    let never = JobRecord::new(tenant(), JobSpec::default());
+    assert!(topology.jobs.bar(&tenant(), &never.id).await?);
+    let late = topology.jobs.send_create(&never).await?.durable().await;
+    assert!(matches!(late, Err(NatsError::JobExists(_))), "{late:?}");
+    Ok(())
+}
