@@ -344,11 +344,10 @@ impl NatsJobs {
     /// so it does not sit in QUEUED forever, then report the outage. Should
     /// that fail too, the sweep ends it later (see [`crate::unqueued`]).
     async fn abandon(&self, record: &JobRecord, cause: &NatsError) {
-        let message = format!("the job could not be queued: {cause}");
         let Ok(nats) = self.connect().await else {
             return;
         };
-        if let Err(err) = unqueued::fail(nats, record, message).await {
+        if let Err(err) = unqueued::fail(nats, record, &cause.to_string()).await {
             tracing::warn!(job = %record.id, "job left for the sweep to fail: {err}");
         }
     }

@@ -89,12 +89,12 @@ pub async fn sweep(
     let now = OffsetDateTime::now_utc();
     let mut swept = Swept::default();
     for job in nats.jobs.list_all().await? {
+        // One job's trouble must not stop the sweep for all the others.
+        match unqueued::sweep_one(nats, &job).await {
+            Ok(failed) => swept.unqueued += usize::from(failed),
+            Err(err) => tracing::warn!(job = %job.id, "cannot check a job for queueing: {err}"),
+        }
         if !job.state.is_terminal() {
-            // One job's trouble must not stop the sweep for all the others.
-            match unqueued::sweep_one(nats, &job).await {
-                Ok(failed) => swept.unqueued += usize::from(failed),
-                Err(err) => tracing::warn!(job = %job.id, "cannot check a queued job: {err}"),
-            }
             continue;
         }
         let age = Duration::try_from(now - job.updated_at).unwrap_or_default();

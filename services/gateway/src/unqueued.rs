@@ -3,17 +3,23 @@
 //! would ever run them, so they are ended as FAILED: at once by the call
 //! that saw its writes fail, or, should that write fail too, by the sweep
 //! once the record has sat unchanged for `RECORD_LAG` with no `queued`
-//! event of its round.
+//! event of its round. No work item will come back to send their `failed`
+//! event again should it be lost, so the sweep does that too.
 
 use reelmesh_nats::{
     EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, record::RECORD_LAG,
 };
 use time::OffsetDateTime;
 
-/// Ends `job` as FAILED with `error` if its record is still as `job` shows
+/// How the error of every job failed here begins: the sweep finds them by
+/// it to make sure their `failed` event is stored.
+const ERROR: &str = "the job could not be queued";
+
+/// Ends `job` as FAILED, saying why (`cause`), if its record is still as `job` shows
 /// it (QUEUED, same round, unchanged), and publishes `failed`. `false` when
 /// the job moved on.
-pub async fn fail(nats: &Topology, job: &JobRecord, error: String) -> Result<bool, NatsError> {
+pub async fn fail(nats: &Topology, job: &JobRecord, cause: &str) -> Result<bool, NatsError> {
+    let error = format!("{ERROR}: {cause}");
     let mut failed = false;
     let written = nats
         .jobs
@@ -35,8 +41,13 @@ pub async fn fail(nats: &Topology, job: &JobRecord, error: String) -> Result<boo
 }
 
 /// Fails `job`, as listed by the sweep, if it is one of these: QUEUED and
-/// unchanged for `RECORD_LAG` with no `queued` event of its round.
+/// unchanged for `RECORD_LAG` with no `queued` event of its round. Of one
+/// failed here before, sends the `failed` event again if it is not stored.
 pub async fn sweep_one(nats: &Topology, job: &JobRecord) -> Result<bool, NatsError> {
+    if job.state == JobState::Failed {
+        confirm_failed(nats, job).await?;
+        return Ok(false);
+    }
     let quiet = OffsetDateTime::now_utc() - job.updated_at;
     if job.state != JobState::Queued || quiet < RECORD_LAG {
         return Ok(false);
@@ -49,6 +60,22 @@ pub async fn sweep_one(nats: &Topology, job: &JobRecord) -> Result<bool, NatsErr
         return Ok(false);
     }
     tracing::warn!(job = %job.id, tenant = %job.tenant, "failing a job that was never queued");
-    let error = "the job could not be queued: its queued event and work item were never stored";
-    fail(nats, job, error.into()).await
+    fail(
+        nats,
+        job,
+        "its queued event and work item were never stored",
+    )
+    .await
+}
+
+async fn confirm_failed(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {
+    let Some(error) = job.error.clone().filter(|error| error.starts_with(ERROR)) else {
+        return Ok(());
+    };
+    let failed = JobEvent::of(job, EventKind::Failed { error });
+    if !nats.events.holds(&failed).await? {
+        tracing::warn!(job = %job.id, "sending the lost failed event of a job never queued");
+        nats.events.publish(&failed).await?;
+    }
+    Ok(())
 }

@@ -553,7 +553,8 @@ async fn an_ending_stored_before_the_duplicate_window_is_not_sent_again() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_never_queued_is_failed_by_the_sweep_and_a_queued_one_is_not() -> anyhow::Result<()> {
+async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_one_is_not()
+-> anyhow::Result<()> {
     use reelmesh_nats::{EventKind, JobEvent, JobRecord, TenantId, Topology, TopologyConfig};
     let cluster = TestCluster::start_without_render(|config| {
         config.gateway.retention.sweep_every_secs = 0.1;
@@ -569,11 +570,16 @@ async fn a_job_never_queued_is_failed_by_the_sweep_and_a_queued_one_is_not() -> 
     stranded.updated_at = two_minutes_ago;
     nats.jobs.create(&stranded).await?;
     // Queued just as long, but properly: it waits for a worker.
-    let mut waiting = JobRecord::new(tenant, noop(0.0, 0));
+    let mut waiting = JobRecord::new(tenant.clone(), noop(0.0, 0));
     waiting.updated_at = two_minutes_ago;
     nats.jobs.create(&waiting).await?;
     let queued = JobEvent::of(&waiting, EventKind::Queued);
     nats.events.publish(&queued).await?;
+    // Failed as never queued, its `failed` event lost: no work item will
+    // send it again, so the sweep does.
+    let mut unannounced = JobRecord::new(tenant, noop(0.0, 0));
+    unannounced.fail("the job could not be queued: NATS went away")?;
+    nats.jobs.create(&unannounced).await?;
 
     let events = events_of(&mut client, stranded.id.as_str()).await?;
     assert_eq!(events.last().map(event_kind_name), Some("failed"));
@@ -581,6 +587,8 @@ async fn a_job_never_queued_is_failed_by_the_sweep_and_a_queued_one_is_not() -> 
     assert!(failed.error.contains("could not be queued"), "{failed:?}");
     let waiting = client.get(waiting.id.as_str()).await?;
     assert_eq!(waiting.state(), pb::JobState::Queued, "{waiting:?}");
+    let events = events_of(&mut client, unannounced.id.as_str()).await?;
+    assert_eq!(kind_names(&events), ["failed"]);
     Ok(())
 }
 
