@@ -303,8 +303,11 @@ impl RenderWorker {
             };
             let flags = Arc::new(Running::new(item.job_id.clone(), started.recorded));
             let tracked = self.running.track(flags.clone());
+            let number = started.attempt;
             let attempt = self.run_attempt(&mut started, delivered, &flags);
-            let outcome = self.keep_alive(message, attempt).await;
+            let outcome = self
+                .keep_alive(message, (&item, number, &flags), attempt)
+                .await;
             drop(tracked);
             let slot = started.slot.take();
             let finished = self
@@ -503,8 +506,15 @@ impl RenderWorker {
     /// Tells JetStream every third of the ack wait that the work item is
     /// in hand while `work` (a whole attempt: downloads, render, uploads)
     /// runs; otherwise a download or upload longer than the ack wait would
-    /// look like a dead worker and the job would be taken over.
-    async fn keep_alive<T>(&self, message: &Message, work: impl Future<Output = T>) -> T {
+    /// look like a dead worker and the job would be taken over. Each beat
+    /// also checks that the attempt (`item`'s job, attempt number, flags)
+    /// is still wanted.
+    async fn keep_alive<T>(
+        &self,
+        message: &Message,
+        (item, attempt, flags): (&WorkItem, u32, &Running),
+        work: impl Future<Output = T>,
+    ) -> T {
         let every = self.config.topology.work_ack_wait / 3;
         let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tokio::pin!(work);
@@ -513,8 +523,29 @@ impl RenderWorker {
                 done = &mut work => return done,
                 _ = beats.tick() => {
                     let _ = message.ack_with(AckKind::Progress).await;
+                    self.stop_if_unwanted(item, attempt, flags).await;
                 }
             }
+        }
+    }
+
+    /// Stops a render whose job moved on: cancelled, or taken over by
+    /// another delivery. The cancel subscription stops one at once, but
+    /// misses events sent while this worker's connection was down, and
+    /// the record is the authority; without this a long render would run
+    /// to its end for nothing.
+    async fn stop_if_unwanted(&self, item: &WorkItem, attempt: u32, flags: &Running) {
+        let Ok(Some(read)) = self.topology.jobs.get(&item.tenant, &item.job_id).await else {
+            return;
+        };
+        let record = &read.record;
+        let recorded = *flags.recorded.borrow();
+        let unwanted = record.round != item.round
+            || record.state.is_terminal()
+            || (recorded && !record.is_running_attempt(attempt));
+        if unwanted {
+            tracing::info!("the job moved on while it rendered; stopping");
+            flags.stop();
         }
     }
 

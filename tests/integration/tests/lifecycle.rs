@@ -660,6 +660,42 @@ async fn a_retry_written_but_never_announced_is_announced_before_the_next_attemp
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_event_the_worker_missed_stops_the_render_at_its_next_heartbeat()
+-> anyhow::Result<()> {
+    use reelmesh_nats::{JobId, TenantId, Topology, TopologyConfig};
+    let cluster = TestCluster::start_with(|config| {
+        config.render.topology.work_ack_wait = Duration::from_secs(2);
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop(60.0, 0)).await?;
+    let mut watch = client.watch(&job.id).await?;
+    while let Some(event) = watch.next().await {
+        if matches!(event?.kind, Some(Kind::Started(_))) {
+            break;
+        }
+    }
+    // Cancelled in the record only, as a cancel whose event went by while
+    // the worker's connection was down leaves it.
+    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let id = JobId::parse(&job.id).map_err(anyhow::Error::msg)?;
+    nats.jobs
+        .modify(&tenant, &id, |record| {
+            record.cancel()?;
+            Ok(true)
+        })
+        .await?;
+    // Well before the 60 s render would end by itself.
+    tokio::time::timeout(Duration::from_secs(15), cluster.wait_until_work_settled()).await??;
+    let events = events_of(&mut client, &job.id).await?;
+    let mut kinds = kind_names(&events);
+    kinds.retain(|kind| *kind != "progress");
+    assert_eq!(kinds, ["queued", "started", "cancelled"]);
+    Ok(())
+}
+
 /// The states a job's record went through, oldest first, from the KV
 /// bucket's history of its key.
 async fn record_states(cluster: &TestCluster, id: &str) -> anyhow::Result<Vec<JobState>> {
