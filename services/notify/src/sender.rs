@@ -84,7 +84,14 @@ enum Verdict {
 impl WebhookSender {
     pub fn new(topology: Topology, config: NotifyConfig) -> anyhow::Result<Self> {
         let policy = EgressPolicy::new(&config.egress)?;
-        let http = policy.http_client(reqwest::Client::builder()).build()?;
+        // A redirect is a failed attempt, not followed: a 301/302 would
+        // turn the POST into a GET without its body (and a 2xx to that
+        // would count as delivered), a 307/308 would send the signed body
+        // to a URL nobody registered.
+        let http = policy
+            .http_client(reqwest::Client::builder())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         Ok(WebhookSender {
             inner: Arc::new(Inner {
                 topology,

@@ -78,6 +78,7 @@ impl WebhookReceiver {
         };
         let app = Router::new()
             .route("/hook", post(receive))
+            .route("/moved", post(moved))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -94,6 +95,11 @@ impl WebhookReceiver {
 
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// A URL that answers 307 Temporary Redirect to [`WebhookReceiver::url`].
+    pub fn moved_url(&self) -> String {
+        format!("http://{}/moved", self.addr)
     }
 
     /// Requests received so far, failed ones included.
@@ -117,6 +123,16 @@ async fn receive(State(state): State<Receiver>, headers: HeaderMap, body: Bytes)
     }
     let _ = state.sender.send(ReceivedWebhook { headers, body });
     StatusCode::NO_CONTENT
+}
+
+async fn moved() -> (
+    StatusCode,
+    [(axum::http::header::HeaderName, &'static str); 1],
+) {
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(axum::http::header::LOCATION, "/hook")],
+    )
 }
 
 /// Checks a webhook against `secret` the way a receiver following the

@@ -110,6 +110,24 @@ async fn gone_stops_at_once_and_a_spent_schedule_is_a_dead_letter() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failed_attempt_and_is_not_followed() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.notify.retry_schedule_secs = vec![1];
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let receiver = WebhookReceiver::start(0).await?;
+    let job = client
+        .submit(noop_with_callback(&receiver.moved_url()))
+        .await?;
+    let delivery = settled_delivery(&mut client, &job.id).await?;
+    assert_eq!(delivery.state(), pb::DeliveryState::Failed);
+    assert_eq!(statuses(&delivery), vec![307, 307]);
+    assert_eq!(receiver.attempts(), 0, "the redirect's target got nothing");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_to_private_addresses_are_refused_without_a_request() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| {
         config.notify.egress.allow.clear();
