@@ -80,6 +80,13 @@ pub const NOTIFY_ROUTER_GROUP: &str = "router";
 /// How long the pinned router may go without pulling before another notify
 /// process routes instead.
 pub const NOTIFY_ROUTER_FAILOVER: Duration = Duration::from_secs(20);
+/// How long an event the router pulled may go unacknowledged before it is
+/// delivered again: well under [`NOTIFY_ROUTER_FAILOVER`]. Acknowledging
+/// one event acknowledges all before it, so when a router dies holding
+/// events, they must be due again by the time another takes over: then they
+/// come to it before new ones (redeliveries go first), instead of being
+/// acknowledged, unrouted, by its first acknowledgement of a newer event.
+pub const NOTIFY_ROUTER_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Webhooks notify may hold unacknowledged at once: unlimited. Each one
 /// waiting for a retry, or for an earlier webhook of its job, is one, and
@@ -282,7 +289,7 @@ impl Topology {
                     description: Some("job events to route to webhooks".into()),
                     deliver_policy,
                     ack_policy: AckPolicy::All,
-                    ack_wait: Duration::from_secs(30),
+                    ack_wait: NOTIFY_ROUTER_ACK_WAIT,
                     priority_policy: PriorityPolicy::PinnedClient,
                     priority_groups: vec![NOTIFY_ROUTER_GROUP.into()],
                     priority_timeout: NOTIFY_ROUTER_FAILOVER,

@@ -243,7 +243,10 @@ async fn notify_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
         .info()
         .await?
         .clone();
-    assert_eq!(router.config.ack_wait, Duration::from_secs(30));
+    // Due again before another router takes over (see the constant).
+    let ack_wait = reelmesh_nats::topology::NOTIFY_ROUTER_ACK_WAIT;
+    assert_eq!(router.config.ack_wait, ack_wait);
+    assert!(ack_wait < reelmesh_nats::topology::NOTIFY_ROUTER_FAILOVER);
     assert_eq!(
         router.config.priority_groups,
         vec![reelmesh_nats::topology::NOTIFY_ROUTER_GROUP.to_string()]
