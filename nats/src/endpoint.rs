@@ -104,6 +104,9 @@ impl EndpointRecord {
                 expires_at: None,
             },
         );
+        // Newest first: rotating often drops the oldest, so the signature
+        // header does not grow with every rotation.
+        self.secrets.truncate(1 + MAX_PREVIOUS_SECRETS);
         self.updated_at = now;
     }
 }
@@ -288,6 +291,21 @@ mod tests {
         assert_eq!(
             record.signing_secrets(tomorrow),
             ["whsec_third", "whsec_second"]
+        );
+    }
+
+    #[test]
+    fn rotating_often_keeps_only_the_newest_previous_secrets() {
+        let mut record = endpoint(&[]);
+        let now = OffsetDateTime::now_utc();
+        for n in 0..10 {
+            let grace = time::Duration::days(30);
+            record.rotate_secret(format!("whsec_{n}"), now, grace);
+        }
+        assert_eq!(record.secrets.len(), 1 + MAX_PREVIOUS_SECRETS);
+        assert_eq!(
+            record.signing_secrets(now),
+            ["whsec_9", "whsec_8", "whsec_7"]
         );
     }
 }
