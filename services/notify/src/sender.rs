@@ -42,9 +42,9 @@ const NATS_RETRY: Duration = Duration::from_secs(2);
 /// Tasks taken from the stream per webhook that may be in flight: enough
 /// to keep senders busy, few enough that none waits out its ack wait.
 const IN_HAND_PER_SENDER: usize = 4;
-/// A webhook still pending, never tried, this long after it was queued
-/// has lost its task (a crash between queueing steps): the next webhook
-/// of its chain sends it.
+/// A webhook still pending, never tried, this long after it was queued, or
+/// retrying this long after its attempt was due, has lost its task: the
+/// next webhook of its chain sends it.
 const ORPHANED_AFTER: time::Duration = time::Duration::minutes(2);
 /// Times a task whose webhook is not in the log comes back before it is
 /// dropped (a read from a replica may lag the write that made it).
@@ -483,11 +483,21 @@ fn not_due_for(record: &DeliveryRecord, now: OffsetDateTime) -> Option<Duration>
     (wait > HOLD_MARGIN).then_some(wait)
 }
 
-/// A webhook that was logged but whose task never came.
+/// A webhook whose task is gone: logged but never tried long after it was
+/// queued (a crash between queueing steps), or retrying long after its
+/// next attempt was due (a task naks itself to that time, so only one sent
+/// here, with no task behind it, is that late).
 fn is_orphaned(record: &DeliveryRecord, now: OffsetDateTime) -> bool {
-    record.state == DeliveryState::Pending
-        && record.attempts.is_empty()
-        && record.queued_at.is_some_and(|at| now - at > ORPHANED_AFTER)
+    match record.state {
+        DeliveryState::Pending => {
+            record.attempts.is_empty()
+                && record.queued_at.is_some_and(|at| now - at > ORPHANED_AFTER)
+        }
+        DeliveryState::Retrying => record
+            .next_attempt_at
+            .is_some_and(|at| now - at > ORPHANED_AFTER),
+        _ => false,
+    }
 }
 
 /// Success is acknowledged; a final failure or a spent schedule is a dead
@@ -567,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_old_untried_pending_webhook_counts_as_orphaned() {
+    fn an_old_untried_or_long_overdue_webhook_counts_as_orphaned() {
         let now = OffsetDateTime::now_utc();
         let mut record = DeliveryRecord::pending(&JobId::new(), 1, "job.queued".into(), "u".into());
         assert!(!is_orphaned(&record, now), "just queued");
@@ -586,6 +596,12 @@ mod tests {
             !is_orphaned(&record, later),
             "written before queued_at existed"
         );
+        // Sent once by the next webhook and failed: retrying with no task.
+        record.state = DeliveryState::Retrying;
+        record.next_attempt_at = Some(now + time::Duration::seconds(5));
+        assert!(!is_orphaned(&record, now), "its retry is not due");
+        let overdue = now + time::Duration::seconds(5) + ORPHANED_AFTER;
+        assert!(is_orphaned(&record, overdue + time::Duration::seconds(1)));
     }
 
     #[test]
