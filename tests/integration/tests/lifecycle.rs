@@ -23,6 +23,17 @@ fn noop(seconds: f64, fail_attempts: u32) -> pb::JobSpec {
     }
 }
 
+/// Waits for the job's first `started` event.
+async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
+    let mut events = client.watch(id).await?;
+    while let Some(event) = events.next().await {
+        if matches!(event?.kind, Some(Kind::Started(_))) {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the watch of {id} ended before it started")
+}
+
 /// Every event of a job until its watch ends.
 async fn events_of(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<Vec<pb::JobEvent>> {
     let stream = client.watch(id).await?;
@@ -256,12 +267,7 @@ async fn a_high_priority_job_overtakes_the_normal_queue() -> anyhow::Result<()> 
     // Holds the only slot while the queue fills (however slowly: the
     // slot is freed by cancelling it once all are queued).
     let blocker = client.submit(noop(60.0, 0)).await?;
-    let mut watch = client.watch(&blocker.id).await?;
-    while let Some(event) = watch.next().await {
-        if matches!(event?.kind, Some(Kind::Started(_))) {
-            break;
-        }
-    }
+    started(&mut client, &blocker.id).await?;
     let mut normal = Vec::new();
     for _ in 0..50 {
         normal.push(client.submit(noop(0.0, 0)).await?);
@@ -670,12 +676,7 @@ async fn a_cancel_whose_event_the_worker_missed_stops_the_render_at_its_next_hea
     .await?;
     let mut client = cluster.client(KEY_A).await?;
     let job = client.submit(noop(60.0, 0)).await?;
-    let mut watch = client.watch(&job.id).await?;
-    while let Some(event) = watch.next().await {
-        if matches!(event?.kind, Some(Kind::Started(_))) {
-            break;
-        }
-    }
+    started(&mut client, &job.id).await?;
     // Cancelled in the record only, as a cancel whose event went by while
     // the worker's connection was down leaves it.
     let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
