@@ -37,10 +37,13 @@ const HOLD_MARGIN: Duration = Duration::from_millis(250);
 /// The longest a held webhook waits before looking again (the one it
 /// waits for may be settled early, by a Redeliver or another process).
 const MAX_HOLD: Duration = Duration::from_secs(60);
+/// How long one pull for tasks waits for the first to arrive.
+const PULL_WAIT: Duration = Duration::from_secs(5);
 /// The pause before a webhook comes back when NATS failed us.
 const NATS_RETRY: Duration = Duration::from_secs(2);
 /// Tasks taken from the stream per webhook that may be in flight: enough
-/// to keep senders busy, few enough that none waits out its ack wait.
+/// to keep senders busy (each one held says it is alive, see
+/// [`WebhookSender::hold`], so waiting long is only a delay).
 const IN_HAND_PER_SENDER: usize = 4;
 /// A webhook still pending, never tried, this long after it was queued, or
 /// retrying this long after its attempt was due, has lost its task: the
@@ -51,9 +54,19 @@ const ORPHANED_AFTER: time::Duration = time::Duration::minutes(2);
 const MISSING_RETRIES: i64 = 5;
 
 type ChainKey = (String, String, String);
-/// A task, the message it came in (to acknowledge) and its place among the
-/// tasks in hand.
-type Taken = (WebhookTask, Message, OwnedSemaphorePermit);
+/// A task, the message it came in (to acknowledge), its place among the
+/// tasks in hand and its heartbeat.
+type Taken = (WebhookTask, Message, OwnedSemaphorePermit, Held);
+
+/// The heartbeat of a task in hand; stops when dropped.
+#[derive(Debug)]
+struct Held(tokio::task::JoinHandle<()>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
@@ -107,33 +120,65 @@ impl WebhookSender {
 
     /// Takes tasks from `consumer` until `shutdown`, then lets the ones in
     /// hand finish (within the request timeout) so their attempts are
-    /// recorded rather than made again by the next process.
+    /// recorded rather than made again by the next process. Tasks are
+    /// pulled only when there is room for them, never ahead: one waiting
+    /// in the client's buffer would have no heartbeat (see
+    /// [`WebhookSender::hold`]), outlive its ack wait, and be handed to
+    /// another process as well.
     pub async fn run(
         &self,
         consumer: PullConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), NatsError> {
-        let mut tasks = consumer.messages().await.map_err(NatsError::unavailable)?;
-        loop {
-            let room = self.inner.in_hand.clone().acquire_owned();
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = room => permit.map_err(NatsError::unavailable)?,
+        while let Some(mut room) = self.room(&shutdown).await? {
+            let pulled = consumer
+                .batch()
+                .max_messages(room.len())
+                .expires(PULL_WAIT)
+                .messages()
+                .await;
+            let mut tasks = match pulled {
+                Ok(tasks) => tasks,
+                Err(err) => {
+                    tracing::warn!("webhook consumer: {err}");
+                    tokio::time::sleep(NATS_RETRY).await;
+                    continue;
+                }
             };
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
+            while let Some(message) = tokio::select! {
+                _ = shutdown.cancelled() => None,
                 message = tasks.next() => message,
-            };
-            match message {
-                Some(Ok(message)) => self.dispatch(message, permit),
-                Some(Err(err)) => tracing::warn!("webhook consumer: {err}"),
-                None => break,
+            } {
+                match (message, room.pop()) {
+                    (Ok(message), Some(permit)) => self.dispatch(message, permit),
+                    (Err(err), _) => tracing::warn!("webhook consumer: {err}"),
+                    // The pull asked for no more than the room.
+                    (Ok(message), None) => drop(message),
+                }
             }
         }
         let all = u32::try_from(self.inner.config.concurrency * IN_HAND_PER_SENDER).unwrap_or(0);
         let grace = Duration::from_secs(self.inner.config.timeout_secs + 5);
         let _ = tokio::time::timeout(grace, self.inner.in_hand.acquire_many(all)).await;
         Ok(())
+    }
+
+    /// Every free place for a task in hand, once there is at least one;
+    /// `None` on shutdown.
+    async fn room(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<OwnedSemaphorePermit>>, NatsError> {
+        let in_hand = &self.inner.in_hand;
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            permit = in_hand.clone().acquire_owned() => permit.map_err(NatsError::unavailable)?,
+        };
+        let mut room = vec![first];
+        while let Ok(more) = in_hand.clone().try_acquire_owned() {
+            room.push(more);
+        }
+        Ok(Some(room))
     }
 
     /// Hands the task to its chain's queue, starting one if the chain has
@@ -150,13 +195,14 @@ impl WebhookSender {
             task.job_id.to_string(),
             task.destination.to_string(),
         );
+        let held = self.hold(message.clone());
         let mut chains = self.chains();
         let taken = match chains.get(&key) {
-            Some(queue) => match queue.send((task, message, permit)) {
+            Some(queue) => match queue.send((task, message, permit, held)) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(taken)) => taken,
             },
-            None => (task, message, permit),
+            None => (task, message, permit, held),
         };
         let (queue, received) = mpsc::unbounded_channel();
         let _ = queue.send(taken);
@@ -165,11 +211,27 @@ impl WebhookSender {
         tokio::spawn(async move { sender.drain_chain(key, received).await });
     }
 
+    /// Tells JetStream every third of the ack wait that a task in hand is
+    /// still being worked on, until the returned [`Held`] is dropped. A task
+    /// can wait behind its chain's earlier ones or for a sending slot longer
+    /// than the ack wait; it would then be handed to another process too,
+    /// and both would send the webhook.
+    fn hold(&self, message: Message) -> Held {
+        let every = self.inner.config.topology.webhook_ack_wait / 3;
+        Held(tokio::spawn(async move {
+            let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                beats.tick().await;
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }))
+    }
+
     /// Works through one chain's tasks in arrival order, and retires the
     /// queue once it is empty.
     async fn drain_chain(&self, key: ChainKey, mut received: mpsc::UnboundedReceiver<Taken>) {
         loop {
-            let (task, message, _permit) = match received.try_recv() {
+            let (task, message, _permit, _held) = match received.try_recv() {
                 Ok(taken) => taken,
                 Err(_) => {
                     let mut chains = self.chains();

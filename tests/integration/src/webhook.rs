@@ -55,6 +55,8 @@ struct Receiver {
     attempts: Arc<AtomicUsize>,
     fail_first: usize,
     failure: StatusCode,
+    /// How long each answer takes.
+    delay: std::time::Duration,
 }
 
 impl WebhookReceiver {
@@ -68,6 +70,19 @@ impl WebhookReceiver {
         fail_first: usize,
         failure: StatusCode,
     ) -> anyhow::Result<Self> {
+        Self::serve(fail_first, failure, std::time::Duration::ZERO).await
+    }
+
+    /// Answers 204 to every request, each after `delay`: a slow receiver.
+    pub async fn start_slow(delay: std::time::Duration) -> anyhow::Result<Self> {
+        Self::serve(0, StatusCode::SERVICE_UNAVAILABLE, delay).await
+    }
+
+    async fn serve(
+        fail_first: usize,
+        failure: StatusCode,
+        delay: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let (sender, received) = mpsc::unbounded_channel();
         let attempts = Arc::new(AtomicUsize::new(0));
         let state = Receiver {
@@ -75,6 +90,7 @@ impl WebhookReceiver {
             attempts: attempts.clone(),
             fail_first,
             failure,
+            delay,
         };
         let app = Router::new()
             .route("/hook", post(receive))
@@ -117,6 +133,7 @@ impl WebhookReceiver {
 }
 
 async fn receive(State(state): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    tokio::time::sleep(state.delay).await;
     let attempt = state.attempts.fetch_add(1, Ordering::SeqCst);
     if attempt < state.fail_first {
         return state.failure;

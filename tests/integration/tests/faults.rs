@@ -485,6 +485,48 @@ async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_waiting_in_hand_past_the_ack_wait_are_still_sent_once() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
+    let nats = cluster.cluster.nats.url();
+    // One request at a time, four tasks in hand, each answer 1.5 s: the
+    // last task in hand waits 4.5 s, past the 3 s ack wait, and without a
+    // heartbeat JetStream hands it to the other process as well.
+    let settings = [
+        ("EGRESS__ALLOW", "[\"127.0.0.1\"]"),
+        ("CONCURRENCY", "1"),
+        ("TIMEOUT_SECS", "2"),
+        ("TOPOLOGY__WEBHOOK_ACK_WAIT", "3"),
+    ];
+    let _first = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
+    let _second = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
+    let mut receiver = WebhookReceiver::start_slow(Duration::from_millis(1500)).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let request = pb::CreateEndpointRequest {
+        url: receiver.url(),
+        events: vec!["job.completed".into()],
+        ..Default::default()
+    };
+    client.webhooks.create_endpoint(request).await?;
+    const JOBS: usize = 10;
+    let mut jobs = Vec::new();
+    for _ in 0..JOBS {
+        jobs.push(client.submit(noop(0.0)).await?.id);
+    }
+    for _ in 0..JOBS {
+        receiver.next(Duration::from_secs(60)).await?;
+    }
+    for job in &jobs {
+        let settled = delivery_when(&mut client, job, |d| {
+            d.state() == pb::DeliveryState::Delivered
+        })
+        .await?;
+        assert_eq!(settled.attempts.len(), 1, "{settled:?}");
+    }
+    assert_eq!(receiver.attempts(), JOBS, "no webhook sent twice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_notify_processes_send_each_webhook_once_and_in_order() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
     let nats = cluster.cluster.nats.url();
