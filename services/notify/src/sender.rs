@@ -146,6 +146,7 @@ impl WebhookSender {
                 }
             };
             while let Some(message) = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => None,
                 message = tasks.next() => message,
             } {
@@ -171,6 +172,7 @@ impl WebhookSender {
     ) -> Result<Option<Vec<OwnedSemaphorePermit>>, NatsError> {
         let in_hand = &self.inner.in_hand;
         let first = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return Ok(None),
             permit = in_hand.clone().acquire_owned() => permit.map_err(NatsError::unavailable)?,
         };
