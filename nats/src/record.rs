@@ -475,6 +475,12 @@ pub struct Versioned {
 /// job with no record after this is taken as never created.
 pub const RECORD_LAG: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Whether `job`'s record, not stored yet, may still arrive: its id is
+/// younger than [`RECORD_LAG`].
+pub fn may_still_arrive(job: &JobId) -> bool {
+    job.age().is_some_and(|age| age < RECORD_LAG)
+}
+
 /// The job-record bucket.
 #[derive(Debug, Clone)]
 pub struct JobRecords {

@@ -13,7 +13,8 @@ use tokio::sync::OnceCell;
 
 use reelmesh_nats::{
     DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Pending,
-    Priority, SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem, record::RECORD_LAG,
+    Priority, SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem,
+    record::may_still_arrive,
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -327,7 +328,7 @@ impl NatsJobs {
             if let Some(found) = self.connect().await?.jobs.get(tenant, id).await? {
                 return Ok(Some(found.record));
             }
-            if id.age().is_none_or(|age| age >= RECORD_LAG) {
+            if !may_still_arrive(id) {
                 return Ok(None);
             }
             if tokio::time::Instant::now() >= deadline {

@@ -23,7 +23,8 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
     EventKind, HeldSlot, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError,
-    NoAttempt, Pending, Progress, TenantId, Topology, WorkItem, names, record::Versioned,
+    NoAttempt, Pending, Progress, TenantId, Topology, WorkItem, names,
+    record::{Versioned, may_still_arrive},
 };
 use reelmesh_store::{MediaStore, ObjectKey};
 use time::OffsetDateTime;
@@ -392,7 +393,11 @@ impl RenderWorker {
     async fn start(&self, item: &WorkItem, delivered: i64) -> Result<Start, RenderError> {
         let read = match self.topology.jobs.get(&item.tenant, &item.job_id).await? {
             Some(read) => read,
-            None if is_young(&item.job_id) => return Ok(Start::Later(record_wait(delivered))),
+            // The gateway sends the record and the item at once, and only
+            // the stream order is given: the item can be read first.
+            None if may_still_arrive(&item.job_id) => {
+                return Ok(Start::Later(record_wait(delivered)));
+            }
             None => return Ok(Start::Nothing),
         };
         self.confirm_recent_retry(&read.record, item.round).await?;
@@ -479,7 +484,7 @@ impl RenderWorker {
         };
         let written = match modified {
             Ok(written) => written,
-            Err(NatsError::JobNotFound(_)) if is_young(&item.job_id) => {
+            Err(NatsError::JobNotFound(_)) if may_still_arrive(&item.job_id) => {
                 return Ok(Begun::Start(Start::Later(record_wait(delivered))));
             }
             Err(NatsError::JobNotFound(_)) => return Ok(Begun::Start(Start::Nothing)),
@@ -1212,14 +1217,6 @@ fn early_by(job: &JobRecord) -> Option<Duration> {
     (left > RETRY_SLACK).then_some(left)
 }
 
-/// A work item may reach a worker before its job's record can be read: the
-/// gateway sends both at once and only the stream order is given. A missing
-/// record of a job this young is waited for; of an older one, it is gone.
-fn is_young(job: &JobId) -> bool {
-    job.age()
-        .is_some_and(|age| age < reelmesh_nats::record::RECORD_LAG)
-}
-
 /// How long to wait for a record not stored yet: 10 ms, doubling with each
 /// delivery up to about 5 s.
 fn record_wait(delivered: i64) -> Duration {
@@ -1289,7 +1286,7 @@ mod tests {
         assert_eq!(record_wait(1), Duration::from_millis(10));
         assert_eq!(record_wait(2), Duration::from_millis(20));
         assert_eq!(record_wait(1000), Duration::from_millis(5120));
-        assert!(is_young(&JobId::new()));
+        assert!(may_still_arrive(&JobId::new()));
     }
 
     #[test]
