@@ -6,7 +6,7 @@
 use async_nats::jetstream::kv;
 use sha2::{Digest as _, Sha256};
 
-use crate::{JobId, NatsError, TenantId, claim::claim};
+use crate::{JobId, NatsError, TenantId, claim::claim, kv_json::unless_moved};
 
 #[derive(Debug, Clone)]
 pub struct IdempotencyKeys {
@@ -61,11 +61,7 @@ impl IdempotencyKeys {
             .kv
             .update(&entry_key, to.as_str().to_owned().into(), entry.revision)
             .await;
-        match moved {
-            Ok(_) => Ok(true),
-            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(err) => Err(NatsError::unavailable(err)),
-        }
+        Ok(unless_moved(moved)?.is_some())
     }
 
     /// Gives up a claim whose job could not be created, so a retry of the

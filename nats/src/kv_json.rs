@@ -9,6 +9,17 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::NatsError;
 
+/// The outcome of a KV write that expected a revision (an update, a
+/// delete or purge at a revision): `None` when the key had moved on,
+/// another writer having come first.
+pub(crate) fn unless_moved<T>(written: Result<T, kv::UpdateError>) -> Result<Option<T>, NatsError> {
+    match written {
+        Ok(done) => Ok(Some(done)),
+        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+        Err(err) => Err(NatsError::unavailable(err)),
+    }
+}
+
 /// The record under `key`, if any; `what` names it in errors.
 pub(crate) async fn get<T: DeserializeOwned>(
     kv: &kv::Store,

@@ -14,7 +14,7 @@ use reelmesh_proto::v1::JobSpec;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{NatsError, Pending, id::time_ordered_id, names};
+use crate::{NatsError, Pending, id::time_ordered_id, kv_json::unless_moved, names};
 
 /// A tenant's name: also a NATS subject token and a KV key part, hence the
 /// restricted alphabet.
@@ -621,17 +621,15 @@ impl JobRecords {
         record: &JobRecord,
         revision: u64,
     ) -> Result<Option<u64>, NatsError> {
-        match self
+        let written = self
             .kv
             .update(record.key(), record.encode()?, revision)
-            .await
-        {
-            Ok(revision) => Ok(Some(revision)),
-            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            .await;
+        match written {
             Err(err) if err.kind() == kv::UpdateErrorKind::TimedOut => {
                 self.landed(record, revision).await
             }
-            Err(err) => Err(NatsError::unavailable(err)),
+            written => unless_moved(written),
         }
     }
 
@@ -705,11 +703,7 @@ impl JobRecords {
             .kv
             .delete_expect_revision(names::job_key(tenant, id), Some(0))
             .await;
-        match barred {
-            Ok(()) => Ok(true),
-            Err(err) if err.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(false),
-            Err(err) => Err(NatsError::unavailable(err)),
-        }
+        Ok(unless_moved(barred)?.is_some())
     }
 
     /// Removes a record and its history of values for good, unless it
@@ -725,11 +719,7 @@ impl JobRecords {
             .kv
             .purge_expect_revision(names::job_key(tenant, id), Some(revision))
             .await;
-        match purged {
-            Ok(()) => Ok(true),
-            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(err) => Err(NatsError::unavailable(err)),
-        }
+        Ok(unless_moved(purged)?.is_some())
     }
 
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
