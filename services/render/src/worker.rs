@@ -22,8 +22,8 @@ use std::{
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use reelmesh_nats::{
-    EventKind, HeldSlot, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary, NatsError,
-    NoAttempt, Pending, Progress, TenantId, Topology, WorkItem, names,
+    Attempt, EventKind, HeldSlot, JobEvent, JobId, JobOutput, JobRecord, JobState, MediaSummary,
+    NatsError, NoAttempt, Pending, Progress, TenantId, Topology, WorkItem, names,
     record::{Versioned, may_still_arrive},
 };
 use reelmesh_store::{MediaStore, ObjectKey};
@@ -994,10 +994,7 @@ impl RenderWorker {
     /// no-op for a start already stored; older starts are left alone, as
     /// the duplicate window would no longer catch a second copy.
     async fn confirm_recent_start(&self, job: &JobRecord) -> Result<(), RenderError> {
-        let Some(last) = job.attempts.last().filter(|a| a.round == job.round) else {
-            return Ok(());
-        };
-        if OffsetDateTime::now_utc() - last.started_at < RESEND_START_WITHIN {
+        if let Some(last) = recent_attempt(job) {
             let attempt = last.number;
             self.publish(job, EventKind::Started { attempt }).await?;
         }
@@ -1011,17 +1008,15 @@ impl RenderWorker {
     /// answered too late), and its item is then redelivered; the message
     /// ids make this a no-op for events already stored.
     async fn confirm_recent_retry(&self, job: &JobRecord, round: u32) -> Result<(), RenderError> {
-        let (Some(last), Some(retry_at)) = (job.attempts.last(), job.retry_at) else {
+        if job.state != JobState::Queued || job.round != round {
+            return Ok(());
+        }
+        let (Some(last), Some(retry_at)) = (recent_attempt(job), job.retry_at) else {
             return Ok(());
         };
-        let recent = OffsetDateTime::now_utc() - last.started_at < RESEND_START_WITHIN;
-        let retried = job.state == JobState::Queued && job.round == round && last.round == round;
         let (Some(error), false) = (&last.error, last.handed_back) else {
             return Ok(());
         };
-        if !(recent && retried) {
-            return Ok(());
-        }
         let attempt = last.number;
         let started = JobEvent::of(job, EventKind::Started { attempt });
         let error = error.clone();
@@ -1215,6 +1210,14 @@ fn early_by(job: &JobRecord) -> Option<Duration> {
     }
     let left = Duration::try_from(job.retry_at? - OffsetDateTime::now_utc()).ok()?;
     (left > RETRY_SLACK).then_some(left)
+}
+
+/// The last attempt of `job`'s round, if it began within
+/// [`RESEND_START_WITHIN`]: recent enough that its events can be sent again
+/// safely (their message ids drop copies already stored).
+fn recent_attempt(job: &JobRecord) -> Option<&Attempt> {
+    let last = job.attempts.last().filter(|a| a.round == job.round)?;
+    (OffsetDateTime::now_utc() - last.started_at < RESEND_START_WITHIN).then_some(last)
 }
 
 /// How long to wait for a record not stored yet: 10 ms, doubling with each
