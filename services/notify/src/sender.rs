@@ -130,7 +130,9 @@ impl WebhookSender {
         consumer: PullConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), NatsError> {
-        while let Some(mut room) = self.room(&shutdown).await? {
+        while let Some(mut room) =
+            reelmesh_runtime::free_slots(&self.inner.in_hand, &shutdown).await
+        {
             let pulled = consumer
                 .batch()
                 .max_messages(room.len())
@@ -162,25 +164,6 @@ impl WebhookSender {
         let grace = Duration::from_secs(self.inner.config.timeout_secs + 5);
         let _ = tokio::time::timeout(grace, self.inner.in_hand.acquire_many(all)).await;
         Ok(())
-    }
-
-    /// Every free place for a task in hand, once there is at least one;
-    /// `None` on shutdown.
-    async fn room(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<OwnedSemaphorePermit>>, NatsError> {
-        let in_hand = &self.inner.in_hand;
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            permit = in_hand.clone().acquire_owned() => permit.map_err(NatsError::unavailable)?,
-        };
-        let mut room = vec![first];
-        while let Ok(more) = in_hand.clone().try_acquire_owned() {
-            room.push(more);
-        }
-        Ok(Some(room))
     }
 
     /// Hands the task to its chain's queue, starting one if the chain has

@@ -196,15 +196,8 @@ impl RenderWorker {
         let cancels = self.follow_cancels();
         let bell = intake.bell();
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        while let Some(permit) = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            permit = slots.clone().acquire_owned() => permit.ok(),
-        } {
-            // Every free slot at once: one fetch can fill them all.
-            let mut permits = vec![permit];
-            while let Ok(more) = slots.clone().try_acquire_owned() {
-                permits.push(more);
-            }
+        // Every free slot at once: one fetch can fill them all.
+        while let Some(permits) = reelmesh_runtime::free_slots(&slots, &shutdown).await {
             let messages = intake.next(&shutdown, permits.len()).await;
             if messages.is_empty() {
                 break;

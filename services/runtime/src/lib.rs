@@ -8,6 +8,7 @@ pub mod egress;
 pub mod grpc;
 pub mod process;
 pub mod shutdown;
+pub mod slots;
 pub mod telemetry;
 
 pub use auth::{ApiKeyAuth, ApiKeys, Tenant};
@@ -15,4 +16,5 @@ pub use config::{ConfigError, EXIT_BAD_CONFIG, load_config};
 pub use egress::{EgressConfig, EgressPolicy, EgressRefused};
 pub use process::{ServiceConfig, run_process};
 pub use shutdown::shutdown_on_signal;
+pub use slots::free_slots;
 pub use telemetry::{Telemetry, init_telemetry};
