@@ -38,6 +38,34 @@ pub fn noop(seconds: f64) -> reelmesh_proto::v1::JobSpec {
     }
 }
 
+/// Waits for the job's first `started` event.
+pub async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
+    attempt_started(client, id, 1).await
+}
+
+/// Waits for the job's `nth` `started` event (its `nth` attempt, when none
+/// is handed back), each within 30 s.
+pub async fn attempt_started(
+    client: &mut ReelmeshClient,
+    id: &str,
+    nth: usize,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use reelmesh_proto::v1::job_event::Kind;
+    let mut events = client.watch(id).await?;
+    let mut seen = 0;
+    while seen < nth {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), events.next());
+        let Some(event) = next.await? else {
+            anyhow::bail!("the watch of {id} ended before start {nth}");
+        };
+        if matches!(event?.kind, Some(Kind::Started(_))) {
+            seen += 1;
+        }
+    }
+    Ok(())
+}
+
 /// An event's type as a short name ("queued", "started", ...), for
 /// asserting on a job's history.
 pub fn event_kind_name(event: &reelmesh_proto::v1::JobEvent) -> &'static str {

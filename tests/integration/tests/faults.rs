@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
 use reelmesh_integration_tests::{
-    KEY_A, TestCluster, WebhookReceiver, clips, delivery_when, noop, worker::WorkerProcess,
+    KEY_A, TestCluster, WebhookReceiver, attempt_started, clips, delivery_when, noop, started,
+    worker::WorkerProcess,
 };
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
@@ -211,27 +212,6 @@ async fn a_submit_nats_did_not_answer_is_reported_as_maybe_stored_and_lands_whol
     for job in &jobs {
         assert_eq!(job.state(), pb::JobState::Completed, "{job:?}");
         assert_eq!(terminal_events(&cluster, &job.id).await?, 1);
-    }
-    Ok(())
-}
-
-/// Waits for the job's `started` event.
-async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
-    attempt_started(client, id, 1).await
-}
-
-/// Waits for the job's `nth` `started` event (its `nth` attempt, as no
-/// attempt is handed back in these tests).
-async fn attempt_started(client: &mut ReelmeshClient, id: &str, nth: usize) -> anyhow::Result<()> {
-    let mut events = client.watch(id).await?;
-    let mut seen = 0;
-    while seen < nth {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
-            .await?
-            .expect("events until started")?;
-        if matches!(event.kind, Some(Kind::Started(_))) {
-            seen += 1;
-        }
     }
     Ok(())
 }

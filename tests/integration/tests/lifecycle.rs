@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
-use reelmesh_integration_tests::{KEY_A, TestCluster, event_kind_name};
+use reelmesh_integration_tests::{KEY_A, TestCluster, event_kind_name, started};
 use reelmesh_nats::JobState;
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
@@ -21,17 +21,6 @@ fn noop(seconds: f64, fail_attempts: u32) -> pb::JobSpec {
         })),
         ..Default::default()
     }
-}
-
-/// Waits for the job's first `started` event.
-async fn started(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<()> {
-    let mut events = client.watch(id).await?;
-    while let Some(event) = events.next().await {
-        if matches!(event?.kind, Some(Kind::Started(_))) {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("the watch of {id} ended before it started")
 }
 
 /// Every event of a job until its watch ends.
