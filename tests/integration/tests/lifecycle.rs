@@ -23,6 +23,19 @@ fn noop(seconds: f64, fail_attempts: u32) -> pb::JobSpec {
     }
 }
 
+/// The tenant `KEY_A` maps to.
+fn tenant_a() -> reelmesh_nats::TenantId {
+    reelmesh_nats::TenantId::parse("tenant-a").expect("tenant")
+}
+
+/// A connection of the test's own to the cluster's NATS, to set a job up
+/// or look at it as the services cannot.
+async fn topology_of(cluster: &TestCluster) -> anyhow::Result<reelmesh_nats::Topology> {
+    let url = cluster.cluster.nats.url();
+    let config = reelmesh_nats::TopologyConfig::default();
+    Ok(reelmesh_nats::Topology::connect(&url, &config).await?)
+}
+
 /// Every event of a job until its watch ends.
 async fn events_of(client: &mut ReelmeshClient, id: &str) -> anyhow::Result<Vec<pb::JobEvent>> {
     let stream = client.watch(id).await?;
@@ -219,11 +232,11 @@ fn job_id_made(age: Duration) -> anyhow::Result<reelmesh_nats::JobId> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_whose_job_was_never_stored_is_taken_over_once_it_cannot_be()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{JobRecord, NatsError, TenantId, Topology, TopologyConfig, record};
+    use reelmesh_nats::{JobRecord, NatsError, record};
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
-    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let nats = topology_of(&cluster).await?;
+    let tenant = tenant_a();
     // As a submit whose create NATS never answered leaves its key: claimed,
     // with no record. While the create could still land, the key waits.
     let recent = job_id_made(Duration::from_secs(5))?;
@@ -417,7 +430,7 @@ async fn a_tenant_at_its_running_limit_waits_while_other_tenants_run() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_slot_left_by_an_ended_job_is_taken_over() -> anyhow::Result<()> {
-    use reelmesh_nats::{Claim, JobOutput, JobRecord, TenantId, Topology, TopologyConfig, names};
+    use reelmesh_nats::{Claim, JobOutput, JobRecord, names};
     let cluster = TestCluster::start_with(|config| {
         config.gateway.limits.max_running_jobs_per_tenant = 1;
     })
@@ -425,8 +438,8 @@ async fn a_running_slot_left_by_an_ended_job_is_taken_over() -> anyhow::Result<(
     let mut client = cluster.client(KEY_A).await?;
     // As if a worker completed a job and died before releasing its slot:
     // tenant A's only slot names a job that is no longer running.
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
-    let tenant = TenantId::parse("tenant-a").expect("tenant");
+    let nats = topology_of(&cluster).await?;
+    let tenant = tenant_a();
     let mut ended = JobRecord::new(tenant.clone(), noop(0.0, 0));
     ended.begin_attempt().expect("an attempt");
     ended.complete(JobOutput::default())?;
@@ -486,8 +499,8 @@ async fn store_and_queue(
     cluster: &TestCluster,
     record: &reelmesh_nats::JobRecord,
 ) -> anyhow::Result<()> {
-    use reelmesh_nats::{Priority, Topology, TopologyConfig, WorkItem};
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    use reelmesh_nats::{Priority, WorkItem};
+    let nats = topology_of(cluster).await?;
     nats.jobs.create(record).await?;
     let item = WorkItem {
         tenant: record.tenant.clone(),
@@ -501,12 +514,12 @@ async fn store_and_queue(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -> anyhow::Result<()>
 {
-    use reelmesh_nats::{JobRecord, TenantId};
+    use reelmesh_nats::JobRecord;
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
     // As if the gateway cancelled the job and NATS failed before the
     // `cancelled` event went out: the record is ended, its item queued.
-    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    let mut record = JobRecord::new(tenant_a(), noop(0.0, 0));
     record.cancel()?;
     store_and_queue(&cluster, &record).await?;
     // Without the worker's confirmation this watch would never end.
@@ -521,12 +534,12 @@ async fn a_missing_terminal_event_is_published_when_the_work_item_comes_back() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ending_stored_before_the_duplicate_window_is_not_sent_again() -> anyhow::Result<()> {
-    use reelmesh_nats::{EventKind, JobEvent, JobRecord, TenantId, names};
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord, names};
     let cluster = TestCluster::start().await?;
     // A job cancelled while queued, its `cancelled` event stored long ago:
     // published here without its message id, as the stream has forgotten
     // it once the duplicate window is over. Its work item comes up now.
-    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    let mut record = JobRecord::new(tenant_a(), noop(0.0, 0));
     record.cancel()?;
     let js = async_nats::jetstream::new(async_nats::connect(cluster.cluster.nats.url()).await?);
     let subject = names::event_subject(&record.tenant, &record.id, "cancelled");
@@ -550,14 +563,14 @@ async fn an_ending_stored_before_the_duplicate_window_is_not_sent_again() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_one_is_not()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{EventKind, JobEvent, JobRecord, TenantId, Topology, TopologyConfig};
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord};
     let cluster = TestCluster::start_without_render(|config| {
         config.gateway.retention.sweep_every_secs = 0.1;
     })
     .await?;
     let mut client = cluster.client(KEY_A).await?;
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
-    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let nats = topology_of(&cluster).await?;
+    let tenant = tenant_a();
     let two_minutes_ago = time::OffsetDateTime::now_utc() - Duration::from_secs(120);
     // As a submit leaves a job when NATS fails after its record and then
     // again when the submit tries to fail it: QUEUED, nothing else.
@@ -589,11 +602,11 @@ async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watching_a_job_whose_events_expired_is_refused_not_left_hanging() -> anyhow::Result<()> {
-    use reelmesh_nats::{JobRecord, TenantId, Topology, TopologyConfig};
+    use reelmesh_nats::JobRecord;
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
-    let mut ended = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    let nats = topology_of(&cluster).await?;
+    let mut ended = JobRecord::new(tenant_a(), noop(0.0, 0));
     ended.cancel()?;
     ended.updated_at = time::OffsetDateTime::now_utc() - Duration::from_secs(3600);
     nats.jobs.create(&ended).await?;
@@ -607,12 +620,12 @@ async fn watching_a_job_whose_events_expired_is_refused_not_left_hanging() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_and_end_written_together_but_never_announced_are_announced_in_order()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{JobRecord, TenantId};
+    use reelmesh_nats::JobRecord;
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
     // As if a worker wrote a short job's start and end in one
     // compare-and-set and lost the ack: ended, with neither event sent.
-    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 0));
+    let mut record = JobRecord::new(tenant_a(), noop(0.0, 0));
     record
         .begin_attempt()
         .map_err(|err| anyhow::anyhow!("{err:?}"))?;
@@ -633,13 +646,13 @@ async fn a_start_and_end_written_together_but_never_announced_are_announced_in_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_written_but_never_announced_is_announced_before_the_next_attempt()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{JobRecord, TenantId};
+    use reelmesh_nats::JobRecord;
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
     // As a worker leaves a job whose first attempt failed when NATS
     // answered its write too late: queued for a retry (due now), and
     // neither `started` nor `retrying` sent.
-    let mut record = JobRecord::new(TenantId::parse("tenant-a").expect("tenant"), noop(0.0, 1));
+    let mut record = JobRecord::new(tenant_a(), noop(0.0, 1));
     record.max_attempts = 3;
     record
         .begin_attempt()
@@ -658,7 +671,7 @@ async fn a_retry_written_but_never_announced_is_announced_before_the_next_attemp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_whose_event_the_worker_missed_stops_the_render_at_its_next_heartbeat()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{JobId, TenantId, Topology, TopologyConfig};
+    use reelmesh_nats::JobId;
     let cluster = TestCluster::start_with(|config| {
         config.render.topology.work_ack_wait = Duration::from_secs(2);
     })
@@ -668,8 +681,8 @@ async fn a_cancel_whose_event_the_worker_missed_stops_the_render_at_its_next_hea
     started(&mut client, &job.id).await?;
     // Cancelled in the record only, as a cancel whose event went by while
     // the worker's connection was down leaves it.
-    let nats = Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
-    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let nats = topology_of(&cluster).await?;
+    let tenant = tenant_a();
     let id = JobId::parse(&job.id).map_err(anyhow::Error::msg)?;
     nats.jobs
         .modify(&tenant, &id, |record| {
@@ -689,12 +702,12 @@ async fn a_cancel_whose_event_the_worker_missed_stops_the_render_at_its_next_hea
 /// The states a job's record went through, oldest first, from the KV
 /// bucket's history of its key.
 async fn record_states(cluster: &TestCluster, id: &str) -> anyhow::Result<Vec<JobState>> {
-    use reelmesh_nats::{JobId, JobRecord, TenantId, names};
+    use reelmesh_nats::{JobId, JobRecord, names};
     let client = async_nats::connect(cluster.cluster.nats.url()).await?;
     let kv = async_nats::jetstream::new(client)
         .get_key_value(names::JOBS_BUCKET)
         .await?;
-    let tenant = TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let tenant = tenant_a();
     let job = JobId::parse(id).map_err(anyhow::Error::msg)?;
     let mut history = kv.history(names::job_key(&tenant, &job)).await?;
     let mut states = Vec::new();
