@@ -15,9 +15,9 @@ use time::OffsetDateTime;
 /// it to make sure their `failed` event is stored.
 const ERROR: &str = "the job could not be queued";
 
-/// Ends `job` as FAILED, saying why (`cause`), if its record is still as `job` shows
-/// it (QUEUED, same round, unchanged), and publishes `failed`. `false` when
-/// the job moved on.
+/// Ends `job` as FAILED, saying why (`cause`), if its record is still as
+/// `job` shows it (QUEUED, same round, unchanged), and publishes `failed`.
+/// `false` when the job moved on.
 pub async fn fail(nats: &Topology, job: &JobRecord, cause: &str) -> Result<bool, NatsError> {
     let error = format!("{ERROR}: {cause}");
     let mut failed = false;
@@ -69,9 +69,14 @@ pub async fn sweep_one(nats: &Topology, job: &JobRecord) -> Result<bool, NatsErr
 }
 
 async fn confirm_failed(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {
-    let Some(error) = job.error.clone().filter(|error| error.starts_with(ERROR)) else {
+    let Some(error) = job
+        .error
+        .as_deref()
+        .filter(|error| error.starts_with(ERROR))
+    else {
         return Ok(());
     };
+    let error = error.to_owned();
     let failed = JobEvent::of(job, EventKind::Failed { error });
     if !nats.events.holds(&failed).await? {
         tracing::warn!(job = %job.id, "sending the lost failed event of a job never queued");
