@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 use reelmesh_nats::{
     DEFAULT_MAX_ATTEMPTS, EventKind, JobEvent, JobId, JobRecord, JobState, NatsError, Pending,
     Priority, SequencedEvent, TenantId, Topology, TopologyConfig, WorkItem,
-    record::may_still_arrive,
+    record::{Versioned, may_still_arrive},
 };
 use reelmesh_proto::v1::JobSpec;
 
@@ -354,12 +354,16 @@ impl NatsJobs {
     }
 
     async fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {
+        Ok(self.read_job(tenant, id).await?.record)
+    }
+
+    /// The job's record and its revision, or NOT_FOUND.
+    async fn read_job(&self, tenant: &TenantId, id: &JobId) -> Result<Versioned, GatewayError> {
         self.connect()
             .await?
             .jobs
             .get(tenant, id)
             .await?
-            .map(|versioned| versioned.record)
             .ok_or_else(|| GatewayError::NotFound(id.to_string()))
     }
 
@@ -421,17 +425,18 @@ impl NatsJobs {
     async fn retry_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
         // A retried job is active again: it counts against the limit. A job
         // that cannot be retried is told so first, not that the tenant is full.
-        let current = self.get_job(&tenant, &id).await?;
-        if current.state != JobState::Failed {
-            return Err(not_retryable(&id, current.state));
+        let read = self.read_job(&tenant, &id).await?;
+        if read.record.state != JobState::Failed {
+            return Err(not_retryable(&id, read.record.state));
         }
         let _admitted = self.check_capacity(&tenant).await?;
         let mut state = None;
+        // On the version just read: a second read only if it moved since.
         let versioned = self
             .connect()
             .await?
             .jobs
-            .modify(&tenant, &id, |job| {
+            .modify_read(read, |job| {
                 state = Some(job.state);
                 if job.state != JobState::Failed {
                     return Ok(false);
