@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Queue benchmark: N no-op jobs through reelmesh (submit -> work queue ->
-# render worker -> completed event) vs BullMQ + Redis, on this machine.
+# render worker -> completed event) vs BullMQ + Redis, on this machine, with
+# the floor of any JetStream queue beside them.
 # Run as root on Debian 12:
 #
 #   bench/queue.sh                          # 2000 jobs, 1 then 16 producers, 5 runs each
@@ -16,13 +17,16 @@
 #     REELMESH_RENDER_CONCURRENCY=$BENCH_CONCURRENCY;
 #   - BullMQ: redis-server (appendonly yes, appendfsync everysec) and a
 #     BullMQ Worker process with the same concurrency;
+#   - the JetStream floor: its own nats-server (file storage) and a worker
+#     process (bench/queue/load/src/bin/floor.rs) doing the least a JetStream
+#     queue can do per job: one stored job, one stored completion, one ack;
 # runs bench/queue/run.py and stops everything. Results:
 # bench/queue/results.md (also printed).
 #
 # Optional: BENCH_JOBS (default 2000), BENCH_PRODUCERS (default "1,16"),
 # BENCH_RUNS (default 5), BENCH_WARMUP (untimed jobs before each run, default
 # 200), BENCH_CONCURRENCY (worker concurrency of both, default 16),
-# BENCH_TOOLS (subset of reelmesh,bullmq), BENCH_TIMEOUT (seconds per run,
+# BENCH_TOOLS (subset of reelmesh,bullmq,jetstream), BENCH_TIMEOUT (seconds per run,
 # default 300), BENCH_REELMESH=dev (run `reelmesh dev` instead of separate
 # services, with REELMESH_RENDER_CONCURRENCY=$BENCH_CONCURRENCY). See
 # bench/queue/README.md.
@@ -41,7 +45,7 @@ export BENCH_PRODUCERS="${BENCH_PRODUCERS:-1,16}"
 export BENCH_RUNS="${BENCH_RUNS:-5}"
 export BENCH_WARMUP="${BENCH_WARMUP:-200}"
 export BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-16}"
-export BENCH_TOOLS="${BENCH_TOOLS:-reelmesh,bullmq}"
+export BENCH_TOOLS="${BENCH_TOOLS:-reelmesh,bullmq,jetstream}"
 BENCH_REELMESH="${BENCH_REELMESH:-services}"
 
 if [[ $EUID -ne 0 ]]; then
@@ -56,7 +60,7 @@ fi
 uses() { [[ ",$BENCH_TOOLS," == *",$1,"* ]]; }
 
 # --- installs --------------------------------------------------------------
-if uses reelmesh; then
+if uses reelmesh || uses jetstream; then
   scripts/setup.sh
 fi
 apt_packages=(python3)
@@ -123,8 +127,13 @@ run_args=(--command "$command_line" --concurrency "$BENCH_CONCURRENCY" --tools "
           --reelmesh-mode "$BENCH_REELMESH")
 target="${CARGO_TARGET_DIR:-$repo/target}/release"
 
+if uses jetstream && ! uses reelmesh; then
+  echo "bench: cargo build --release (the load generators)"
+  cargo build --release -p reelmesh-queue-bench
+fi
+
 if uses reelmesh; then
-  echo "bench: cargo build --release (reelmesh, its services and the load generator)"
+  echo "bench: cargo build --release (reelmesh, its services and the load generators)"
   cargo build --release -p reelmesh -p reelmesh-gateway -p reelmesh-render -p reelmesh-notify \
     -p reelmesh-queue-bench
   data_dir="$(mktemp -d /var/tmp/reelmesh-queue-bench.XXXXXX)"
@@ -197,6 +206,27 @@ if uses bullmq; then
   wait_for "$!" "BullMQ worker" "$logs/bullmq-worker.log" grep -qx ready "$logs/bullmq-worker.log"
   run_args+=(--redis-port "$redis_port" --node-modules "$node_dir/node_modules"
              --bullmq-pids "${pids[-2]},${pids[-1]}")
+fi
+
+if uses jetstream; then
+  floor_dir="$(mktemp -d /var/tmp/reelmesh-queue-bench-floor.XXXXXX)"
+  data_dirs+=("$floor_dir")
+  floor_port="$(free_port)"
+  echo "bench: starting nats-server (port $floor_port) and the JetStream floor worker" \
+       "(concurrency $BENCH_CONCURRENCY)"
+  "$REELMESH_NATS_SERVER" -a 127.0.0.1 -p "$floor_port" -js -sd "$floor_dir" \
+    >"$logs/floor-nats-server.log" 2>&1 &
+  pids+=($!)
+  floor_url="nats://127.0.0.1:$floor_port"
+  # The worker connects once the server answers (it declares the streams).
+  wait_for "$!" "floor nats-server" "$logs/floor-nats-server.log" \
+    bash -c "echo >/dev/tcp/127.0.0.1/$floor_port"
+  "$target/reelmesh-queue-floor" --role worker --nats-url "$floor_url" \
+    --concurrency "$BENCH_CONCURRENCY" >"$logs/floor-worker.log" 2>&1 &
+  pids+=($!)
+  wait_for "$!" "floor worker" "$logs/floor-worker.log" grep -qx ready "$logs/floor-worker.log"
+  run_args+=(--floor-bin "$target/reelmesh-queue-floor" --floor-nats-url "$floor_url"
+             --floor-pids "${pids[-2]},${pids[-1]}")
 fi
 
 # --- benchmark -----------------------------------------------------------------

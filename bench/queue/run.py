@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Queue benchmark harness: no-op jobs through reelmesh vs BullMQ + Redis.
+"""Queue benchmark harness: no-op jobs through reelmesh vs BullMQ + Redis,
+with the floor of any JetStream queue beside them.
 
 Normally started by bench/queue.sh, which installs the tools, builds
-reelmesh and the load generator, and starts a private `reelmesh dev`, a
-private redis-server and a BullMQ worker. By hand, with those running:
+reelmesh and the load generators, and starts reelmesh, a private
+redis-server with a BullMQ worker, and a private nats-server with the
+JetStream floor's worker. By hand, with reelmesh and BullMQ running:
 
     python3 bench/queue/run.py --load-bin target/release/reelmesh-queue-bench \\
         --endpoint http://127.0.0.1:50051 --nats-url nats://127.0.0.1:4222 \\
@@ -14,7 +16,10 @@ tools taking turns, the order rotating each round); every run submits
 --warmup untimed jobs first, then --jobs timed ones. The report shows the
 median over runs of each figure (throughput, submit p50/p99, submit ->
 completed p50/p99) and the ratios reelmesh / BullMQ, and checks issue 4's
-targets. Standard library only.
+targets. The JetStream floor (bench/queue/load/src/bin/floor.rs) is a queue
+with nothing but one stored job, one stored completion and one ack per job:
+what reelmesh's transport alone allows on this machine. Standard library
+only.
 """
 
 import argparse
@@ -34,8 +39,8 @@ from machine import capture, host, revision  # noqa: E402  (bench/machine.py)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-TOOLS = ("reelmesh", "bullmq")
-LABELS = {"reelmesh": "reelmesh", "bullmq": "BullMQ"}
+TOOLS = ("reelmesh", "bullmq", "jetstream")
+LABELS = {"reelmesh": "reelmesh", "bullmq": "BullMQ", "jetstream": "JetStream floor"}
 # Issue 4's targets.
 SUBMIT_P99_MS = 5.0
 E2E_P50_MS = 5.0
@@ -60,6 +65,8 @@ def load_command(args, tool, producers):
     if tool == "reelmesh":
         return [args.load_bin, "--endpoint", args.endpoint, "--nats-url", args.nats_url,
                 "--api-key", args.api_key, *common]
+    if tool == "jetstream":
+        return [args.floor_bin, "--nats-url", args.floor_nats_url, *common]
     return [args.node, str(HERE / "bullmq.mjs"), "load", "--port", str(args.redis_port),
             "--queue", args.bullmq_queue, "--node-modules", str(args.node_modules), *common]
 
@@ -274,8 +281,16 @@ def render_report(args, info, results, producer_counts, tools, started, finished
         f"process (one Queue, one connection); completion seen with QueueEvents "
         f"(bench/queue/bullmq.mjs). Default job options (completed jobs are kept, as reelmesh "
         f"keeps its job records).")
+    add("- **JetStream floor**: its own nats-server (file storage, the same defaults) and one "
+        "worker process (bench/queue/load/src/bin/floor.rs) pulling from a work-queue stream, "
+        f"{args.concurrency} jobs at a time. A job is one message published with its ack "
+        "awaited (the submit), delivered, answered with one stored completion message (whose "
+        "ack is awaited) and acked: no job record, no events, no gRPC. No JetStream queue "
+        "can do less per job with durable jobs and durable completions, so this is the "
+        "least reelmesh's transport costs here, not a competitor.")
     add("- server CPU per job: user + system CPU time of the tool's server processes during a run "
-        "(reelmesh: nats-server, gateway, render, notify; BullMQ: redis-server and the worker), "
+        "(reelmesh: nats-server, gateway, render, notify; BullMQ: redis-server and the worker; "
+        "JetStream floor: nats-server and its worker), "
         "divided by all the run's jobs, warm-up included; the load generators are not counted.")
     add("- Each tool's producers run in one process, each submitting one job at a time (the "
         "next only after the answer). submit = the submit call's round trip; submit→completed "
@@ -299,7 +314,7 @@ def render_report(args, info, results, producer_counts, tools, started, finished
                 continue
             add(f"| {producers} | {LABELS[tool]} | {args.jobs} | "
                 + " | ".join(fmt(med.get(key), key) for key, _, _ in FIGURES) + " |")
-        if len(tools) == 2:
+        if "reelmesh" in tools and "bullmq" in tools:
             ours, theirs = meds.get(("reelmesh", producers)), meds.get(("bullmq", producers))
             add(f"| {producers} | reelmesh / BullMQ | | "
                 + " | ".join(ratio(ours and ours.get(key), theirs and theirs.get(key)) for key, _, _ in FIGURES) + " |")
@@ -411,6 +426,11 @@ def main():
     parser.add_argument("--nats-monitor", default="",
                         help="nats-server's monitoring URL (http://host:port), for messages per job")
     parser.add_argument("--bullmq-queue", default="reelmesh-bench")
+    parser.add_argument("--floor-bin", help="the reelmesh-queue-floor binary")
+    parser.add_argument("--floor-nats-url", default="nats://127.0.0.1:4223",
+                        help="the JetStream floor's own nats-server")
+    parser.add_argument("--floor-pids", default="",
+                        help="comma-separated pids of the floor's nats-server and worker")
     parser.add_argument("--results", type=Path, default=HERE / "results.md")
     parser.add_argument("--command", default=" ".join(quote(a) for a in sys.argv),
                         help="the command line to show in the report")
@@ -420,6 +440,7 @@ def main():
     args.server_pids = {
         "reelmesh": [int(pid) for pid in args.reelmesh_pids.split(",") if pid],
         "bullmq": [int(pid) for pid in args.bullmq_pids.split(",") if pid],
+        "jetstream": [int(pid) for pid in args.floor_pids.split(",") if pid],
     }
     try:
         producer_counts = [int(p) for p in args.producers.split(",")]
@@ -429,6 +450,8 @@ def main():
         parser.error("bad --tools/--runs/--jobs/--producers")
     if "reelmesh" in tools and not args.load_bin:
         parser.error("--load-bin is needed to run reelmesh")
+    if "jetstream" in tools and not args.floor_bin:
+        parser.error("--floor-bin is needed to run the JetStream floor")
 
     started = dt.datetime.now(dt.timezone.utc)
     info = machine_info(args)
