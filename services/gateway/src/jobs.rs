@@ -343,14 +343,30 @@ impl NatsJobs {
 
     /// The record exists but the job could not be queued: end it as FAILED
     /// so it does not sit in QUEUED forever, then report the outage. Should
-    /// that fail too, the sweep ends it later (see [`crate::unqueued`]).
+    /// that fail too, it is tried again in the background (see
+    /// [`crate::unqueued`]).
     async fn abandon(&self, record: &JobRecord, cause: &NatsError) {
         let Ok(nats) = self.connect().await else {
             return;
         };
-        if let Err(err) = unqueued::fail(nats, record, &cause.to_string()).await {
-            tracing::warn!(job = %record.id, "job left for the sweep to fail: {err}");
-        }
+        let cause = cause.to_string();
+        let Err(err) = unqueued::fail(nats, record, &cause).await else {
+            return;
+        };
+        tracing::warn!(job = %record.id, "could not fail a job left unqueued, trying again: {err}");
+        // The caller has its answer; the job must still end, and the sweep
+        // cannot tell every such job from one waiting in its queue.
+        let (jobs, record) = (self.clone(), record.clone());
+        tokio::spawn(async move {
+            let Ok(nats) = jobs.connect().await else {
+                return;
+            };
+            let on_error =
+                |err: &NatsError| tracing::debug!(job = %record.id, "still failing: {err}");
+            if let Err(err) = unqueued::fail_until_done(nats, &record, &cause, on_error).await {
+                tracing::error!(job = %record.id, "gave up failing a job left unqueued: {err}");
+            }
+        });
     }
 
     async fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {

@@ -1,14 +1,22 @@
-//! Jobs whose record was stored but whose `queued` event and work item
-//! were not: a submit or RetryJob that NATS failed halfway through. Nothing
+//! Jobs whose record was stored but whose `queued` event or work item
+//! was not: a submit or RetryJob that NATS failed halfway through. Nothing
 //! would ever run them, so they are ended as FAILED: at once by the call
-//! that saw its writes fail, or, should that write fail too, by the sweep
-//! once the record has sat unchanged for `RECORD_LAG` with no `queued`
-//! event of its round. No work item will come back to send their `failed`
-//! event again should it be lost, so the sweep does that too.
+//! that saw its writes fail; should that write fail too, by the same
+//! gateway trying again while NATS recovers ([`fail_until_done`]); and,
+//! should that gateway stop first, by the sweep once the record has sat
+//! unchanged for `RECORD_LAG` with no `queued` event of its round. No work
+//! item will come back to send their `failed` event again should it be
+//! lost, so the sweep does that too.
+//!
+//! One case is left to the gateway alone: the `queued` event stored, the
+//! work item not, and the gateway gone before NATS came back. The sweep
+//! cannot tell that job from one waiting in a long queue.
 
 use reelmesh_nats::{
     EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, record::RECORD_LAG,
 };
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
 /// How the error of every job failed here begins: the sweep finds them by
@@ -38,6 +46,61 @@ pub async fn fail(nats: &Topology, job: &JobRecord, cause: &str) -> Result<bool,
         nats.events.publish(&event).await?;
     }
     Ok(failed)
+}
+
+/// How long [`fail_until_done`] keeps trying, and its longest pause.
+const FAIL_TRIES_FOR: Duration = Duration::from_secs(30 * 60);
+const FAIL_MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// Like [`fail`], but tries again while NATS fails (each failure is handed
+/// to `on_error` first), pausing 100 ms doubling to 10 s, for up to 30
+/// minutes. A job that moved on meanwhile (a worker took a work item that
+/// was stored after all) is left alone, as `fail` does.
+pub async fn fail_until_done(
+    nats: &Topology,
+    job: &JobRecord,
+    cause: &str,
+    on_error: impl Fn(&NatsError),
+) -> Result<bool, NatsError> {
+    let deadline = tokio::time::Instant::now() + FAIL_TRIES_FOR;
+    let mut pause = Duration::from_millis(100);
+    let mut tried = false;
+    loop {
+        let outcome = match fail(nats, job, cause).await {
+            // A try that went unanswered may have failed the job after all,
+            // and then its `failed` event is still to be sent.
+            Ok(false) if tried => failed_by_earlier_try(nats, job).await,
+            outcome => outcome,
+        };
+        match outcome {
+            Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
+                on_error(&err);
+            }
+            done => return done,
+        }
+        tried = true;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(FAIL_MAX_PAUSE);
+    }
+}
+
+/// Whether `job` was failed here in its round (by a try whose answer was
+/// lost); if so, sends its `failed` event unless that is stored.
+async fn failed_by_earlier_try(nats: &Topology, job: &JobRecord) -> Result<bool, NatsError> {
+    let Some(stored) = nats.jobs.get(&job.tenant, &job.id).await? else {
+        return Ok(false);
+    };
+    let ours = stored.record.state == JobState::Failed
+        && stored.record.round == job.round
+        && stored
+            .record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(ERROR));
+    if ours {
+        confirm_failed(nats, &stored.record).await?;
+    }
+    Ok(ours)
 }
 
 /// Fails `job`, as listed by the sweep, if it is one of these: QUEUED and

@@ -601,6 +601,44 @@ async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_announced_but_not_queued_is_failed_once_nats_answers_again() -> anyhow::Result<()> {
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord};
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = topology_of(&cluster).await?;
+    // As a submit leaves a job whose work item NATS did not take: QUEUED
+    // and announced, with no work item. The sweep cannot tell it from a
+    // job waiting in its queue, so the gateway keeps trying to fail it.
+    let job = JobRecord::new(tenant_a(), noop(0.0, 0));
+    nats.jobs.create(&job).await?;
+    nats.events
+        .publish(&JobEvent::of(&job, EventKind::Queued))
+        .await?;
+    cluster.cluster.nats.pause()?;
+    let (tries_tx, mut failed_tries) = tokio::sync::mpsc::unbounded_channel();
+    let failing = tokio::spawn({
+        let job = job.clone();
+        async move {
+            let on_error = |err: &reelmesh_nats::NatsError| {
+                let _ = tries_tx.send(err.to_string());
+            };
+            let cause = "NATS went away";
+            reelmesh_gateway::unqueued::fail_until_done(&nats, &job, cause, on_error).await
+        }
+    });
+    let first = failed_tries.recv().await;
+    cluster.cluster.nats.resume()?;
+    assert!(first.is_some(), "a try failed while NATS was paused");
+    assert!(failing.await??, "the job was failed");
+    let failed = client.get(job.id.as_str()).await?;
+    assert_eq!(failed.state(), pb::JobState::Failed, "{failed:?}");
+    assert!(failed.error.contains("could not be queued"), "{failed:?}");
+    let events = events_of(&mut client, job.id.as_str()).await?;
+    assert_eq!(kind_names(&events), ["queued", "failed"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watching_a_job_whose_events_expired_is_refused_not_left_hanging() -> anyhow::Result<()> {
     use reelmesh_nats::JobRecord;
     let cluster = TestCluster::start().await?;
