@@ -58,6 +58,20 @@ pub enum EventKind {
     Cancelled,
 }
 
+/// Every kind's name ([`EventKind::name`]), the terminal ones last.
+pub const EVENT_KIND_NAMES: [&str; 7] = [
+    "queued",
+    "started",
+    "progress",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+/// The names of the kinds [`EventKind::is_terminal`] holds for.
+pub const TERMINAL_KIND_NAMES: [&str; 3] = ["completed", "failed", "cancelled"];
+
 impl EventKind {
     /// The last subject token, also the webhook event type after "job.".
     pub fn name(&self) -> &'static str {
@@ -243,6 +257,61 @@ impl EventLog {
             .await
             .map_err(NatsError::unavailable)?;
         Ok(())
+    }
+
+    /// The events on `filters` stored from `since` up to the newest one
+    /// stored when called, oldest first: what a reader that follows newer
+    /// ones another way (a consumer whose filter just widened) may have
+    /// missed. Ends early if the stream ends.
+    pub async fn stored_since(
+        &self,
+        filters: Vec<String>,
+        since: OffsetDateTime,
+    ) -> Result<impl Stream<Item = Result<jetstream::Message, NatsError>> + Send + 'static, NatsError>
+    {
+        let mut stream = self
+            .js
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?;
+        let last = stream
+            .info()
+            .await
+            .map_err(NatsError::unavailable)?
+            .state
+            .last_sequence;
+        let mut consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects: filters,
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::unavailable)?;
+        let none = consumer
+            .info()
+            .await
+            .map_err(NatsError::unavailable)?
+            .num_pending
+            == 0;
+        let messages = consumer.messages().await.map_err(NatsError::unavailable)?;
+        // Stop after the message at `last`, or the last one matching: live
+        // ones are the widened consumer's to read.
+        Ok(futures::stream::unfold(
+            (messages, !none),
+            move |(mut messages, more)| async move {
+                if !more {
+                    return None;
+                }
+                let read = messages.next().await?.map_err(NatsError::unavailable);
+                let info = read.as_ref().map(|message| message.info());
+                let more = match info {
+                    Ok(Ok(info)) => info.stream_sequence < last && info.pending > 0,
+                    _ => false,
+                };
+                Some((read, (messages, more)))
+            },
+        ))
     }
 
     /// Every event of one job after stream sequence `after` (0: from the

@@ -73,8 +73,8 @@ pub fn render_consumer(priority: Priority) -> String {
 pub const EVENTS_STREAM: &str = "REELMESH_EVENTS";
 /// Subjects the events stream captures.
 pub const EVENTS_SUBJECTS: &str = "reelmesh.events.>";
-/// Durable consumer of every event, from which notify decides which
-/// webhooks to send.
+/// Durable consumer of the events notify may have to send webhooks for
+/// (every terminal event, and the other kinds some endpoint takes).
 pub const NOTIFY_EVENTS_CONSUMER: &str = "notify-events";
 /// The consumer of earlier releases, which took terminal events only.
 pub const LEGACY_NOTIFY_CONSUMER: &str = "notify";
@@ -89,6 +89,17 @@ pub fn event_subject(tenant: &TenantId, job: &JobId, kind: &str) -> String {
 /// Filter matching every event of one job.
 pub fn job_events_filter(tenant: &TenantId, job: &JobId) -> String {
     format!("reelmesh.events.{tenant}.{job}.*")
+}
+
+/// Filter matching one kind of event (an [`crate::EventKind::name`]) of
+/// every job.
+pub fn kind_events_filter(kind: &str) -> String {
+    format!("reelmesh.events.*.*.{kind}")
+}
+
+/// Filter matching one kind of event of one tenant's jobs.
+pub fn tenant_kind_events_filter(tenant: &TenantId, kind: &str) -> String {
+    format!("reelmesh.events.{tenant}.*.{kind}")
 }
 
 /// Filter matching every job's cancel event, which render workers follow

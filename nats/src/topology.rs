@@ -260,16 +260,18 @@ impl Topology {
         })
     }
 
-    /// The durable consumer of every event, from which notify queues
-    /// webhooks. Acknowledging one acknowledges all before it: notify reads
-    /// events in order and acknowledges in batches. Only one notify process
-    /// routes at a time (the one pinned to [`NOTIFY_ROUTER_GROUP`]); another
-    /// takes over when it stops pulling for [`NOTIFY_ROUTER_FAILOVER`].
+    /// The durable consumer of the events notify queues webhooks for: the
+    /// event kinds named in `kinds` (see [`Topology::route_event_kinds`]).
+    /// Acknowledging one acknowledges all before it: notify reads events in
+    /// order and acknowledges in batches. Only one notify process routes at
+    /// a time (the one pinned to [`NOTIFY_ROUTER_GROUP`]); another takes
+    /// over when it stops pulling for [`NOTIFY_ROUTER_FAILOVER`].
     ///
     /// Made the first time where earlier releases ran, it starts after the
     /// last event their consumer acknowledged, so no webhook goes twice.
     pub async fn notify_events_consumer(
         &self,
+        kinds: &[&str],
     ) -> Result<jetstream::consumer::PullConsumer, NatsError> {
         let events = jetstream::new(self.client.clone())
             .get_stream(names::EVENTS_STREAM)
@@ -284,21 +286,21 @@ impl Topology {
         let consumer = self
             .notify_pull(
                 names::EVENTS_STREAM,
-                pull::Config {
-                    durable_name: Some(names::NOTIFY_EVENTS_CONSUMER.into()),
-                    description: Some("job events to route to webhooks".into()),
-                    deliver_policy,
-                    ack_policy: AckPolicy::All,
-                    ack_wait: NOTIFY_ROUTER_ACK_WAIT,
-                    priority_policy: PriorityPolicy::PinnedClient,
-                    priority_groups: vec![NOTIFY_ROUTER_GROUP.into()],
-                    priority_timeout: NOTIFY_ROUTER_FAILOVER,
-                    ..Default::default()
-                },
+                notify_events_config(deliver_policy, kinds),
             )
             .await?;
         self.retire_legacy_notify().await?;
         Ok(consumer)
+    }
+
+    /// Makes notify's event consumer take the event kinds in `kinds` and no
+    /// others, so events no endpoint or callback can want never reach
+    /// notify. Its place in the stream is kept: events of a kind added here
+    /// that it already passed are not delivered (see notify's routing).
+    pub async fn route_event_kinds(&self, kinds: &[&str]) -> Result<(), NatsError> {
+        let config = notify_events_config(DeliverPolicy::All, kinds);
+        self.notify_pull(names::EVENTS_STREAM, config).await?;
+        Ok(())
     }
 
     /// The durable consumer of the webhook queue notify's senders share.
@@ -363,6 +365,26 @@ impl Topology {
             .create_consumer(config)
             .await
             .map_err(NatsError::unavailable)
+    }
+}
+
+/// Notify's event consumer (see [`Topology::notify_events_consumer`])
+/// taking the event kinds in `kinds`.
+fn notify_events_config(deliver_policy: DeliverPolicy, kinds: &[&str]) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names::NOTIFY_EVENTS_CONSUMER.into()),
+        description: Some("job events to route to webhooks".into()),
+        deliver_policy,
+        ack_policy: AckPolicy::All,
+        ack_wait: NOTIFY_ROUTER_ACK_WAIT,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![NOTIFY_ROUTER_GROUP.into()],
+        priority_timeout: NOTIFY_ROUTER_FAILOVER,
+        filter_subjects: kinds
+            .iter()
+            .map(|kind| names::kind_events_filter(kind))
+            .collect(),
+        ..Default::default()
     }
 }
 

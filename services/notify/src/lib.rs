@@ -33,11 +33,14 @@ pub async fn run(
     let topology =
         Topology::connect_as(&config.nats_url, &config.topology, "reelmesh-notify").await?;
     let server = reelmesh_runtime::grpc::spawn_health_server(listener, shutdown.clone()).await?;
-    let events = topology.notify_events_consumer().await?;
     let tasks = topology.notify_send_consumer().await?;
+    // Followed before the endpoints are listed, so no change falls between.
     let changes = topology.endpoints.follow().await?;
     let progress_interval = Duration::from_secs(config.progress_interval_secs);
     let router = routing::EventRouter::new(topology.clone(), progress_interval).await?;
+    let events = topology
+        .notify_events_consumer(router.routed_kinds())
+        .await?;
     let sender = sender::WebhookSender::new(topology, config)?;
     tracing::info!("notify routing events and sending webhooks");
     let served = futures::future::try_join(

@@ -8,6 +8,14 @@
 //! queued, both idempotently, so an event read again after a crash queues
 //! nothing twice. Events are acknowledged in batches (the consumer's
 //! acknowledgements cover everything before them).
+//!
+//! The consumer takes only the kinds of event something may want: every
+//! terminal one (a job may have a callback), and the others while some
+//! endpoint takes them. Most jobs' `queued`, `started` and `progress`
+//! events then never reach notify. When an endpoint adds a kind, the
+//! consumer's filter widens; it keeps its place in the stream, so the
+//! events of that kind it passed since the endpoint was saved are read
+//! once from the stream and routed like the rest.
 
 use std::{
     collections::HashMap,
@@ -17,9 +25,11 @@ use std::{
 use async_nats::jetstream::{Message, consumer::PullConsumer};
 use futures::{Stream, StreamExt as _};
 use reelmesh_nats::{
-    DeliveryRecord, DeliveryState, Destination, EndpointChange, EndpointRecord, EventKind,
-    JobEvent, JobId, NatsError, TenantId, Topology, WebhookTask,
+    DeliveryRecord, DeliveryState, Destination, EVENT_KIND_NAMES, EndpointChange, EndpointRecord,
+    EventKind, JobEvent, JobId, NatsError, TERMINAL_KIND_NAMES, TenantId, Topology, WebhookTask,
+    names,
 };
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// Acknowledge after this many events, or this long after the last ack.
@@ -30,6 +40,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Webhooks one job may have per destination before its progress stops
 /// being sent there: bounds the chain's size in the delivery log.
 const MAX_CHAIN_LEN: usize = 200;
+/// How far before an endpoint's save its newly routed kinds are read back:
+/// the gateway's clock, which dates the save, may run ahead of NATS's.
+const CLOCK_SLACK: Duration = Duration::from_secs(2);
+/// Never read back further than this.
+const MAX_READ_BACK: Duration = Duration::from_secs(10 * 60);
 
 /// Every tenant's endpoints, as the endpoints bucket says.
 #[derive(Debug, Default)]
@@ -60,6 +75,22 @@ impl EndpointCache {
                 }
             }
         }
+    }
+
+    /// The kinds of event to route: the terminal ones, which may have a
+    /// job's callback to go to, and each other kind an endpoint takes now.
+    pub fn routed_kinds(&self) -> Vec<&'static str> {
+        let endpoints = self.by_tenant.values().flat_map(HashMap::values);
+        EVENT_KIND_NAMES
+            .into_iter()
+            .filter(|kind| {
+                let event_type = format!("job.{kind}");
+                TERMINAL_KIND_NAMES.contains(kind)
+                    || endpoints
+                        .clone()
+                        .any(|endpoint| endpoint.wants(&event_type))
+            })
+            .collect()
     }
 
     /// The tenant's endpoints taking `event_type` now.
@@ -114,6 +145,8 @@ pub struct EventRouter {
     topology: Topology,
     endpoints: EndpointCache,
     throttle: ProgressThrottle,
+    /// The kinds the consumer takes, as last set.
+    routed: Vec<&'static str>,
 }
 
 impl EventRouter {
@@ -125,9 +158,15 @@ impl EventRouter {
         }
         Ok(EventRouter {
             topology,
+            routed: endpoints.routed_kinds(),
             endpoints,
             throttle: ProgressThrottle::new(progress_interval),
         })
+    }
+
+    /// The event kinds to make the consumer with.
+    pub fn routed_kinds(&self) -> &[&'static str] {
+        &self.routed
     }
 
     /// Routes events until `shutdown`, keeping the endpoints current from
@@ -156,7 +195,11 @@ impl EventRouter {
                 biased;
                 _ = shutdown.cancelled() => break,
                 change = changes.next() => match change {
-                    Some(change) => self.endpoints.apply(change),
+                    Some(change) => {
+                        if !self.endpoint_changed(change, &shutdown).await {
+                            break;
+                        }
+                    }
                     // Routing on a frozen view would quietly miss endpoints.
                     None => return Err(NatsError::Unavailable("the endpoint watch ended".into())),
                 },
@@ -183,6 +226,90 @@ impl EventRouter {
         }
         ack(unacked).await;
         Ok(())
+    }
+
+    /// Applies an endpoint change and sets the consumer to the kinds it
+    /// makes routed. Kinds added are read back from the endpoint's save on
+    /// (the consumer may have passed some). `false` if shutdown came first.
+    async fn endpoint_changed(
+        &mut self,
+        change: EndpointChange,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let saved = match &change {
+            EndpointChange::Put(record) => Some((record.tenant.clone(), record.updated_at)),
+            EndpointChange::Removed(_) => None,
+        };
+        self.endpoints.apply(change);
+        let kinds = self.endpoints.routed_kinds();
+        if kinds == self.routed {
+            return true;
+        }
+        loop {
+            match self.topology.route_event_kinds(&kinds).await {
+                Ok(()) => break,
+                Err(err) => tracing::warn!("setting the event kinds to route: {err}"),
+            }
+            if !pause(shutdown).await {
+                return false;
+            }
+        }
+        tracing::info!(kinds = ?kinds, "routing these event kinds");
+        let added: Vec<_> = kinds
+            .iter()
+            .filter(|kind| !self.routed.contains(kind))
+            .copied()
+            .collect();
+        self.routed = kinds;
+        match saved {
+            Some((tenant, at)) if !added.is_empty() => {
+                self.read_back(&tenant, &added, at, shutdown).await
+            }
+            _ => true,
+        }
+    }
+
+    /// Routes the tenant's events of `kinds` stored since `saved_at` (less
+    /// the clock slack), trying again while NATS fails. Routing is
+    /// idempotent, so any the consumer delivers too are queued once.
+    async fn read_back(
+        &mut self,
+        tenant: &TenantId,
+        kinds: &[&str],
+        saved_at: OffsetDateTime,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let now = OffsetDateTime::now_utc();
+        let since = (saved_at - CLOCK_SLACK).max(now - MAX_READ_BACK);
+        let filters: Vec<String> = kinds
+            .iter()
+            .map(|kind| names::tenant_kind_events_filter(tenant, kind))
+            .collect();
+        loop {
+            match self.route_stored(filters.clone(), since, shutdown).await {
+                Ok(finished) => return finished,
+                Err(err) => tracing::warn!(%tenant, "reading back events: {err}"),
+            }
+            if !pause(shutdown).await {
+                return false;
+            }
+        }
+    }
+
+    async fn route_stored(
+        &mut self,
+        filters: Vec<String>,
+        since: OffsetDateTime,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, NatsError> {
+        let stored = self.topology.events.stored_since(filters, since).await?;
+        let mut stored = std::pin::pin!(stored);
+        while let Some(message) = stored.next().await {
+            if !self.handle(&message?, shutdown).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Routes one event, trying again while NATS fails; `false` if
@@ -362,6 +489,45 @@ async fn ack(message: Option<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint(tenant: &str, events: &[&str]) -> EndpointRecord {
+        let now = OffsetDateTime::now_utc();
+        EndpointRecord {
+            id: reelmesh_nats::EndpointId::new(),
+            tenant: TenantId::parse(tenant).expect("tenant"),
+            url: "https://example.com/hook".into(),
+            description: String::new(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            secrets: Vec::new(),
+            disabled: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn terminal_events_are_always_routed_and_others_only_while_an_endpoint_takes_them() {
+        let mut cache = EndpointCache::default();
+        assert_eq!(cache.routed_kinds(), TERMINAL_KIND_NAMES);
+        cache.put(endpoint("acme", &["job.started", "job.completed"]));
+        assert_eq!(
+            cache.routed_kinds(),
+            ["started", "completed", "failed", "cancelled"]
+        );
+        let mut everything = endpoint("other", &[]);
+        cache.put(everything.clone());
+        assert_eq!(cache.routed_kinds(), EVENT_KIND_NAMES);
+        everything.disabled = Some(reelmesh_nats::Disabled {
+            at: OffsetDateTime::now_utc(),
+            reason: "failing".into(),
+        });
+        cache.put(everything.clone());
+        assert_eq!(
+            cache.routed_kinds(),
+            ["started", "completed", "failed", "cancelled"],
+            "a disabled endpoint takes nothing"
+        );
+    }
 
     #[test]
     fn progress_goes_out_once_per_interval_per_destination() {

@@ -238,7 +238,7 @@ async fn notify_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     );
     assert_eq!(send.config.ack_wait, Duration::from_secs(45));
     let router = upgraded
-        .notify_events_consumer()
+        .notify_events_consumer(&reelmesh_nats::TERMINAL_KIND_NAMES)
         .await?
         .info()
         .await?
@@ -254,6 +254,14 @@ async fn notify_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     assert_eq!(
         router.config.deliver_policy, started_at,
         "where it reads from stays"
+    );
+    assert_eq!(
+        router.config.filter_subjects,
+        [
+            "reelmesh.events.*.*.completed",
+            "reelmesh.events.*.*.failed",
+            "reelmesh.events.*.*.cancelled"
+        ]
     );
     Ok(())
 }

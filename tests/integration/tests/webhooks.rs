@@ -505,3 +505,55 @@ async fn a_rotated_secret_still_signs_alongside_the_new_one() -> anyhow::Result<
     assert!(verify_signature(&rotated.secret, &webhook), "new secret");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_gets_the_events_of_its_kinds_notify_passed_over_since_it_was_saved()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let saved_at = time::OffsetDateTime::now_utc();
+    // No endpoint takes `started`, so notify's consumer passes over both
+    // jobs' started events; the second job's callback shows it has.
+    let mut callbacks = WebhookReceiver::start(0).await?;
+    let first = client.submit(noop(0.0)).await?;
+    let second = client.submit(noop_with_callback(&callbacks.url())).await?;
+    let ended = callbacks.next(Duration::from_secs(30)).await?;
+    assert_eq!(ended.json()["type"], "job.completed");
+    // An endpoint saved before both jobs started, which notify hears of
+    // only now (as if its change had been slow to arrive).
+    let mut receiver = WebhookReceiver::start(0).await?;
+    let request = pb::CreateEndpointRequest {
+        url: receiver.url(),
+        events: vec!["job.started".into()],
+        ..Default::default()
+    };
+    let tenant = reelmesh_nats::TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let mut endpoint =
+        reelmesh_gateway::endpoints::NewEndpoint::parse(request)?.into_record(tenant);
+    endpoint.updated_at = saved_at;
+    let config = reelmesh_nats::TopologyConfig::default();
+    let nats = reelmesh_nats::Topology::connect(&cluster.cluster.nats.url(), &config).await?;
+    let routed = || async {
+        let js = async_nats::jetstream::new(async_nats::connect(cluster.cluster.nats.url()).await?);
+        let events = js.get_stream(reelmesh_nats::names::EVENTS_STREAM).await?;
+        let consumer = events
+            .consumer_info(reelmesh_nats::names::NOTIFY_EVENTS_CONSUMER)
+            .await?;
+        anyhow::Ok(consumer.config.filter_subjects.clone())
+    };
+    let terminal = reelmesh_nats::TERMINAL_KIND_NAMES.map(reelmesh_nats::names::kind_events_filter);
+    assert_eq!(routed().await?, terminal, "only what a callback may want");
+    nats.endpoints.create(&endpoint).await?;
+
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let webhook = receiver.next(Duration::from_secs(30)).await?;
+        assert_eq!(webhook.json()["type"], "job.started");
+        started.push(webhook.json()["data"]["job_id"].as_str().map(str::to_owned));
+    }
+    let expected = [Some(first.id), Some(second.id)];
+    assert_eq!(started, expected, "read back in the order stored");
+    let started = reelmesh_nats::names::kind_events_filter("started");
+    assert_eq!(routed().await?[0], started, "then routed as they come");
+    Ok(())
+}
