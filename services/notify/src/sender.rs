@@ -6,7 +6,9 @@
 //! Order per job and destination: one task per chain at a time in this
 //! process, and a webhook whose chain still has an unsettled earlier one is
 //! handed back until that one is settled. Different chains go in parallel,
-//! so a slow or dead receiver holds up only its own webhooks. The log is
+//! so a slow or dead receiver holds up only its own webhooks; and a chain
+//! keeps at most two tasks in hand (the rest go back for a while), so one
+//! job's many webhooks to a slow receiver cannot take every place in hand. The log is
 //! the judge of what is due: a duplicate task (a lost acknowledgement, a
 //! restart) finds its webhook settled or not yet due and goes back.
 
@@ -49,6 +51,10 @@ const IN_HAND_PER_SENDER: usize = 4;
 /// retrying this long after its attempt was due, has lost its task: the
 /// next webhook of its chain sends it.
 const ORPHANED_AFTER: time::Duration = time::Duration::minutes(2);
+/// Tasks of one chain waiting in hand behind the one being handled; more
+/// go back to the stream for [`CHAIN_BUSY_RETRY`].
+const WAITING_PER_CHAIN: usize = 1;
+const CHAIN_BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Times a task whose webhook is not in the log comes back before it is
 /// dropped (a read from a replica may lag the write that made it).
 const MISSING_RETRIES: i64 = 5;
@@ -84,7 +90,7 @@ struct Inner {
     /// Tasks taken from the stream and not yet acknowledged.
     in_hand: Arc<Semaphore>,
     /// The queue of each chain with a task in hand.
-    chains: Mutex<HashMap<ChainKey, mpsc::UnboundedSender<Taken>>>,
+    chains: Mutex<HashMap<ChainKey, mpsc::Sender<Taken>>>,
 }
 
 /// What to do with a webhook, once its chain and destination are known.
@@ -167,8 +173,9 @@ impl WebhookSender {
     }
 
     /// Hands the task to its chain's queue, starting one if the chain has
-    /// none; the queue's sender is only used with the map locked, so a
-    /// queue that is closing never misses a task.
+    /// none, or back to the stream if the queue is full; the queue's sender
+    /// is only used with the map locked, so a queue that is closing never
+    /// misses a task.
     fn dispatch(&self, message: Message, permit: OwnedSemaphorePermit) {
         let Ok(task) = WebhookTask::decode(&message.payload) else {
             tracing::error!(subject = %message.subject, "dropping an unreadable webhook task");
@@ -183,14 +190,20 @@ impl WebhookSender {
         let held = self.hold(message.clone());
         let mut chains = self.chains();
         let taken = match chains.get(&key) {
-            Some(queue) => match queue.send((task, message, permit, held)) {
+            Some(queue) => match queue.try_send((task, message, permit, held)) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(taken)) => taken,
+                Err(mpsc::error::TrySendError::Full((_, message, _, _))) => {
+                    // Its place in hand (the permit) is free again now.
+                    let later = AckKind::Nak(Some(CHAIN_BUSY_RETRY));
+                    tokio::spawn(async move { message.ack_with(later).await });
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(taken)) => taken,
             },
             None => (task, message, permit, held),
         };
-        let (queue, received) = mpsc::unbounded_channel();
-        let _ = queue.send(taken);
+        let (queue, received) = mpsc::channel(WAITING_PER_CHAIN);
+        let _ = queue.try_send(taken);
         chains.insert(key.clone(), queue);
         let sender = self.clone();
         tokio::spawn(async move { sender.drain_chain(key, received).await });
@@ -214,7 +227,7 @@ impl WebhookSender {
 
     /// Works through one chain's tasks in arrival order, and retires the
     /// queue once it is empty.
-    async fn drain_chain(&self, key: ChainKey, mut received: mpsc::UnboundedReceiver<Taken>) {
+    async fn drain_chain(&self, key: ChainKey, mut received: mpsc::Receiver<Taken>) {
         loop {
             let (task, message, _permit, _held) = match received.try_recv() {
                 Ok(taken) => taken,
@@ -504,7 +517,7 @@ impl WebhookSender {
         Ok(())
     }
 
-    fn chains(&self) -> std::sync::MutexGuard<'_, HashMap<ChainKey, mpsc::UnboundedSender<Taken>>> {
+    fn chains(&self) -> std::sync::MutexGuard<'_, HashMap<ChainKey, mpsc::Sender<Taken>>> {
         self.inner
             .chains
             .lock()

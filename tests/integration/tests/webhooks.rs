@@ -557,3 +557,37 @@ async fn an_endpoint_gets_the_events_of_its_kinds_notify_passed_over_since_it_wa
     assert_eq!(routed().await?[0], started, "then routed as they come");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_jobs_many_webhooks_to_a_slow_receiver_do_not_hold_up_other_tenants()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        // Four tasks in hand at most.
+        config.notify.concurrency = 1;
+        config.notify.progress_interval_secs = 1;
+    })
+    .await?;
+    let mut tenant_a = cluster.client(KEY_A).await?;
+    let slow = WebhookReceiver::start_slow(Duration::from_secs(2)).await?;
+    create_endpoint(&mut tenant_a, &slow.url(), &[]).await?;
+    // Queued, started, about three progress and completed, all in one
+    // chain (job and endpoint), sent one after another, 2 s each.
+    let long = tenant_a.submit(noop(3.0)).await?;
+    let mut events = tenant_a.watch(&long.id).await?;
+    let wait = Duration::from_secs(30);
+    while tokio::time::timeout(wait, futures::StreamExt::next(&mut events))
+        .await?
+        .is_some()
+    {}
+    // Another tenant's webhook, queued behind all of them.
+    let mut tenant_b = cluster.client(KEY_B).await?;
+    let mut fast = WebhookReceiver::start(0).await?;
+    tenant_b.submit(noop_with_callback(&fast.url())).await?;
+    let webhook = fast.next(Duration::from_secs(30)).await?;
+    assert_eq!(webhook.json()["type"], "job.completed");
+    // Had the long job's chain filled the places in hand, this one would
+    // wait for at least two more of its 2 s sends.
+    let sent_slowly = slow.attempts();
+    assert!(sent_slowly <= 2, "{sent_slowly} slow webhooks went first");
+    Ok(())
+}
