@@ -89,7 +89,10 @@ def cpu_by_process(pids):
     used = {}
     for pid in pids:
         try:
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            # argv[0]'s file name: comm is cut to 15 characters. (redis-server
+            # rewrites its command line as "redis-server <addr>".)
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+            name = Path(argv0.decode(errors="replace").split(" ", 1)[0]).name
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
