@@ -232,11 +232,7 @@ impl EventLog {
     /// been purged (a webhook names its event this way).
     pub async fn get(&self, sequence: u64) -> Result<Option<JobEvent>, NatsError> {
         use async_nats::jetstream::stream::RawMessageErrorKind;
-        let stream = self
-            .js
-            .get_stream(names::EVENTS_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?;
+        let stream = self.stream().await?;
         match stream.get_raw_message(sequence).await {
             Ok(message) => JobEvent::decode(&message.payload).map(Some),
             Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
@@ -244,13 +240,16 @@ impl EventLog {
         }
     }
 
-    /// Deletes every event of one job (retention).
-    pub async fn purge(&self, tenant: &TenantId, job: &JobId) -> Result<(), NatsError> {
-        let stream = self
-            .js
+    async fn stream(&self) -> Result<jetstream::stream::Stream, NatsError> {
+        self.js
             .get_stream(names::EVENTS_STREAM)
             .await
-            .map_err(NatsError::unavailable)?;
+            .map_err(NatsError::unavailable)
+    }
+
+    /// Deletes every event of one job (retention).
+    pub async fn purge(&self, tenant: &TenantId, job: &JobId) -> Result<(), NatsError> {
+        let stream = self.stream().await?;
         stream
             .purge()
             .filter(names::job_events_filter(tenant, job))
@@ -269,11 +268,7 @@ impl EventLog {
         since: OffsetDateTime,
     ) -> Result<impl Stream<Item = Result<jetstream::Message, NatsError>> + Send + 'static, NatsError>
     {
-        let mut stream = self
-            .js
-            .get_stream(names::EVENTS_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?;
+        let mut stream = self.stream().await?;
         let last = stream
             .info()
             .await
@@ -324,11 +319,7 @@ impl EventLog {
         after: u64,
     ) -> Result<impl Stream<Item = Result<SequencedEvent, NatsError>> + Send + 'static, NatsError>
     {
-        let stream = self
-            .js
-            .get_stream(names::EVENTS_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?;
+        let stream = self.stream().await?;
         // An ordered consumer is ephemeral and recreates itself after a gap,
         // which is what a replay-then-follow reader wants.
         let consumer = stream

@@ -17,6 +17,7 @@
 //! Prints one JSON object on stdout (the same shape as
 //! `bench/queue/bullmq.mjs`); progress goes to stderr.
 
+mod shape;
 mod stats;
 
 use std::{
@@ -38,7 +39,10 @@ use tonic::{
     transport::Channel,
 };
 
-use crate::stats::{Summary, round3};
+use crate::{
+    shape::RunShape,
+    stats::{Summary, round3},
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Times no-op jobs through reelmesh: submit and submit -> completed event")]
@@ -52,19 +56,8 @@ struct Args {
     /// The cluster's NATS server, for the completed events.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// Jobs to time.
-    #[arg(long, default_value_t = 2000)]
-    jobs: usize,
-    /// Concurrent producers, each submitting one job at a time.
-    #[arg(long, default_value_t = 1)]
-    producers: usize,
-    /// Jobs run first, with the same producers, and not counted.
-    #[arg(long, default_value_t = 200)]
-    warmup: usize,
-    /// Give up when the jobs have not all completed this long after the
-    /// first submit.
-    #[arg(long, default_value_t = 300)]
-    timeout_secs: u64,
+    #[command(flatten)]
+    shape: RunShape,
     /// Also write every timed job's submit and submit -> completed
     /// latencies (ms, one job a line) to this file.
     #[arg(long)]
@@ -159,7 +152,7 @@ struct Measured {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.producers == 0 || args.jobs == 0 {
+    if args.shape.producers == 0 || args.shape.jobs == 0 {
         bail!("--jobs and --producers must be at least 1");
     }
     let nats = async_nats::ConnectOptions::new()
@@ -175,18 +168,18 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("connecting to the gateway at {}", args.endpoint))?;
     let client = JobsClient::new(channel);
     let auth: MetadataValue<Ascii> = format!("Bearer {}", args.api_key).parse()?;
-    let timeout = Duration::from_secs(args.timeout_secs);
+    let timeout = Duration::from_secs(args.shape.timeout_secs);
 
-    if args.warmup > 0 {
+    if args.shape.warmup > 0 {
         eprintln!(
             "reelmesh: warm-up, {} jobs from {} producers",
-            args.warmup, args.producers
+            args.shape.warmup, args.shape.producers
         );
         run(
             &client,
             &auth,
-            args.warmup,
-            args.producers,
+            args.shape.warmup,
+            args.shape.producers,
             &mut events,
             timeout,
         )
@@ -194,13 +187,13 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!(
         "reelmesh: {} jobs from {} producers",
-        args.jobs, args.producers
+        args.shape.jobs, args.shape.producers
     );
     let measured = run(
         &client,
         &auth,
-        args.jobs,
-        args.producers,
+        args.shape.jobs,
+        args.shape.producers,
         &mut events,
         timeout,
     )
@@ -222,11 +215,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let report = serde_json::json!({
         "tool": "reelmesh",
-        "producers": args.producers,
-        "jobs": args.jobs,
-        "warmup": args.warmup,
+        "producers": args.shape.producers,
+        "jobs": args.shape.jobs,
+        "warmup": args.shape.warmup,
         "seconds": round3(measured.seconds),
-        "throughput": round3(args.jobs as f64 / measured.seconds),
+        "throughput": round3(args.shape.jobs as f64 / measured.seconds),
         "submit_ms": measured.submit.to_json(),
         "e2e_ms": measured.end_to_end.to_json(),
     });

@@ -10,6 +10,8 @@
 //! real queue on JetStream does at least this much. `--role worker` runs the
 //! worker; `--role load` (the default) sets up the stream, submits and times.
 
+#[path = "../shape.rs"]
+mod shape;
 #[path = "../stats.rs"]
 mod stats;
 
@@ -27,7 +29,10 @@ use async_nats::jetstream::{self, consumer, stream};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt as _;
 
-use crate::stats::{Summary, round3};
+use crate::{
+    shape::RunShape,
+    stats::{Summary, round3},
+};
 
 const WORK_STREAM: &str = "FLOOR_WORK";
 const WORK_SUBJECT: &str = "floor.work";
@@ -47,15 +52,8 @@ struct Args {
     role: Role,
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// Jobs to time.
-    #[arg(long, default_value_t = 2000)]
-    jobs: usize,
-    /// Concurrent producers, each publishing one job at a time.
-    #[arg(long, default_value_t = 1)]
-    producers: usize,
-    /// Jobs run first and not counted.
-    #[arg(long, default_value_t = 200)]
-    warmup: usize,
+    #[command(flatten)]
+    shape: RunShape,
     /// Jobs the worker handles at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -63,10 +61,6 @@ struct Args {
     /// completion (0: the completion is a core NATS message).
     #[arg(long, default_value_t = 1)]
     stored: usize,
-    /// Give up when the jobs have not all completed this long after the
-    /// first publish.
-    #[arg(long, default_value_t = 300)]
-    timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -202,17 +196,17 @@ async fn load(
         }
     });
     let mut ended = HashMap::new();
-    let total = args.warmup + args.jobs;
-    let timeout = Duration::from_secs(args.timeout_secs);
+    let total = args.shape.warmup + args.shape.jobs;
+    let timeout = Duration::from_secs(args.shape.timeout_secs);
     let warmup = Batch {
-        jobs: 0..args.warmup,
-        producers: args.producers,
+        jobs: 0..args.shape.warmup,
+        producers: args.shape.producers,
         timeout,
     };
     run(js, warmup, &mut rx, &mut ended).await?;
     let timed = Batch {
-        jobs: args.warmup..total,
-        producers: args.producers,
+        jobs: args.shape.warmup..total,
+        producers: args.shape.producers,
         timeout,
     };
     let submitted = run(js, timed, &mut rx, &mut ended).await?;
@@ -233,10 +227,10 @@ async fn load(
     let report = serde_json::json!({
         "tool": "jetstream-floor",
         "stored": args.stored,
-        "producers": args.producers,
-        "jobs": args.jobs,
+        "producers": args.shape.producers,
+        "jobs": args.shape.jobs,
         "seconds": round3(seconds),
-        "throughput": round3(args.jobs as f64 / seconds),
+        "throughput": round3(args.shape.jobs as f64 / seconds),
         "submit_ms": Summary::of(&submit).to_json(),
         "e2e_ms": Summary::of(&end_to_end).to_json(),
     });
