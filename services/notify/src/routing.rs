@@ -15,7 +15,12 @@
 //! events then never reach notify. When an endpoint adds a kind, the
 //! consumer's filter widens; it keeps its place in the stream, so the
 //! events of that kind it passed since the endpoint was saved are read
-//! once from the stream and routed like the rest.
+//! once from the stream and routed like the rest, except where the
+//! destination already has a later webhook of the job (it would go out of
+//! order). One narrow case remains: an event of a kind already routed that
+//! the consumer had delivered but notify not yet handled when the filter
+//! widened, followed in the same job by a read-back event, is queued after
+//! it, so that one job's webhooks to that endpoint may go out of order.
 
 use std::{
     collections::HashMap,
@@ -147,6 +152,8 @@ pub struct EventRouter {
     throttle: ProgressThrottle,
     /// The kinds the consumer takes, as last set.
     routed: Vec<&'static str>,
+    /// Routing events read back from the stream, not from the consumer.
+    reading_back: bool,
 }
 
 impl EventRouter {
@@ -159,6 +166,7 @@ impl EventRouter {
         Ok(EventRouter {
             topology,
             routed: endpoints.routed_kinds(),
+            reading_back: false,
             endpoints,
             throttle: ProgressThrottle::new(progress_interval),
         })
@@ -304,12 +312,23 @@ impl EventRouter {
     ) -> Result<bool, NatsError> {
         let stored = self.topology.events.stored_since(filters, since).await?;
         let mut stored = std::pin::pin!(stored);
+        self.reading_back = true;
+        let mut finished = true;
         while let Some(message) = stored.next().await {
-            if !self.handle(&message?, shutdown).await {
-                return Ok(false);
+            let message = match message {
+                Ok(message) => message,
+                Err(err) => {
+                    self.reading_back = false;
+                    return Err(err);
+                }
+            };
+            if !self.handle(&message, shutdown).await {
+                finished = false;
+                break;
             }
         }
-        Ok(true)
+        self.reading_back = false;
+        Ok(finished)
     }
 
     /// Routes one event, trying again while NATS fails; `false` if
@@ -440,6 +459,12 @@ impl EventRouter {
         log.modify(tenant, job, destination, |chain| {
             if let Some(known) = chain.find(sequence) {
                 to_send = known.state == DeliveryState::Pending && known.attempts.is_empty();
+                return false;
+            }
+            // Read back late, it would go out after a later webhook of the
+            // job: that destination does without it.
+            if self.reading_back && chain.deliveries.iter().any(|d| d.sequence > sequence) {
+                to_send = false;
                 return false;
             }
             if is_progress && chain.deliveries.len() >= MAX_CHAIN_LEN {

@@ -591,3 +591,40 @@ async fn one_jobs_many_webhooks_to_a_slow_receiver_do_not_hold_up_other_tenants(
     assert!(sent_slowly <= 2, "{sent_slowly} slow webhooks went first");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_read_back_for_an_endpoint_never_goes_after_a_later_webhook_of_its_job()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let mut receiver = WebhookReceiver::start(0).await?;
+    let endpoint = create_endpoint(&mut client, &receiver.url(), &["job.completed"]).await?;
+    let before_both = time::OffsetDateTime::now_utc();
+    let done = client.submit(noop(0.0)).await?;
+    let completed = receiver.next(Duration::from_secs(30)).await?;
+    assert_eq!(completed.json()["data"]["job_id"], done.id.as_str());
+    let running = client.submit(noop(30.0)).await?;
+    reelmesh_integration_tests::started(&mut client, &running.id).await?;
+    // The endpoint now takes `started` too, as of before both jobs: the
+    // running job's start is read back and sent; the ended job's is not,
+    // as its completed webhook went first.
+    let config = reelmesh_nats::TopologyConfig::default();
+    let nats = reelmesh_nats::Topology::connect(&cluster.cluster.nats.url(), &config).await?;
+    let tenant = reelmesh_nats::TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+    let id = reelmesh_nats::EndpointId::parse(&endpoint.id).map_err(anyhow::Error::msg)?;
+    nats.endpoints
+        .update(&tenant, &id, |record| {
+            record.events.push("job.started".into());
+            record.updated_at = before_both;
+            true
+        })
+        .await?;
+    let started = receiver.next(Duration::from_secs(30)).await?;
+    assert_eq!(started.json()["type"], "job.started");
+    assert_eq!(started.json()["data"]["job_id"], running.id.as_str());
+    let to_endpoint = deliveries_of(&mut client, &done.id).await?;
+    let kinds: Vec<&str> = to_endpoint.iter().map(|d| d.event.as_str()).collect();
+    assert_eq!(kinds, ["job.completed"], "no start after the end");
+    client.cancel(&running.id).await?;
+    Ok(())
+}
