@@ -85,12 +85,36 @@ impl NatsServer {
 
     /// SIGSTOP: the server keeps its connections but answers nothing, as
     /// one that hangs would, until [`NatsServer::resume`]. For fault tests.
+    /// Returns once every thread of the server has stopped: `kill` only
+    /// queues the signal, and a server still running for a moment would
+    /// answer what a test sends it next.
     pub fn pause(&self) -> Result<(), NatsError> {
-        self.signal("STOP")
+        self.signal("STOP")?;
+        self.wait_until_stopped(true)
     }
 
     pub fn resume(&self) -> Result<(), NatsError> {
-        self.signal("CONT")
+        self.signal("CONT")?;
+        self.wait_until_stopped(false)
+    }
+
+    /// Waits (up to 10 s) until all the server's threads are stopped
+    /// (`stopped`), or none is, as /proc tells.
+    fn wait_until_stopped(&self, stopped: bool) -> Result<(), NatsError> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let states = thread_states(&tasks)
+                .map_err(|err| NatsError::Server(format!("reading {tasks}: {err}")))?;
+            if states.iter().all(|&state| (state == 'T') == stopped) {
+                return Ok(());
+            }
+            std::thread::yield_now();
+        }
+        Err(NatsError::Server(format!(
+            "nats-server did not {} within 10 s",
+            if stopped { "stop" } else { "resume" }
+        )))
     }
 
     fn signal(&self, name: &str) -> Result<(), NatsError> {
@@ -201,6 +225,18 @@ fn find_binary() -> Result<PathBuf, NatsError> {
                 "nats-server not found: run scripts/setup.sh or set REELMESH_NATS_SERVER".into(),
             )
         })
+}
+
+/// The state letter (R, S, T, ...) of every thread under a /proc task dir.
+fn thread_states(tasks: &str) -> std::io::Result<Vec<char>> {
+    let mut states = Vec::new();
+    for task in std::fs::read_dir(tasks)? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // "<tid> (<comm>) <state> ...": the comm may hold spaces.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        states.extend(after.trim_start().chars().next());
+    }
+    Ok(states)
 }
 
 #[cfg(test)]
