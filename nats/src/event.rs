@@ -58,17 +58,6 @@ pub enum EventKind {
     Cancelled,
 }
 
-/// Every kind's name ([`EventKind::name`]), the terminal ones last.
-pub const EVENT_KIND_NAMES: [&str; 7] = [
-    "queued",
-    "started",
-    "progress",
-    "retrying",
-    "completed",
-    "failed",
-    "cancelled",
-];
-
 /// The names of the kinds [`EventKind::is_terminal`] holds for.
 pub const TERMINAL_KIND_NAMES: [&str; 3] = ["completed", "failed", "cancelled"];
 

@@ -32,9 +32,7 @@ pub use endpoint::{
     WEBHOOK_EVENT_TYPES,
 };
 pub use error::NatsError;
-pub use event::{
-    EVENT_KIND_NAMES, EventKind, EventLog, JobEvent, SequencedEvent, TERMINAL_KIND_NAMES,
-};
+pub use event::{EventKind, EventLog, JobEvent, SequencedEvent, TERMINAL_KIND_NAMES};
 pub use idempotency::IdempotencyKeys;
 pub use pending::Pending;
 pub use record::{

@@ -30,9 +30,9 @@ use std::{
 use async_nats::jetstream::{Message, consumer::PullConsumer};
 use futures::{Stream, StreamExt as _};
 use reelmesh_nats::{
-    DeliveryRecord, DeliveryState, Destination, EVENT_KIND_NAMES, EndpointChange, EndpointRecord,
-    EventKind, JobEvent, JobId, NatsError, TERMINAL_KIND_NAMES, TenantId, Topology, WebhookTask,
-    names,
+    DeliveryRecord, DeliveryState, Destination, EndpointChange, EndpointRecord, EventKind,
+    JobEvent, JobId, NatsError, TERMINAL_KIND_NAMES, TenantId, Topology, WEBHOOK_EVENT_TYPES,
+    WebhookTask, names,
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -86,14 +86,13 @@ impl EndpointCache {
     /// job's callback to go to, and each other kind an endpoint takes now.
     pub fn routed_kinds(&self) -> Vec<&'static str> {
         let endpoints = self.by_tenant.values().flat_map(HashMap::values);
-        EVENT_KIND_NAMES
+        WEBHOOK_EVENT_TYPES
             .into_iter()
-            .filter(|kind| {
-                let event_type = format!("job.{kind}");
-                TERMINAL_KIND_NAMES.contains(kind)
-                    || endpoints
-                        .clone()
-                        .any(|endpoint| endpoint.wants(&event_type))
+            .filter_map(|event_type| {
+                let kind = event_type.strip_prefix("job.")?;
+                let wanted = TERMINAL_KIND_NAMES.contains(&kind)
+                    || endpoints.clone().any(|endpoint| endpoint.wants(event_type));
+                wanted.then_some(kind)
             })
             .collect()
     }
@@ -311,24 +310,25 @@ impl EventRouter {
         shutdown: &CancellationToken,
     ) -> Result<bool, NatsError> {
         let stored = self.topology.events.stored_since(filters, since).await?;
-        let mut stored = std::pin::pin!(stored);
         self.reading_back = true;
-        let mut finished = true;
-        while let Some(message) = stored.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(err) => {
-                    self.reading_back = false;
-                    return Err(err);
-                }
-            };
-            if !self.handle(&message, shutdown).await {
-                finished = false;
-                break;
+        let routed = self.route_each(stored, shutdown).await;
+        self.reading_back = false;
+        routed
+    }
+
+    /// Routes each of `messages`; `false` if shutdown came first.
+    async fn route_each(
+        &mut self,
+        messages: impl Stream<Item = Result<Message, NatsError>>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, NatsError> {
+        let mut messages = std::pin::pin!(messages);
+        while let Some(message) = messages.next().await {
+            if !self.handle(&message?, shutdown).await {
+                return Ok(false);
             }
         }
-        self.reading_back = false;
-        Ok(finished)
+        Ok(true)
     }
 
     /// Routes one event, trying again while NATS fails; `false` if
@@ -541,7 +541,8 @@ mod tests {
         );
         let mut everything = endpoint("other", &[]);
         cache.put(everything.clone());
-        assert_eq!(cache.routed_kinds(), EVENT_KIND_NAMES);
+        let every_kind = WEBHOOK_EVENT_TYPES.map(|t| t.trim_start_matches("job."));
+        assert_eq!(cache.routed_kinds(), every_kind);
         everything.disabled = Some(reelmesh_nats::Disabled {
             at: OffsetDateTime::now_utc(),
             reason: "failing".into(),
