@@ -12,11 +12,11 @@
 //! work item not, and the gateway gone before NATS came back. The sweep
 //! cannot tell that job from one waiting in a long queue.
 
+use std::time::Duration;
+
 use reelmesh_nats::{
     EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, record::RECORD_LAG,
 };
-use std::time::Duration;
-
 use time::OffsetDateTime;
 
 /// How the error of every job failed here begins: the sweep finds them by
@@ -64,12 +64,12 @@ pub async fn fail_until_done(
 ) -> Result<bool, NatsError> {
     let deadline = tokio::time::Instant::now() + FAIL_TRIES_FOR;
     let mut pause = Duration::from_millis(100);
-    let mut tried = false;
     loop {
         let outcome = match fail(nats, job, cause).await {
-            // A try that went unanswered may have failed the job after all,
-            // and then its `failed` event is still to be sent.
-            Ok(false) if tried => failed_by_earlier_try(nats, job).await,
+            // An earlier try that went unanswered (the caller's or ours)
+            // may have failed the job after all, and then its `failed`
+            // event is still to be sent.
+            Ok(false) => failed_by_earlier_try(nats, job).await,
             outcome => outcome,
         };
         match outcome {
@@ -78,14 +78,13 @@ pub async fn fail_until_done(
             }
             done => return done,
         }
-        tried = true;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(FAIL_MAX_PAUSE);
     }
 }
 
-/// Whether `job` was failed here in its round (by a try whose answer was
-/// lost); if so, sends its `failed` event unless that is stored.
+/// Whether `job` was failed as unqueued in its round (by a try whose
+/// answer was lost); if so, sends its `failed` event unless it is stored.
 async fn failed_by_earlier_try(nats: &Topology, job: &JobRecord) -> Result<bool, NatsError> {
     let Some(stored) = nats.jobs.get(&job.tenant, &job.id).await? else {
         return Ok(false);
