@@ -40,15 +40,17 @@ pub const WORK_SUBJECTS: &str = "reelmesh.work.>";
 /// The consumer name of earlier releases, which took every priority.
 pub const LEGACY_RENDER_CONSUMER: &str = "render";
 
-/// `reelmesh.work.<priority>.<tenant>`: one queue per priority, and the
-/// tenant in the subject so a tenant's waiting jobs can be counted.
-pub fn work_subject(priority: Priority, tenant: &TenantId) -> String {
-    format!("reelmesh.work.{}.{tenant}", priority.name())
+/// `reelmesh.work.<priority>.<tenant>.<job>`: one queue per priority; the
+/// tenant in the subject so a tenant's waiting jobs can be counted, the job
+/// so a job cancelled while queued can have its item taken out.
+pub fn work_subject(priority: Priority, tenant: &TenantId, job: &JobId) -> String {
+    format!("reelmesh.work.{}.{tenant}.{job}", priority.name())
 }
 
-/// Filter of one priority's queue.
+/// Filter of one priority's queue. `>` rather than two wildcards so the
+/// queue also takes items that earlier releases queued without the job.
 pub fn work_priority_filter(priority: Priority) -> String {
-    format!("reelmesh.work.{}.*", priority.name())
+    format!("reelmesh.work.{}.>", priority.name())
 }
 
 /// The priority a work subject queues at (the doorbell tells workers which
@@ -59,9 +61,16 @@ pub fn work_subject_priority(subject: &str) -> Option<Priority> {
     Priority::ALL.into_iter().find(|p| p.name() == name)
 }
 
-/// Filter of every queue entry of one tenant.
+/// Filter of every queue entry of one tenant. Items queued by releases
+/// before the job was in the subject do not match; they drain as workers
+/// take them.
 pub fn tenant_work_filter(tenant: &TenantId) -> String {
-    format!("reelmesh.work.*.{tenant}")
+    format!("reelmesh.work.*.{tenant}.*")
+}
+
+/// Filter of one job's queue entries, whatever their priority or round.
+pub fn job_work_filter(tenant: &TenantId, job: &JobId) -> String {
+    format!("reelmesh.work.*.{tenant}.{job}")
 }
 
 /// Durable pull consumer of one priority's queue, shared by all workers.
@@ -147,17 +156,32 @@ mod tests {
 
     #[test]
     fn work_subjects_match_their_filters() {
-        let tenant = TenantId::parse("acme").expect("valid tenant");
+        let (tenant, job) = (TenantId::parse("acme").expect("valid tenant"), JobId::new());
+        let other = JobId::new();
         assert_eq!(
-            work_subject(Priority::High, &tenant),
-            "reelmesh.work.high.acme"
+            work_subject(Priority::High, &tenant, &job),
+            format!("reelmesh.work.high.acme.{job}")
         );
-        assert_eq!(work_priority_filter(Priority::Low), "reelmesh.work.low.*");
-        assert_eq!(tenant_work_filter(&tenant), "reelmesh.work.*.acme");
         for priority in Priority::ALL {
-            let subject = work_subject(priority, &tenant);
+            let subject = work_subject(priority, &tenant, &job);
             assert_eq!(work_subject_priority(&subject), Some(priority));
+            assert!(subject_matches(WORK_SUBJECTS, &subject));
+            assert!(subject_matches(&work_priority_filter(priority), &subject));
+            assert!(subject_matches(&tenant_work_filter(&tenant), &subject));
+            assert!(subject_matches(&job_work_filter(&tenant, &job), &subject));
+            let others = work_subject(priority, &tenant, &other);
+            assert!(!subject_matches(&job_work_filter(&tenant, &job), &others));
         }
+        let low = work_subject(Priority::Low, &tenant, &job);
+        assert!(!subject_matches(
+            &work_priority_filter(Priority::High),
+            &low
+        ));
+        // Items queued before the job was in the subject stay in their queue.
+        assert!(subject_matches(
+            &work_priority_filter(Priority::Low),
+            "reelmesh.work.low.acme"
+        ));
         assert_eq!(work_subject_priority("reelmesh.events.acme.x.queued"), None);
     }
 

@@ -4,7 +4,8 @@
 //! There is one queue (subject and durable consumer) per [`Priority`];
 //! workers look in them highest first. A message stays in the stream while a
 //! worker holds it, so the stream's count per tenant is the tenant's queued
-//! plus running jobs.
+//! plus running jobs. A job cancelled while queued has its item taken out
+//! at once (the subject names the job), so it stops counting.
 
 use async_nats::jetstream::{
     self,
@@ -60,7 +61,10 @@ impl WorkQueue {
             .message_id(format!("{}.{}", item.job_id, item.round));
         let ack = self
             .js
-            .send_publish(names::work_subject(priority, &item.tenant), publish)
+            .send_publish(
+                names::work_subject(priority, &item.tenant, &item.job_id),
+                publish,
+            )
             .await
             .map_err(NatsError::unavailable)?;
         Ok(Pending::new(ack))
@@ -77,6 +81,23 @@ impl WorkQueue {
             .await
             .map_err(NatsError::unavailable)?;
         Ok(())
+    }
+
+    /// Takes every queued item of a job out of the queues: those of a job
+    /// cancelled while queued, which would otherwise count against its
+    /// tenant's limit and the queue depth until a worker came to them.
+    /// Returns how many were taken.
+    pub async fn withdraw_job(&self, tenant: &TenantId, job: &JobId) -> Result<u64, NatsError> {
+        let purged = self
+            .js
+            .get_stream_no_info(names::WORK_STREAM)
+            .await
+            .map_err(NatsError::unavailable)?
+            .purge()
+            .filter(names::job_work_filter(tenant, job))
+            .await
+            .map_err(NatsError::unavailable)?;
+        Ok(purged.purged)
     }
 
     /// The durable pull consumers shared by all render workers, highest

@@ -393,24 +393,31 @@ impl NatsJobs {
     }
 
     async fn cancel_job(&self, tenant: TenantId, id: JobId) -> Result<JobRecord, GatewayError> {
-        let mut cancelled_now = false;
-        let versioned = self
-            .connect()
-            .await?
+        let nats = self.connect().await?;
+        let mut cancelled_from = None;
+        let versioned = nats
             .jobs
             .modify(&tenant, &id, |job| {
                 if job.state.is_terminal() {
                     return Ok(false);
                 }
+                cancelled_from = Some(job.state);
                 job.cancel()?;
-                cancelled_now = true;
                 Ok(true)
             })
             .await?;
-        if cancelled_now {
-            let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
-            self.connect().await?.events.publish(&event).await?;
-            tracing::info!(job = %id, %tenant, "job cancelled");
+        let Some(was) = cancelled_from else {
+            return Ok(versioned.record);
+        };
+        let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
+        nats.events.publish(&event).await?;
+        tracing::info!(job = %id, %tenant, "job cancelled");
+        // Only once the event is stored: until then the item is what makes a
+        // worker send it. A running job's item is its worker's to ack.
+        if was == JobState::Queued
+            && let Err(err) = nats.work.withdraw_job(&tenant, &id).await
+        {
+            tracing::warn!(job = %id, "cancelled job left queued until a worker drops it: {err}");
         }
         Ok(versioned.record)
     }

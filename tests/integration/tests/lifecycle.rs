@@ -221,6 +221,59 @@ async fn a_retried_job_counts_against_its_tenants_limit() -> anyhow::Result<()> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_queued_leaves_the_queue_at_once() -> anyhow::Result<()> {
+    // No workers: only the cancel can take a job's item out of the queue.
+    let cluster = TestCluster::start_without_render(|config| {
+        config.gateway.limits.max_active_jobs_per_tenant = 2;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = topology_of(&cluster).await?;
+    let first = client.submit(noop(0.0, 0)).await?;
+    let second = client.submit(noop(0.0, 0)).await?;
+    let refused = client.submit(noop(0.0, 0)).await.expect_err("tenant full");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+
+    let cancelled = client.cancel(&first.id).await?;
+    assert_eq!(cancelled.state(), pb::JobState::Cancelled);
+    assert_eq!(nats.work.depth().await?, 1, "only the second job waits");
+    let third = client.submit(noop(0.0, 0)).await?;
+    assert_eq!(nats.work.depth().await?, 2);
+    assert_eq!(nats.work.tenant_depth(&tenant_a()).await?, 2);
+    // Cancelling again takes nothing else out.
+    client.cancel(&first.id).await?;
+    for job in [&second, &third] {
+        assert_eq!(client.get(&job.id).await?.state(), pb::JobState::Queued);
+    }
+    assert_eq!(nats.work.depth().await?, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_item_queued_before_subjects_named_the_job_is_still_taken() -> anyhow::Result<()> {
+    let cluster = TestCluster::start().await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = topology_of(&cluster).await?;
+    let record = reelmesh_nats::JobRecord::new(tenant_a(), noop(0.0, 0));
+    nats.jobs.create(&record).await?;
+    let item = reelmesh_nats::WorkItem {
+        tenant: record.tenant.clone(),
+        job_id: record.id.clone(),
+        round: record.round,
+    };
+    // The subject an earlier release gave it: priority and tenant only.
+    let js = async_nats::jetstream::new(nats.client.clone());
+    let legacy = format!("reelmesh.work.normal.{}", record.tenant);
+    js.publish(legacy, serde_json::to_vec(&item)?.into())
+        .await?
+        .await?;
+    let events = events_of(&mut client, record.id.as_str()).await?;
+    assert_eq!(events.last().map(event_kind_name), Some("completed"));
+    cluster.wait_until_work_settled().await?;
+    Ok(())
+}
+
 /// A job id made `age` ago, as a submit that long ago would have made it.
 fn job_id_made(age: Duration) -> anyhow::Result<reelmesh_nats::JobId> {
     let since = (std::time::SystemTime::now() - age).duration_since(std::time::UNIX_EPOCH)?;

@@ -177,6 +177,13 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     // As an earlier release left it: the default cap on ack-pending work
     // and another ack wait.
     set_back(&stream, &name, 1000, Duration::from_secs(90)).await?;
+    // And its filter, from before work subjects named the job.
+    use async_nats::jetstream::consumer::pull;
+    let old = stream.get_consumer::<pull::Config>(&name).await;
+    let old = old.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let mut config = old.cached_info().config.clone();
+    config.filter_subject = "reelmesh.work.normal.*".into();
+    stream.update_consumer(config).await?;
 
     let config = TopologyConfig {
         work_ack_wait: Duration::from_secs(45),
@@ -186,6 +193,7 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     for mut consumer in upgraded.work.render_consumers().await? {
         let info = consumer.info().await?;
         assert_eq!(info.config.max_ack_pending, -1, "{}", info.name);
+        assert!(info.config.filter_subject.ends_with(".>"), "{info:?}");
         assert_eq!(
             info.config.ack_wait,
             Duration::from_secs(45),
@@ -271,7 +279,11 @@ async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> 
     let cluster = reelmesh_integration_tests::TestCluster::start().await?;
     let client = async_nats::connect(cluster.cluster.nats.url()).await?;
     let js = async_nats::jetstream::new(client);
-    let subject = reelmesh_nats::names::work_subject(Priority::Normal, &tenant());
+    let subject = reelmesh_nats::names::work_subject(
+        Priority::Normal,
+        &tenant(),
+        &reelmesh_nats::JobId::new(),
+    );
     js.publish(subject, "not json".into()).await?.await?;
     // Terminated on the first delivery, so the queue settles instead of
     // holding a message that is redelivered until max_deliver.
