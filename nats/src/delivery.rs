@@ -11,6 +11,11 @@
 //!
 //! The queue ([`WebhookTask`] on a work-queue stream) only names a webhook;
 //! the event itself is read from the events stream when it is sent.
+//!
+//! A chain is one NATS message, so it is kept within [`MAX_CHAIN_BYTES`]:
+//! a write that would pass it first drops the oldest settled webhooks from
+//! the log (counted on the chain). Were a chain refused for its size, every
+//! try to record an attempt would fail again, and the webhook be sent again.
 
 use async_nats::jetstream::{self, kv, message::PublishMessage};
 use serde::{Deserialize, Serialize};
@@ -159,6 +164,11 @@ pub fn webhook_id(job: &JobId, sequence: u64) -> String {
     format!("msg_{job}_{sequence}")
 }
 
+/// The size a chain's JSON is kept within: half of nats-server's default
+/// largest message (1 MiB), leaving room for a server set lower and for
+/// the unsettled webhooks, which are never dropped.
+pub const MAX_CHAIN_BYTES: usize = 512 * 1024;
+
 /// The webhooks of one job for one destination, in event order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryChain {
@@ -166,6 +176,14 @@ pub struct DeliveryChain {
     pub job_id: JobId,
     pub destination: Destination,
     pub deliveries: Vec<DeliveryRecord>,
+    /// Settled webhooks dropped from the log to keep it within
+    /// [`MAX_CHAIN_BYTES`], oldest first.
+    #[serde(default)]
+    pub pruned: u64,
+    /// The latest event sequence among them: an event at or before it
+    /// that the chain does not list was logged once already.
+    #[serde(default)]
+    pub pruned_through: u64,
 }
 
 impl DeliveryChain {
@@ -175,7 +193,46 @@ impl DeliveryChain {
             job_id: job_id.clone(),
             destination: destination.clone(),
             deliveries: Vec::new(),
+            pruned: 0,
+            pruned_through: 0,
         }
+    }
+
+    /// Whether the webhook of the event at `sequence` was logged once and
+    /// dropped since to keep the chain small.
+    pub fn pruned_past(&self, sequence: u64) -> bool {
+        self.pruned > 0 && sequence <= self.pruned_through && self.find(sequence).is_none()
+    }
+
+    /// Keeps the chain's JSON within `limit` bytes by dropping its oldest
+    /// settled webhooks; `false` if the unsettled ones alone exceed it.
+    pub fn fit(&mut self, limit: usize) -> bool {
+        let mut size = json_len(self);
+        if size <= limit {
+            return true;
+        }
+        let mut settled: Vec<(u64, usize)> = (self.deliveries.iter().enumerate())
+            .filter(|(_, d)| d.state.is_settled())
+            .map(|(index, d)| (d.sequence, index))
+            .collect();
+        settled.sort_unstable();
+        let mut dropped = vec![false; self.deliveries.len()];
+        for (sequence, index) in settled {
+            if size <= limit {
+                break;
+            }
+            // Its JSON and the comma before the next.
+            size = size.saturating_sub(json_len(&self.deliveries[index]) + 1);
+            dropped[index] = true;
+            self.pruned += 1;
+            self.pruned_through = self.pruned_through.max(sequence);
+        }
+        let mut index = 0;
+        self.deliveries.retain(|_| {
+            index += 1;
+            !dropped[index - 1]
+        });
+        json_len(self) <= limit
     }
 
     pub fn find(&self, sequence: u64) -> Option<&DeliveryRecord> {
@@ -252,19 +309,32 @@ impl DeliveryLog {
 
     /// Applies `change` to the chain (a new, empty one if there is none) by
     /// compare-and-set, again on a fresh read if someone else wrote in
-    /// between; `change` says whether there is anything to write. The chain
-    /// as it now is.
+    /// between; `change` says whether there is anything to write. What is
+    /// written is kept within [`MAX_CHAIN_BYTES`]; `TooLarge` if even its
+    /// unsettled webhooks pass it (nothing is written then). The chain as
+    /// it now is.
     pub async fn modify(
         &self,
         tenant: &TenantId,
         job: &JobId,
         destination: &Destination,
-        change: impl FnMut(&mut DeliveryChain) -> bool,
+        mut change: impl FnMut(&mut DeliveryChain) -> bool,
     ) -> Result<DeliveryChain, NatsError> {
         let key = chain_key(tenant, job, destination);
         let what = format!("deliveries {key}");
         let new = || Some(DeliveryChain::new(tenant, job, destination));
-        let chain = kv_json::modify(&self.kv, &key, &what, new, change).await?;
+        let mut full = false;
+        let fitted = |chain: &mut DeliveryChain| {
+            let changed = change(chain);
+            full = changed && !chain.fit(MAX_CHAIN_BYTES);
+            changed && !full
+        };
+        let chain = kv_json::modify(&self.kv, &key, &what, new, fitted).await?;
+        if full {
+            return Err(NatsError::TooLarge(format!(
+                "the webhook log of job {job} to {destination} is full of webhooks not yet settled"
+            )));
+        }
         // A missing chain starts as a new one, so there always is one.
         Ok(chain.unwrap_or_else(|| DeliveryChain::new(tenant, job, destination)))
     }
@@ -307,6 +377,10 @@ impl DeliveryLog {
             .map(drop)
             .map_err(NatsError::unavailable)
     }
+}
+
+fn json_len(value: &impl Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |json| json.len())
 }
 
 /// `<tenant>.<job>.<destination>`.
@@ -368,6 +442,43 @@ mod tests {
         assert_eq!(chain.blocker(40).map(|d| d.sequence), Some(20));
         let settled = self::chain(&[Delivered, Failed, Pending]);
         assert_eq!(settled.blocker(30), None);
+    }
+
+    #[test]
+    fn a_chain_past_its_size_drops_its_oldest_settled_webhooks_first() {
+        use DeliveryState::*;
+        let sequences = |chain: &DeliveryChain| {
+            chain
+                .deliveries
+                .iter()
+                .map(|d| d.sequence)
+                .collect::<Vec<_>>()
+        };
+        // Sequences 10, 20, ... 60; the newest settled one listed first.
+        let mut chain = chain(&[Delivered, Failed, Retrying, Delivered, Pending, Delivered]);
+        chain.deliveries.swap(0, 5);
+        let size = json_len(&chain);
+        assert!(chain.fit(size), "within its size, nothing goes");
+        assert_eq!(chain.pruned, 0);
+        assert!(chain.fit(size - 1));
+        assert_eq!(
+            sequences(&chain),
+            [60, 20, 30, 40, 50],
+            "the oldest settled went"
+        );
+        assert_eq!((chain.pruned, chain.pruned_through), (1, 10));
+        assert!(json_len(&chain) < size);
+        assert!(chain.pruned_past(10));
+        assert!(!chain.pruned_past(20), "still listed");
+        assert!(!chain.pruned_past(70), "never seen");
+
+        assert!(!chain.fit(10), "the unsettled ones alone pass it");
+        assert_eq!(
+            sequences(&chain),
+            [30, 50],
+            "they stay, every settled one went"
+        );
+        assert_eq!((chain.pruned, chain.pruned_through), (4, 60));
     }
 
     #[test]

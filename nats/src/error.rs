@@ -21,6 +21,9 @@ pub enum NatsError {
     Corrupt(String),
     #[error("nats-server: {0}")]
     Server(String),
+    /// A value would not fit in a NATS message, however long one waits.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl NatsError {

@@ -25,7 +25,7 @@ pub mod work;
 pub use asset::{AssetCatalog, AssetId, AssetRecord, Registered};
 pub use delivery::{
     DeliveryAttempt, DeliveryChain, DeliveryLog, DeliveryRecord, DeliveryState, Destination,
-    WebhookTask,
+    MAX_CHAIN_BYTES, WebhookTask,
 };
 pub use endpoint::{
     Disabled, EndpointChange, EndpointId, EndpointRecord, EndpointSecret, EndpointStore,

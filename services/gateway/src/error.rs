@@ -36,6 +36,7 @@ impl From<NatsError> for GatewayError {
             NatsError::JobNotFound(id) => GatewayError::NotFound(id),
             NatsError::Unavailable(message) => GatewayError::Unavailable(message),
             err @ NatsError::NoAnswer(_) => GatewayError::Unavailable(err.to_string()),
+            NatsError::TooLarge(message) => GatewayError::FailedPrecondition(message),
             other => GatewayError::Internal(other.to_string()),
         }
     }

@@ -461,6 +461,10 @@ impl EventRouter {
                 to_send = known.state == DeliveryState::Pending && known.attempts.is_empty();
                 return false;
             }
+            if chain.pruned_past(sequence) {
+                to_send = false;
+                return false;
+            }
             // Read back late, it would go out after a later webhook of the
             // job: that destination does without it.
             if self.reading_back && chain.deliveries.iter().any(|d| d.sequence > sequence) {

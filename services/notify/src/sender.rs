@@ -249,6 +249,11 @@ impl WebhookSender {
     async fn handle(&self, task: &WebhookTask, message: Message) {
         let delivered = message.info().map_or(1, |info| info.delivered);
         let ack = self.attempt(task, delivered).await.unwrap_or_else(|err| {
+            if let NatsError::TooLarge(_) = err {
+                // Trying again would fail the same way, after sending again.
+                tracing::error!(job = %task.job_id, "webhook dropped: {err}");
+                return AckKind::Term;
+            }
             tracing::warn!(job = %task.job_id, "webhook not attempted: {err}");
             AckKind::Nak(Some(NATS_RETRY))
         });
@@ -265,6 +270,13 @@ impl WebhookSender {
         let chain = log
             .get(&task.tenant, &task.job_id, &task.destination)
             .await?;
+        if chain
+            .as_ref()
+            .is_some_and(|chain| chain.pruned_past(task.sequence))
+        {
+            // Settled, and dropped from the log since: a stale copy.
+            return Ok(AckKind::Ack);
+        }
         let Some(mut chain) = chain.filter(|chain| chain.find(task.sequence).is_some()) else {
             // Webhooks are logged before they are queued, so it was purged,
             // or this read came from a replica that has not caught up yet.

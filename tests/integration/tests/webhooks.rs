@@ -209,6 +209,95 @@ async fn redeliver_sends_a_dead_letter_again_with_the_same_id() -> anyhow::Resul
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_log_near_the_largest_nats_message_makes_room_for_the_next() -> anyhow::Result<()>
+{
+    use reelmesh_nats::{DeliveryAttempt, DeliveryChain, DeliveryRecord, DeliveryState};
+    // No workers: the job waits queued until it is cancelled.
+    let cluster = TestCluster::start_without_render(|config| {
+        config.notify.egress.allow = vec!["127.0.0.1".into()];
+    })
+    .await?;
+    let mut receiver = WebhookReceiver::start(0).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let job = client.submit(noop_with_callback(&receiver.url())).await?;
+    let job_id = reelmesh_nats::JobId::parse(&job.id).map_err(anyhow::Error::msg)?;
+    let tenant = reelmesh_nats::TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
+
+    // Its callback's log as years of redelivered webhooks could leave it:
+    // settled, and so near nats-server's largest message (1 MiB) that one
+    // more webhook would not fit. Written directly, as notify itself would
+    // never let it grow so large.
+    const FILLED: usize = 1024 * 1024 - 200;
+    let destination = reelmesh_nats::Destination::Callback;
+    let mut chain = DeliveryChain::new(&tenant, &job_id, &destination);
+    // Sequences this test's events never reach, so none is taken for theirs.
+    let (mut sequence, at) = (1_000_000, time::OffsetDateTime::now_utc());
+    let mut failed = |error: String| {
+        sequence += 1;
+        let attempt = DeliveryAttempt {
+            at,
+            status: Some(500),
+            latency_ms: 3,
+            error: Some(error),
+        };
+        let mut old = DeliveryRecord::pending(&job_id, sequence, "job.x".into(), receiver.url());
+        (old.state, old.attempts) = (DeliveryState::Failed, vec![attempt]);
+        old
+    };
+    while serde_json::to_vec(&chain)?.len() < FILLED - 20_000 {
+        chain.deliveries.push(failed("x".repeat(8000)));
+    }
+    chain.deliveries.push(failed(String::new()));
+    let short = FILLED - serde_json::to_vec(&chain)?.len();
+    let last = chain.deliveries.len() - 1;
+    chain.deliveries[last] = failed("x".repeat(short));
+    let filled = serde_json::to_vec(&chain)?.len();
+    anyhow::ensure!((FILLED - 64..=FILLED).contains(&filled), "{filled} bytes");
+    let listed = chain.deliveries.len();
+    let nats = async_nats::connect(cluster.cluster.nats.url()).await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let bucket = js
+        .get_key_value(reelmesh_nats::names::DELIVERIES_BUCKET)
+        .await?;
+    let key = format!("{tenant}.{job_id}.callback");
+    bucket.put(key, serde_json::to_vec(&chain)?.into()).await?;
+
+    client.cancel(&job.id).await?;
+    let webhook = receiver.next(Duration::from_secs(30)).await?;
+    assert_eq!(webhook.json()["type"], "job.cancelled");
+    let topology = reelmesh_nats::Topology::connect(
+        &cluster.cluster.nats.url(),
+        &reelmesh_nats::TopologyConfig::default(),
+    )
+    .await?;
+    // The receiver answered; its answer is logged just after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let chain = loop {
+        let chain = topology
+            .deliveries
+            .get(&tenant, &job_id, &destination)
+            .await?;
+        let chain = chain.expect("the log is there");
+        let cancelled = chain.deliveries.iter().find(|d| d.event == "job.cancelled");
+        if cancelled.is_some_and(|d| d.state == DeliveryState::Delivered) {
+            break chain;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never logged: {cancelled:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(chain.pruned > 0, "room was made");
+    assert_eq!(
+        chain.deliveries.len() as u64 + chain.pruned,
+        listed as u64 + 1
+    );
+    assert!(serde_json::to_vec(&chain)?.len() <= reelmesh_nats::MAX_CHAIN_BYTES);
+    Ok(())
+}
+
 async fn create_endpoint(
     client: &mut ReelmeshClient,
     url: &str,
