@@ -398,6 +398,8 @@ impl NatsJobs {
         let versioned = nats
             .jobs
             .modify(&tenant, &id, |job| {
+                // Run again on a fresh read after a lost compare-and-set.
+                cancelled_from = None;
                 if job.state.is_terminal() {
                     return Ok(false);
                 }
