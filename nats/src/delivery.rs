@@ -17,6 +17,8 @@
 //! the log (counted on the chain). Were a chain refused for its size, every
 //! try to record an attempt would fail again, and the webhook be sent again.
 
+use std::collections::HashSet;
+
 use async_nats::jetstream::{self, kv, message::PublishMessage};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -164,10 +166,13 @@ pub fn webhook_id(job: &JobId, sequence: u64) -> String {
     format!("msg_{job}_{sequence}")
 }
 
-/// The size a chain's JSON is kept within: half of nats-server's default
-/// largest message (1 MiB), leaving room for a server set lower and for
-/// the unsettled webhooks, which are never dropped.
+/// The size a chain's JSON is brought back to by dropping settled
+/// webhooks: half of nats-server's default largest message (1 MiB).
 pub const MAX_CHAIN_BYTES: usize = 512 * 1024;
+/// The size past which a write is refused: the unsettled webhooks, never
+/// dropped, may take the chain beyond [`MAX_CHAIN_BYTES`] up to this, so
+/// recording an attempt of one is refused only in a chain near 1 MiB.
+pub const REFUSED_CHAIN_BYTES: usize = 960 * 1024;
 
 /// The webhooks of one job for one destination, in event order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,35 +209,38 @@ impl DeliveryChain {
         self.pruned > 0 && sequence <= self.pruned_through && self.find(sequence).is_none()
     }
 
-    /// Keeps the chain's JSON within `limit` bytes by dropping its oldest
-    /// settled webhooks; `false` if the unsettled ones alone exceed it.
-    pub fn fit(&mut self, limit: usize) -> bool {
-        let mut size = json_len(self);
-        if size <= limit {
-            return true;
-        }
-        let mut settled: Vec<(u64, usize)> = (self.deliveries.iter().enumerate())
-            .filter(|(_, d)| d.state.is_settled())
-            .map(|(index, d)| (d.sequence, index))
+    /// Brings the chain's JSON back within `limit` bytes by dropping its
+    /// oldest settled webhooks, as far as they go; its size after.
+    pub fn fit(&mut self, limit: usize) -> usize {
+        let mut oldest_settled: Vec<u64> = (self.deliveries.iter())
+            .filter(|d| d.state.is_settled())
+            .map(|d| d.sequence)
             .collect();
-        settled.sort_unstable();
-        let mut dropped = vec![false; self.deliveries.len()];
-        for (sequence, index) in settled {
-            if size <= limit {
-                break;
+        oldest_settled.sort_unstable();
+        let mut oldest_settled = oldest_settled.into_iter();
+        let mut size = json_len(self);
+        // Estimated from each entry's size, then measured again: the
+        // counters' digits and the commas shift it by a few bytes.
+        while size > limit {
+            let mut estimate = size;
+            let mut dropped = HashSet::new();
+            for sequence in oldest_settled.by_ref() {
+                let entry = self.find(sequence).map_or(0, json_len);
+                estimate = estimate.saturating_sub(entry + 1);
+                dropped.insert(sequence);
+                if estimate <= limit {
+                    break;
+                }
             }
-            // Its JSON and the comma before the next.
-            size = size.saturating_sub(json_len(&self.deliveries[index]) + 1);
-            dropped[index] = true;
-            self.pruned += 1;
-            self.pruned_through = self.pruned_through.max(sequence);
+            let Some(&latest) = dropped.iter().max() else {
+                break;
+            };
+            self.deliveries.retain(|d| !dropped.contains(&d.sequence));
+            self.pruned += dropped.len() as u64;
+            self.pruned_through = self.pruned_through.max(latest);
+            size = json_len(self);
         }
-        let mut index = 0;
-        self.deliveries.retain(|_| {
-            index += 1;
-            !dropped[index - 1]
-        });
-        json_len(self) <= limit
+        size
     }
 
     pub fn find(&self, sequence: u64) -> Option<&DeliveryRecord> {
@@ -311,8 +319,8 @@ impl DeliveryLog {
     /// compare-and-set, again on a fresh read if someone else wrote in
     /// between; `change` says whether there is anything to write. What is
     /// written is kept within [`MAX_CHAIN_BYTES`]; `TooLarge` if even its
-    /// unsettled webhooks pass it (nothing is written then). The chain as
-    /// it now is.
+    /// unsettled webhooks pass [`REFUSED_CHAIN_BYTES`] (nothing is written
+    /// then). The chain as it now is.
     pub async fn modify(
         &self,
         tenant: &TenantId,
@@ -326,7 +334,7 @@ impl DeliveryLog {
         let mut full = false;
         let fitted = |chain: &mut DeliveryChain| {
             let changed = change(chain);
-            full = changed && !chain.fit(MAX_CHAIN_BYTES);
+            full = changed && chain.fit(MAX_CHAIN_BYTES) > REFUSED_CHAIN_BYTES;
             changed && !full
         };
         let chain = kv_json::modify(&self.kv, &key, &what, new, fitted).await?;
@@ -458,27 +466,51 @@ mod tests {
         let mut chain = chain(&[Delivered, Failed, Retrying, Delivered, Pending, Delivered]);
         chain.deliveries.swap(0, 5);
         let size = json_len(&chain);
-        assert!(chain.fit(size), "within its size, nothing goes");
+        assert_eq!(chain.fit(size), size, "within its size, nothing goes");
         assert_eq!(chain.pruned, 0);
-        assert!(chain.fit(size - 1));
+        let smaller = chain.fit(size - 1);
+        assert!(smaller < size && smaller == json_len(&chain), "{smaller}");
         assert_eq!(
             sequences(&chain),
             [60, 20, 30, 40, 50],
             "the oldest settled went"
         );
         assert_eq!((chain.pruned, chain.pruned_through), (1, 10));
-        assert!(json_len(&chain) < size);
         assert!(chain.pruned_past(10));
         assert!(!chain.pruned_past(20), "still listed");
         assert!(!chain.pruned_past(70), "never seen");
 
-        assert!(!chain.fit(10), "the unsettled ones alone pass it");
+        let left = chain.fit(10);
+        assert!(left > 10, "the unsettled ones alone pass it");
         assert_eq!(
             sequences(&chain),
             [30, 50],
             "they stay, every settled one went"
         );
         assert_eq!((chain.pruned, chain.pruned_through), (4, 60));
+    }
+
+    #[test]
+    fn a_chain_is_brought_within_its_size_exactly() {
+        use DeliveryState::*;
+        // Many small settled entries: estimates alone would stop a few
+        // bytes short, as the counters grow digits.
+        let mut chain = chain(&[Delivered; 400]);
+        chain.deliveries.push(chain.deliveries[0].clone());
+        let last = chain.deliveries.len() - 1;
+        (
+            chain.deliveries[last].sequence,
+            chain.deliveries[last].state,
+        ) = (99_999, Pending);
+        let mut least = chain.clone();
+        least.deliveries.retain(|d| d.state == Pending);
+        (least.pruned, least.pruned_through) = (400, 4000);
+        for limit in [json_len(&chain) - 1, json_len(&chain) / 2, json_len(&least)] {
+            let size = chain.fit(limit);
+            assert_eq!(size, json_len(&chain));
+            assert!(size <= limit, "{size} > {limit}");
+        }
+        assert_eq!(chain, least, "down to the unsettled one");
     }
 
     #[test]

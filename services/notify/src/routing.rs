@@ -436,9 +436,16 @@ impl EventRouter {
         sequence: u64,
         targets: &[Target],
     ) -> Result<(), NatsError> {
-        let queued = targets
-            .iter()
-            .map(|(destination, url)| self.queue(event, sequence, destination, url));
+        let queued = targets.iter().map(|(destination, url)| async move {
+            match self.queue(event, sequence, destination, url).await {
+                // That destination's log is full; the others still get theirs.
+                Err(err @ NatsError::TooLarge(_)) => {
+                    tracing::error!(job = %event.job_id, %destination, "webhook not queued: {err}");
+                    Ok(())
+                }
+                queued => queued,
+            }
+        });
         futures::future::try_join_all(queued).await.map(drop)
     }
 

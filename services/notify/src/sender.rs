@@ -274,7 +274,15 @@ impl WebhookSender {
             .as_ref()
             .is_some_and(|chain| chain.pruned_past(task.sequence))
         {
-            // Settled, and dropped from the log since: a stale copy.
+            // Settled, and dropped from the log since: a stale copy, unless
+            // a Redeliver asked for it just before its entry was dropped.
+            if task.redelivery > 0 {
+                tracing::error!(
+                    job = %task.job_id,
+                    sequence = task.sequence,
+                    "a redelivery asked for a webhook since dropped from its full log; not sent"
+                );
+            }
             return Ok(AckKind::Ack);
         }
         let Some(mut chain) = chain.filter(|chain| chain.find(task.sequence).is_some()) else {
