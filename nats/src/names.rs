@@ -61,11 +61,13 @@ pub fn work_subject_priority(subject: &str) -> Option<Priority> {
     Priority::ALL.into_iter().find(|p| p.name() == name)
 }
 
-/// Filter of every queue entry of one tenant. Items queued by releases
-/// before the job was in the subject do not match; they drain as workers
-/// take them.
-pub fn tenant_work_filter(tenant: &TenantId) -> String {
-    format!("reelmesh.work.*.{tenant}.*")
+/// Filters of every queue entry of one tenant: as queued now, and as
+/// releases before the job was in the subject queued them.
+pub fn tenant_work_filters(tenant: &TenantId) -> [String; 2] {
+    [
+        format!("reelmesh.work.*.{tenant}.*"),
+        format!("reelmesh.work.*.{tenant}"),
+    ]
 }
 
 /// Filter of one job's queue entries, whatever their priority or round.
@@ -167,7 +169,7 @@ mod tests {
             assert_eq!(work_subject_priority(&subject), Some(priority));
             assert!(subject_matches(WORK_SUBJECTS, &subject));
             assert!(subject_matches(&work_priority_filter(priority), &subject));
-            assert!(subject_matches(&tenant_work_filter(&tenant), &subject));
+            assert!(subject_matches(&tenant_work_filters(&tenant)[0], &subject));
             assert!(subject_matches(&job_work_filter(&tenant, &job), &subject));
             let others = work_subject(priority, &tenant, &other);
             assert!(!subject_matches(&job_work_filter(&tenant, &job), &others));

@@ -132,20 +132,23 @@ impl WorkQueue {
         Ok(consumers)
     }
 
-    /// A tenant's jobs in the queues, waiting or being rendered.
+    /// A tenant's jobs in the queues, waiting or being rendered, under
+    /// both subject layouts (an upgrade may leave items of the earlier one).
     pub async fn tenant_depth(&self, tenant: &TenantId) -> Result<u64, NatsError> {
         let stream = self
             .js
             .get_stream_no_info(names::WORK_STREAM)
             .await
             .map_err(NatsError::unavailable)?;
-        let mut info = stream
-            .info_with_subjects(names::tenant_work_filter(tenant))
-            .await
-            .map_err(NatsError::unavailable)?;
         let mut total = 0;
-        while let Some(subject) = info.next().await {
-            total += subject.map_err(NatsError::unavailable)?.1 as u64;
+        for filter in names::tenant_work_filters(tenant) {
+            let mut info = stream
+                .info_with_subjects(filter)
+                .await
+                .map_err(NatsError::unavailable)?;
+            while let Some(subject) = info.next().await {
+                total += subject.map_err(NatsError::unavailable)?.1 as u64;
+            }
         }
         Ok(total)
     }

@@ -205,6 +205,51 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
 }
 
 #[tokio::test]
+async fn work_queued_by_a_new_gateway_before_any_new_worker_waits_for_one() -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::pull;
+    let (server, topology) = topology().await?;
+    let js = async_nats::jetstream::new(topology.client.clone());
+    let stream = js.get_stream(reelmesh_nats::names::WORK_STREAM).await?;
+    let name = reelmesh_nats::names::render_consumer(Priority::Normal);
+    topology.work.render_consumers().await?;
+    // The filter an earlier release's workers gave the shared consumer.
+    let old = stream.get_consumer::<pull::Config>(&name).await;
+    let mut config = old
+        .map_err(|err| anyhow::anyhow!("{err}"))?
+        .cached_info()
+        .config
+        .clone();
+    config.filter_subject = "reelmesh.work.normal.*".into();
+    stream.update_consumer(config).await?;
+    let record = JobRecord::new(tenant(), JobSpec::default());
+    let item = WorkItem {
+        tenant: record.tenant.clone(),
+        job_id: record.id.clone(),
+        round: 0,
+    };
+    topology.work.enqueue(&item, Priority::Normal).await?;
+    assert_eq!(topology.work.tenant_depth(&tenant()).await?, 1);
+
+    // A worker of this release declares the consumers: the item is taken.
+    let upgraded = Topology::connect(&server.url(), &TopologyConfig::default()).await?;
+    let consumers = upgraded.work.render_consumers().await?;
+    let normal = consumers
+        .into_iter()
+        .find(|c| c.cached_info().name == name)
+        .expect("the normal queue's consumer");
+    let mut batch = normal
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await?;
+    let taken = batch.next().await.expect("the item");
+    let taken = taken.map_err(|err| anyhow::anyhow!("{err}"))?;
+    assert_eq!(WorkItem::decode(&taken.payload)?, item);
+    Ok(())
+}
+
+#[tokio::test]
 async fn notify_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use reelmesh_nats::names;
