@@ -167,6 +167,22 @@ async fn set_back(
     Ok(())
 }
 
+/// Gives a priority's render consumer the filter of releases before work
+/// subjects named the job.
+async fn set_filter_back(
+    stream: &async_nats::jetstream::stream::Stream,
+    priority: Priority,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::pull;
+    let name = reelmesh_nats::names::render_consumer(priority);
+    let consumer = stream.get_consumer::<pull::Config>(&name).await;
+    let consumer = consumer.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let mut old = consumer.cached_info().config.clone();
+    old.filter_subject = format!("reelmesh.work.{}.*", priority.name());
+    stream.update_consumer(old).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyhow::Result<()> {
     let (server, topology) = topology().await?;
@@ -178,12 +194,7 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
     // and another ack wait.
     set_back(&stream, &name, 1000, Duration::from_secs(90)).await?;
     // And its filter, from before work subjects named the job.
-    use async_nats::jetstream::consumer::pull;
-    let old = stream.get_consumer::<pull::Config>(&name).await;
-    let old = old.map_err(|err| anyhow::anyhow!("{err}"))?;
-    let mut config = old.cached_info().config.clone();
-    config.filter_subject = "reelmesh.work.normal.*".into();
-    stream.update_consumer(config).await?;
+    set_filter_back(&stream, Priority::Normal).await?;
 
     let config = TopologyConfig {
         work_ack_wait: Duration::from_secs(45),
@@ -206,21 +217,13 @@ async fn render_consumers_of_an_earlier_release_are_brought_up_to_date() -> anyh
 
 #[tokio::test]
 async fn work_queued_by_a_new_gateway_before_any_new_worker_waits_for_one() -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::pull;
     let (server, topology) = topology().await?;
     let js = async_nats::jetstream::new(topology.client.clone());
     let stream = js.get_stream(reelmesh_nats::names::WORK_STREAM).await?;
     let name = reelmesh_nats::names::render_consumer(Priority::Normal);
     topology.work.render_consumers().await?;
     // The filter an earlier release's workers gave the shared consumer.
-    let old = stream.get_consumer::<pull::Config>(&name).await;
-    let mut config = old
-        .map_err(|err| anyhow::anyhow!("{err}"))?
-        .cached_info()
-        .config
-        .clone();
-    config.filter_subject = "reelmesh.work.normal.*".into();
-    stream.update_consumer(config).await?;
+    set_filter_back(&stream, Priority::Normal).await?;
     let record = JobRecord::new(tenant(), JobSpec::default());
     let item = WorkItem {
         tenant: record.tenant.clone(),
