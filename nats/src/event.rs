@@ -181,11 +181,7 @@ impl EventLog {
     /// duplicate window, which would drop a second copy, may be over.
     pub async fn holds(&self, event: &JobEvent) -> Result<bool, NatsError> {
         let subject = names::event_subject(&event.tenant, &event.job_id, event.kind.name());
-        let stream = self
-            .js
-            .get_stream_no_info(names::EVENTS_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?;
+        let stream = self.stream().await?;
         match stream.get_last_raw_message_by_subject(&subject).await {
             Ok(stored) => Ok(JobEvent::decode(&stored.payload)?.round >= event.round),
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
@@ -229,9 +225,11 @@ impl EventLog {
         }
     }
 
-    async fn stream(&self) -> Result<jetstream::stream::Stream, NatsError> {
+    /// A handle on the events stream, without the info request that
+    /// `get_stream` makes: a webhook's send and a watch each take one.
+    async fn stream(&self) -> Result<jetstream::stream::Stream<()>, NatsError> {
         self.js
-            .get_stream(names::EVENTS_STREAM)
+            .get_stream_no_info(names::EVENTS_STREAM)
             .await
             .map_err(NatsError::unavailable)
     }
@@ -257,9 +255,9 @@ impl EventLog {
         since: OffsetDateTime,
     ) -> Result<impl Stream<Item = Result<jetstream::Message, NatsError>> + Send + 'static, NatsError>
     {
-        let mut stream = self.stream().await?;
+        let stream = self.stream().await?;
         let last = stream
-            .info()
+            .get_info()
             .await
             .map_err(NatsError::unavailable)?
             .state

@@ -73,10 +73,8 @@ impl WorkQueue {
     /// Removes the work item stored at `sequence`: one queued for a job
     /// whose record could not be stored.
     pub async fn withdraw(&self, sequence: u64) -> Result<(), NatsError> {
-        self.js
-            .get_stream_no_info(names::WORK_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?
+        self.stream()
+            .await?
             .delete_message(sequence)
             .await
             .map_err(NatsError::unavailable)?;
@@ -89,10 +87,8 @@ impl WorkQueue {
     /// Returns how many were taken.
     pub async fn withdraw_job(&self, tenant: &TenantId, job: &JobId) -> Result<u64, NatsError> {
         let purged = self
-            .js
-            .get_stream_no_info(names::WORK_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?
+            .stream()
+            .await?
             .purge()
             .filter(names::job_work_filter(tenant, job))
             .await
@@ -106,11 +102,7 @@ impl WorkQueue {
     /// the unlimited ack-pending count are what keep one tenant's waiting
     /// jobs from stalling the rest, and take effect on upgrade.
     pub async fn render_consumers(&self) -> Result<Vec<PullConsumer>, NatsError> {
-        let stream = self
-            .js
-            .get_stream(names::WORK_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?;
+        let stream = self.stream().await?;
         // Work-queue streams refuse overlapping consumers, and the single
         // consumer of earlier releases overlaps all of these.
         let _ = stream.delete_consumer(names::LEGACY_RENDER_CONSUMER).await;
@@ -135,11 +127,7 @@ impl WorkQueue {
     /// A tenant's jobs in the queues, waiting or being rendered, under
     /// both subject layouts (an upgrade may leave items of the earlier one).
     pub async fn tenant_depth(&self, tenant: &TenantId) -> Result<u64, NatsError> {
-        let stream = self
-            .js
-            .get_stream_no_info(names::WORK_STREAM)
-            .await
-            .map_err(NatsError::unavailable)?;
+        let stream = self.stream().await?;
         let mut total = 0;
         for filter in names::tenant_work_filters(tenant) {
             let mut info = stream
@@ -155,12 +143,16 @@ impl WorkQueue {
 
     /// Messages waiting for a worker: what autoscalers scale render workers on.
     pub async fn depth(&self) -> Result<u64, NatsError> {
-        let mut stream = self
-            .js
-            .get_stream(names::WORK_STREAM)
+        let info = self.stream().await?.get_info().await;
+        Ok(info.map_err(NatsError::unavailable)?.state.messages)
+    }
+
+    /// A handle on the work stream, without the info request that
+    /// `get_stream` makes.
+    async fn stream(&self) -> Result<jetstream::stream::Stream<()>, NatsError> {
+        self.js
+            .get_stream_no_info(names::WORK_STREAM)
             .await
-            .map_err(NatsError::unavailable)?;
-        let info = stream.info().await.map_err(NatsError::unavailable)?;
-        Ok(info.state.messages)
+            .map_err(NatsError::unavailable)
     }
 }
