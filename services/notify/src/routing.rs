@@ -464,22 +464,19 @@ impl EventRouter {
         let log = &self.topology.deliveries;
         let mut to_send = false;
         log.modify(tenant, job, destination, |chain| {
+            // Run again on a fresh read after a lost compare-and-set.
+            to_send = false;
             if let Some(known) = chain.find(sequence) {
                 to_send = known.state == DeliveryState::Pending && known.attempts.is_empty();
                 return false;
             }
-            if chain.pruned_past(sequence) {
-                to_send = false;
-                return false;
-            }
-            // Read back late, it would go out after a later webhook of the
-            // job: that destination does without it.
-            if self.reading_back && chain.deliveries.iter().any(|d| d.sequence > sequence) {
-                to_send = false;
-                return false;
-            }
-            if is_progress && chain.deliveries.len() >= MAX_CHAIN_LEN {
-                to_send = false;
+            // Logged once and pruned since; or read back late, when it would
+            // go out after a later webhook of the job; or progress to a full
+            // chain: that destination does without it.
+            let skipped = chain.pruned_past(sequence)
+                || (self.reading_back && chain.deliveries.iter().any(|d| d.sequence > sequence))
+                || (is_progress && chain.deliveries.len() >= MAX_CHAIN_LEN);
+            if skipped {
                 return false;
             }
             let event_type = format!("job.{}", event.kind.name());
