@@ -118,15 +118,7 @@ impl NatsServer {
     }
 
     fn signal(&self, name: &str) -> Result<(), NatsError> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .map_err(|err| NatsError::Server(format!("kill -{name}: {err}")))?;
-        match status.success() {
-            true => Ok(()),
-            false => Err(NatsError::Server(format!("kill -{name} {pid} failed"))),
-        }
+        signal(self.child.id(), name)
     }
 
     pub fn url(&self) -> String {
@@ -225,6 +217,19 @@ fn find_binary() -> Result<PathBuf, NatsError> {
                 "nats-server not found: run scripts/setup.sh or set REELMESH_NATS_SERVER".into(),
             )
         })
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, ...) to process `pid`, as fault
+/// tests do to the server and to service processes.
+pub fn signal(pid: u32, name: &str) -> Result<(), NatsError> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .map_err(|err| NatsError::Server(format!("kill -{name}: {err}")))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(NatsError::Server(format!("kill -{name} {pid} failed"))),
+    }
 }
 
 /// The state letter (R, S, T, ...) of every thread under a /proc task dir.

@@ -100,11 +100,6 @@ impl WorkerProcess {
     }
 
     fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
-        Ok(())
+        Ok(reelmesh_nats::server::signal(self.child.id(), name)?)
     }
 }
