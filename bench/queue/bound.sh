@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# The redesign bound: how fast the job path could get if a job's record and
+# its events were one stream (the redesign BENCHMARKS.md sketches), measured
+# through the real gateway before anyone builds it. Run as root on Debian 12:
+#
+#   bench/queue/bound.sh                      # 3000 jobs, 1 then 16 producers, 3 runs each
+#   BENCH_RUNS=1 BENCH_JOBS=1000 bench/queue/bound.sh
+#
+# It builds this commit twice in release mode: as it is, and with
+# bench/queue/bound.patch applied in a throw-away git worktree (built in
+# target/bound, or $BOUND_TARGET_DIR). The patch makes three changes:
+#   - with REELMESH_BOUND_ONE_MESSAGE set, the gateway's submit stores one
+#     message, the record as the job's `queued` change on the events stream
+#     (compare-and-set: only if nothing is stored for the job), in place of
+#     the record, the queued event and the work item;
+#   - reelmesh-bound-worker takes those messages (a durable consumer
+#     filtered on `queued`), stores one `completed` message holding the
+#     record (compare-and-set on the job's last subject sequence) and acks;
+#   - reelmesh-grpc-rtt times a health check to the gateway: gRPC alone.
+# It is a bound, not the redesign: no running slots, no cancel, no progress,
+# no notify, no GetJob. For each producer count and run it starts, in turn,
+# each on a fresh nats-server (file storage) and free ports:
+#   - current: this commit's gateway and render worker (concurrency 16);
+#   - bound: the patched gateway and reelmesh-bound-worker;
+#   - bound-1-thread: the same with TOKIO_WORKER_THREADS=1 for the gateway,
+#     the worker and the load generator;
+# notify runs in none of them. The load generator is the queue benchmark's
+# (bench/queue/load). Prints medians (throughput, submit p50 / p99,
+# submit -> completed p50, CPU ms per job of nats-server, gateway, worker).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo="$(pwd)"
+
+jobs="${BENCH_JOBS:-3000}"
+runs="${BENCH_RUNS:-3}"
+producers="${BENCH_PRODUCERS:-1,16}"
+warmup="${BENCH_WARMUP:-200}"
+
+if [[ $EUID -ne 0 ]]; then
+  echo "bench/queue/bound.sh: run as root (it installs packages)" >&2
+  exit 1
+fi
+scripts/setup.sh
+# shellcheck source=../../scripts/env.sh
+source scripts/env.sh
+
+current="${CARGO_TARGET_DIR:-$repo/target}/release"
+bound_target="${BOUND_TARGET_DIR:-$repo/target/bound}"
+bound="$bound_target/release"
+services=(-p reelmesh-gateway -p reelmesh-render -p reelmesh-queue-bench)
+
+echo "bound: cargo build --release (this commit)"
+cargo build --release "${services[@]}"
+
+tree="$(mktemp -d /var/tmp/reelmesh-bound-tree.XXXXXX)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  git -C "$repo" worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
+}
+trap cleanup EXIT
+git worktree add --quiet --detach "$tree" HEAD
+git -C "$tree" apply "$repo/bench/queue/bound.patch"
+echo "bound: cargo build --release (with bench/queue/bound.patch, in $bound_target)"
+(cd "$tree" && CARGO_TARGET_DIR="$bound_target" cargo build --release \
+  -p reelmesh-gateway -p reelmesh-queue-bench)
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Waits up to 30 s for the gateway at $1 to answer its health check.
+wait_serving() {
+  for _ in $(seq 300); do
+    if "$bound/reelmesh-grpc-rtt" "http://$1" 1 >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "bound: the gateway at $1 did not come up" >&2
+  exit 1
+}
+
+# One run of one stack: prints a JSON line of the load generator's report
+# with the CPU per job of each process added.
+run_stack() {
+  local stack="$1" producers="$2" data port nats_port
+  data="$(mktemp -d /var/tmp/reelmesh-bound.XXXXXX)"
+  port="$(free_port)"
+  nats_port="$(free_port)"
+  nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$data/nats" >"$data/nats.log" 2>&1 &
+  local nats=$!
+  pids=("$nats")
+  local threads=()
+  [[ "$stack" == bound-1-thread ]] && threads=(TOKIO_WORKER_THREADS=1)
+  local common=(REELMESH_GATEWAY_LISTEN="127.0.0.1:$port"
+                REELMESH_GATEWAY_NATS_URL="nats://127.0.0.1:$nats_port"
+                REELMESH_GATEWAY_STORE_URL="file://$data/store")
+  local gateway worker
+  if [[ "$stack" == current ]]; then
+    env "${common[@]}" "$current/reelmesh-gateway" >"$data/gateway.log" 2>&1 &
+    gateway=$!
+    wait_serving "127.0.0.1:$port"
+    REELMESH_RENDER_LISTEN="127.0.0.1:$(free_port)" \
+      REELMESH_RENDER_NATS_URL="nats://127.0.0.1:$nats_port" \
+      REELMESH_RENDER_STORE_URL="file://$data/store" REELMESH_RENDER_CONCURRENCY=16 \
+      "$current/reelmesh-render" >"$data/worker.log" 2>&1 &
+    worker=$!
+  else
+    env "${threads[@]}" "${common[@]}" REELMESH_BOUND_ONE_MESSAGE=1 \
+      "$bound/reelmesh-gateway" >"$data/gateway.log" 2>&1 &
+    gateway=$!
+    wait_serving "127.0.0.1:$port"
+    env "${threads[@]}" "$bound/reelmesh-bound-worker" "nats://127.0.0.1:$nats_port" \
+      >"$data/worker.log" 2>&1 &
+    worker=$!
+  fi
+  pids+=("$gateway" "$worker")
+  # The worker has declared its consumer once it says so (render logs it).
+  for _ in $(seq 300); do
+    grep -q -e ready -e "render worker" "$data/worker.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  if ! kill -0 "$worker" 2>/dev/null; then
+    echo "bound: the $stack worker stopped; last lines of its log:" >&2
+    tail -n 20 "$data/worker.log" >&2
+    exit 1
+  fi
+  local before=("$(cpu_ticks "$nats")" "$(cpu_ticks "$gateway")" "$(cpu_ticks "$worker")")
+  local report
+  report="$(env "${threads[@]}" "$current/reelmesh-queue-bench" \
+    --endpoint "http://127.0.0.1:$port" --nats-url "nats://127.0.0.1:$nats_port" \
+    --jobs "$jobs" --producers "$producers" --warmup "$warmup" 2>"$data/load.log")"
+  local after=("$(cpu_ticks "$nats")" "$(cpu_ticks "$gateway")" "$(cpu_ticks "$worker")")
+  kill "$gateway" "$worker" 2>/dev/null || true
+  wait "$gateway" "$worker" 2>/dev/null || true
+  kill "$nats" && wait "$nats" 2>/dev/null || true
+  rm -rf "$data"
+  python3 - "$stack" "$((jobs + warmup))" "$report" "${before[@]}" "${after[@]}" <<'EOF'
+import json, os, sys
+stack, total, report = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+ticks = list(map(float, sys.argv[4:]))
+hz = os.sysconf("SC_CLK_TCK")
+cpu = [(a - b) * 1000 / hz / total for b, a in zip(ticks[:3], ticks[3:])]
+report.update(stack=stack, cpu=dict(zip(["nats", "gateway", "worker"], cpu)))
+print(json.dumps(report))
+EOF
+}
+
+results="$(mktemp /var/tmp/reelmesh-bound-results.XXXXXX)"
+for p in ${producers//,/ }; do
+  for run in $(seq "$runs"); do
+    for stack in current bound bound-1-thread; do
+      echo "bound: $stack, $p producers, run $run of $runs" >&2
+      run_stack "$stack" "$p" >>"$results"
+    done
+  done
+done
+
+# gRPC alone: a health check's round trip on an idle gateway.
+data="$(mktemp -d /var/tmp/reelmesh-bound.XXXXXX)"
+port="$(free_port)"
+nats_port="$(free_port)"
+nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$data/nats" >/dev/null 2>&1 &
+pids=($!)
+REELMESH_GATEWAY_LISTEN="127.0.0.1:$port" REELMESH_GATEWAY_NATS_URL="nats://127.0.0.1:$nats_port" \
+  REELMESH_GATEWAY_STORE_URL="file://$data/store" "$current/reelmesh-gateway" >/dev/null 2>&1 &
+pids+=($!)
+wait_serving "127.0.0.1:$port"
+rtt="$("$bound/reelmesh-grpc-rtt" "http://127.0.0.1:$port" 5000)"
+for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+rm -rf "$data"
+
+python3 - "$results" "$rtt" "$jobs" "$runs" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(f"\n{sys.argv[3]} no-op jobs per run, median of {sys.argv[4]} runs; notify not running.\n")
+print("| producers | stack | throughput | submit p50 | submit p99 | submit→completed p50 "
+      "| CPU ms/job nats-server | gateway | worker |")
+print("|---|---|---|---|---|---|---|---|---|")
+seen = []
+for r in rows:
+    key = (r["producers"], r["stack"])
+    if key in seen:
+        continue
+    seen.append(key)
+    same = [x for x in rows if (x["producers"], x["stack"]) == key]
+    med = lambda f: statistics.median(f(x) for x in same)
+    print(f"| {key[0]} | {key[1]} | {med(lambda x: x['throughput']):,.0f} jobs/s "
+          f"| {med(lambda x: x['submit_ms']['p50']):.2f} ms | {med(lambda x: x['submit_ms']['p99']):.2f} ms "
+          f"| {med(lambda x: x['e2e_ms']['p50']):.2f} ms | "
+          + " | ".join(f"{med(lambda x: x['cpu'][k]):.3f}" for k in ("nats", "gateway", "worker")) + " |")
+print(f"\ngRPC alone (health check, idle gateway): {sys.argv[2]}")
+EOF
+rm -f "$results"
