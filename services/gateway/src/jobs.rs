@@ -411,6 +411,9 @@ impl NatsJobs {
         let Some(was) = cancelled_from else {
             return Ok(versioned.record);
         };
+        if was == JobState::Queued {
+            store_queued_event(nats, &versioned.record).await?;
+        }
         let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
         nats.events.publish(&event).await?;
         tracing::info!(job = %id, %tenant, "job cancelled");
@@ -477,6 +480,20 @@ impl NatsJobs {
         tracing::info!(job = %id, %tenant, round = versioned.record.round, "job requeued");
         Ok(versioned.record)
     }
+}
+
+/// Makes sure the `queued` event of a job's round is stored before its
+/// `cancelled`: a RetryJob whose compare-and-set landed but whose events are
+/// still on their way would otherwise have them stored after the job ended,
+/// and watchers and webhooks would see the round queued after it was
+/// cancelled. Stored here, the retry's own copy is then dropped as a
+/// duplicate (same message id).
+async fn store_queued_event(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {
+    let queued = JobEvent::of(job, EventKind::Queued);
+    if !nats.events.holds(&queued).await? {
+        nats.events.publish(&queued).await?;
+    }
+    Ok(())
 }
 
 fn not_retryable(id: &JobId, state: JobState) -> GatewayError {

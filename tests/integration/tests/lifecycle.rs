@@ -251,6 +251,42 @@ async fn a_job_cancelled_while_queued_leaves_the_queue_at_once() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_cancelled_before_its_queued_event_landed_is_queued_then_cancelled()
+-> anyhow::Result<()> {
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord};
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = topology_of(&cluster).await?;
+    // A FAILED job, then what RetryJob's compare-and-set leaves: round 1,
+    // QUEUED, its queued event and work item still on their way.
+    let mut record = JobRecord::new(tenant_a(), noop(0.0, 0));
+    record.fail("it broke")?;
+    nats.jobs.create(&record).await?;
+    let requeued = nats
+        .jobs
+        .modify(&record.tenant, &record.id, |job| {
+            job.requeue()?;
+            Ok(true)
+        })
+        .await?
+        .record;
+    let cancelled = client.cancel(record.id.as_str()).await?;
+    assert_eq!(cancelled.state(), pb::JobState::Cancelled);
+    // The retry's queued event lands after the cancel.
+    let late = JobEvent::of(&requeued, EventKind::Queued);
+    let late = nats.events.publish(&late).await?;
+
+    let events = events_of(&mut client, record.id.as_str()).await?;
+    let kinds: Vec<_> = events.iter().map(event_kind_name).collect();
+    assert_eq!(kinds, ["queued", "cancelled"]);
+    assert!(
+        late < events[1].sequence,
+        "the retry's queued event is a duplicate of the one stored before the end, not a new one"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_work_item_queued_before_subjects_named_the_job_is_still_taken() -> anyhow::Result<()> {
     let cluster = TestCluster::start().await?;
     let mut client = cluster.client(KEY_A).await?;
