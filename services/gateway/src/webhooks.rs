@@ -295,6 +295,14 @@ impl<A: WebhooksApi> Webhooks for WebhooksService<A> {
         let tenant = Tenant::of(&request)?;
         let job = job_id(&request.get_ref().job_id)?;
         let chains = self.api.deliveries(tenant, job).await?;
+        let pruned = chains
+            .iter()
+            .filter(|chain| chain.pruned > 0)
+            .map(|chain| pb::PrunedDeliveries {
+                endpoint_id: endpoint_id_of(&chain.destination),
+                count: chain.pruned,
+            })
+            .collect();
         let deliveries = chains
             .into_iter()
             .flat_map(|chain| {
@@ -309,7 +317,10 @@ impl<A: WebhooksApi> Webhooks for WebhooksService<A> {
                     .map(move |d| delivery_to_proto(&job_id, &destination, d))
             })
             .collect();
-        Ok(Response::new(pb::ListDeliveriesResponse { deliveries }))
+        Ok(Response::new(pb::ListDeliveriesResponse {
+            deliveries,
+            pruned,
+        }))
     }
 
     async fn redeliver(
@@ -401,9 +412,14 @@ fn delivery_to_proto(
             })
             .collect(),
         next_attempt_at: record.next_attempt_at.map(timestamp),
-        endpoint_id: match destination {
-            Destination::Callback => String::new(),
-            Destination::Endpoint(id) => id.to_string(),
-        },
+        endpoint_id: endpoint_id_of(destination),
+    }
+}
+
+/// A destination as the API names it: an endpoint id, empty for a callback.
+fn endpoint_id_of(destination: &Destination) -> String {
+    match destination {
+        Destination::Callback => String::new(),
+        Destination::Endpoint(id) => id.to_string(),
     }
 }

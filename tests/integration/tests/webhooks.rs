@@ -295,6 +295,17 @@ async fn a_webhook_log_near_the_largest_nats_message_makes_room_for_the_next() -
         listed as u64 + 1
     );
     assert!(serde_json::to_vec(&chain)?.len() <= reelmesh_nats::MAX_CHAIN_BYTES);
+    // ListDeliveries says how many it no longer lists.
+    let request = pb::ListDeliveriesRequest {
+        job_id: job.id.clone(),
+    };
+    let listed = client.webhooks.list_deliveries(request).await?.into_inner();
+    assert_eq!(listed.deliveries.len(), chain.deliveries.len());
+    let callback = pb::PrunedDeliveries {
+        endpoint_id: String::new(),
+        count: chain.pruned,
+    };
+    assert_eq!(listed.pruned, [callback]);
     Ok(())
 }
 
