@@ -411,8 +411,12 @@ impl NatsJobs {
         let Some(was) = cancelled_from else {
             return Ok(versioned.record);
         };
-        if was == JobState::Queued {
-            store_queued_event(nats, &versioned.record).await?;
+        // Best effort: the record is already CANCELLED, and its terminal
+        // event matters more than the order of the events before it.
+        if was == JobState::Queued
+            && let Err(err) = store_queued_event(nats, &versioned.record).await
+        {
+            tracing::warn!(job = %id, "queued event not checked before cancelled: {err}");
         }
         let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
         nats.events.publish(&event).await?;
@@ -486,8 +490,9 @@ impl NatsJobs {
 /// `cancelled`: a RetryJob whose compare-and-set landed but whose events are
 /// still on their way would otherwise have them stored after the job ended,
 /// and watchers and webhooks would see the round queued after it was
-/// cancelled. Stored here, the retry's own copy is then dropped as a
-/// duplicate (same message id).
+/// cancelled. Stored here (stamped with the cancel's time), the retry's own
+/// copy is dropped as a duplicate, as it has the same message id, if it
+/// arrives within JetStream's duplicate window (2 minutes).
 async fn store_queued_event(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {
     let queued = JobEvent::of(job, EventKind::Queued);
     if !nats.events.holds(&queued).await? {

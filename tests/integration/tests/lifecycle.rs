@@ -257,11 +257,17 @@ async fn a_retried_job_cancelled_before_its_queued_event_landed_is_queued_then_c
     let cluster = TestCluster::start_without_render(|_| {}).await?;
     let mut client = cluster.client(KEY_A).await?;
     let nats = topology_of(&cluster).await?;
-    // A FAILED job, then what RetryJob's compare-and-set leaves: round 1,
-    // QUEUED, its queued event and work item still on their way.
+    // A FAILED job with its round's events, then what RetryJob's
+    // compare-and-set leaves: round 1, QUEUED, its queued event and work
+    // item still on their way.
     let mut record = JobRecord::new(tenant_a(), noop(0.0, 0));
+    nats.events
+        .publish(&JobEvent::of(&record, EventKind::Queued))
+        .await?;
     record.fail("it broke")?;
     nats.jobs.create(&record).await?;
+    let failed = EventKind::ending(&record).expect("an ending");
+    nats.events.publish(&JobEvent::of(&record, failed)).await?;
     let requeued = nats
         .jobs
         .modify(&record.tenant, &record.id, |job| {
@@ -278,9 +284,9 @@ async fn a_retried_job_cancelled_before_its_queued_event_landed_is_queued_then_c
 
     let events = events_of(&mut client, record.id.as_str()).await?;
     let kinds: Vec<_> = events.iter().map(event_kind_name).collect();
-    assert_eq!(kinds, ["queued", "cancelled"]);
+    assert_eq!(kinds, ["queued", "failed", "queued", "cancelled"]);
     assert!(
-        late < events[1].sequence,
+        late < events[3].sequence,
         "the retry's queued event is a duplicate of the one stored before the end, not a new one"
     );
     Ok(())
