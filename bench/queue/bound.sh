@@ -6,7 +6,8 @@
 #   bench/queue/bound.sh                      # 3000 jobs, 1 then 16 producers, 3 runs each
 #   BENCH_RUNS=1 BENCH_JOBS=1000 bench/queue/bound.sh
 #
-# It builds this commit twice in release mode: as it is, and with
+# It builds this commit twice in release mode (commit first: the second
+# build is of HEAD, not of the working tree): as it is, and with
 # bench/queue/bound.patch applied in a throw-away git worktree (built in
 # target/bound, or $BOUND_TARGET_DIR). The patch makes three changes:
 #   - with REELMESH_BOUND_ONE_MESSAGE set, the gateway's submit stores one
@@ -54,8 +55,17 @@ cargo build --release "${services[@]}"
 
 tree="$(mktemp -d /var/tmp/reelmesh-bound-tree.XXXXXX)"
 pids=()
-cleanup() {
+scratch=()
+# Stops the processes of the stack in hand, waiting for them to exit.
+stop_all() {
+  local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  stop_all
+  rm -rf "${scratch[@]}"
   git -C "$repo" worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
 }
 trap cleanup EXIT
@@ -85,6 +95,7 @@ wait_serving() {
 run_stack() {
   local stack="$1" producers="$2" data port nats_port
   data="$(mktemp -d /var/tmp/reelmesh-bound.XXXXXX)"
+  scratch+=("$data")
   port="$(free_port)"
   nats_port="$(free_port)"
   nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$data/nats" >"$data/nats.log" 2>&1 &
@@ -99,6 +110,7 @@ run_stack() {
   if [[ "$stack" == current ]]; then
     env "${common[@]}" "$current/reelmesh-gateway" >"$data/gateway.log" 2>&1 &
     gateway=$!
+    pids+=("$gateway")
     wait_serving "127.0.0.1:$port"
     REELMESH_RENDER_LISTEN="127.0.0.1:$(free_port)" \
       REELMESH_RENDER_NATS_URL="nats://127.0.0.1:$nats_port" \
@@ -109,13 +121,15 @@ run_stack() {
     env "${threads[@]}" "${common[@]}" REELMESH_BOUND_ONE_MESSAGE=1 \
       "$bound/reelmesh-gateway" >"$data/gateway.log" 2>&1 &
     gateway=$!
+    pids+=("$gateway")
     wait_serving "127.0.0.1:$port"
     env "${threads[@]}" "$bound/reelmesh-bound-worker" "nats://127.0.0.1:$nats_port" \
       >"$data/worker.log" 2>&1 &
     worker=$!
   fi
-  pids+=("$gateway" "$worker")
-  # The worker has declared its consumer once it says so (render logs it).
+  pids+=("$worker")
+  # Started, as far as its log tells (the render worker says so just
+  # before it declares its consumers; the queue holds jobs meanwhile).
   for _ in $(seq 300); do
     grep -q -e ready -e "render worker" "$data/worker.log" 2>/dev/null && break
     sleep 0.1
@@ -131,9 +145,7 @@ run_stack() {
     --endpoint "http://127.0.0.1:$port" --nats-url "nats://127.0.0.1:$nats_port" \
     --jobs "$jobs" --producers "$producers" --warmup "$warmup" 2>"$data/load.log")"
   local after=("$(cpu_ticks "$nats")" "$(cpu_ticks "$gateway")" "$(cpu_ticks "$worker")")
-  kill "$gateway" "$worker" 2>/dev/null || true
-  wait "$gateway" "$worker" 2>/dev/null || true
-  kill "$nats" && wait "$nats" 2>/dev/null || true
+  stop_all
   rm -rf "$data"
   python3 - "$stack" "$((jobs + warmup))" "$report" "${before[@]}" "${after[@]}" <<'EOF'
 import json, os, sys
@@ -147,6 +159,7 @@ EOF
 }
 
 results="$(mktemp /var/tmp/reelmesh-bound-results.XXXXXX)"
+scratch+=("$results")
 for p in ${producers//,/ }; do
   for run in $(seq "$runs"); do
     for stack in current bound bound-1-thread; do
@@ -158,6 +171,7 @@ done
 
 # gRPC alone: a health check's round trip on an idle gateway.
 data="$(mktemp -d /var/tmp/reelmesh-bound.XXXXXX)"
+scratch+=("$data")
 port="$(free_port)"
 nats_port="$(free_port)"
 nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$data/nats" >/dev/null 2>&1 &
@@ -167,8 +181,7 @@ REELMESH_GATEWAY_LISTEN="127.0.0.1:$port" REELMESH_GATEWAY_NATS_URL="nats://127.
 pids+=($!)
 wait_serving "127.0.0.1:$port"
 rtt="$("$bound/reelmesh-grpc-rtt" "http://127.0.0.1:$port" 5000)"
-for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-rm -rf "$data"
+stop_all
 
 python3 - "$results" "$rtt" "$jobs" "$runs" <<'EOF'
 import json, statistics, sys
