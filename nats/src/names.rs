@@ -103,7 +103,8 @@ pub fn job_events_filter(tenant: &TenantId, job: &JobId) -> String {
 }
 
 /// Filter matching one kind of event (an [`crate::EventKind::name`]) of
-/// every job.
+/// every job; render workers follow `cancelled` (as plain NATS messages) to
+/// stop a running render.
 pub fn kind_events_filter(kind: &str) -> String {
     format!("reelmesh.events.*.*.{kind}")
 }
@@ -112,10 +113,6 @@ pub fn kind_events_filter(kind: &str) -> String {
 pub fn tenant_kind_events_filter(tenant: &TenantId, kind: &str) -> String {
     format!("reelmesh.events.{tenant}.*.{kind}")
 }
-
-/// Filter matching every job's cancel event, which render workers follow
-/// (as plain NATS messages) to stop a running render.
-pub const CANCEL_EVENTS_FILTER: &str = "reelmesh.events.*.*.cancelled";
 
 /// Work-queue stream of webhooks to send: one message per webhook (and per
 /// Redeliver), naming its entry in the delivery log.
@@ -195,8 +192,9 @@ mod tests {
         assert_eq!(subject, format!("reelmesh.events.acme.{job}.completed"));
         assert!(job_events_filter(&tenant, &job).ends_with(".*"));
         let cancelled = event_subject(&tenant, &job, "cancelled");
-        assert!(subject_matches(CANCEL_EVENTS_FILTER, &cancelled));
-        assert!(!subject_matches(CANCEL_EVENTS_FILTER, &subject));
+        let cancels = kind_events_filter("cancelled");
+        assert!(subject_matches(&cancels, &cancelled));
+        assert!(!subject_matches(&cancels, &subject));
         let hook = webhook_subject(&tenant, &job, &Destination::Callback);
         assert!(subject_matches(WEBHOOK_SUBJECTS, &hook));
     }

@@ -236,7 +236,10 @@ impl RenderWorker {
     fn follow_cancels(&self) -> tokio::task::JoinHandle<()> {
         let (client, running) = (self.topology.client.clone(), self.running.clone());
         tokio::spawn(async move {
-            let Ok(mut cancels) = client.subscribe(names::CANCEL_EVENTS_FILTER).await else {
+            let Ok(mut cancels) = client
+                .subscribe(names::kind_events_filter(EventKind::Cancelled.name()))
+                .await
+            else {
                 tracing::warn!("cannot follow cancel events; cancels apply when renders end");
                 return;
             };
