@@ -189,6 +189,18 @@ impl EventLog {
         }
     }
 
+    /// Publishes `event` unless [`EventLog::holds`] finds it stored, and
+    /// says whether it did. For an event that should have been sent but may
+    /// not have been: the look comes first because the message id drops a
+    /// second copy only within the duplicate window.
+    pub async fn publish_unless_stored(&self, event: &JobEvent) -> Result<bool, NatsError> {
+        if self.holds(event).await? {
+            return Ok(false);
+        }
+        self.publish(event).await?;
+        Ok(true)
+    }
+
     /// Publishes and waits for the stream's ack, so a returned event is durable.
     pub async fn publish(&self, event: &JobEvent) -> Result<u64, NatsError> {
         self.send(event).await?.durable().await

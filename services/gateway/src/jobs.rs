@@ -411,12 +411,18 @@ impl NatsJobs {
         let Some(was) = cancelled_from else {
             return Ok(versioned.record);
         };
-        // Best effort: the record is already CANCELLED, and its terminal
-        // event matters more than the order of the events before it.
-        if was == JobState::Queued
-            && let Err(err) = store_queued_event(nats, &versioned.record).await
-        {
-            tracing::warn!(job = %id, "queued event not checked before cancelled: {err}");
+        // The round's `queued` event goes first if it is not stored yet: a
+        // RetryJob whose compare-and-set landed may still be sending it, and
+        // stored after `cancelled` it would show the round queued after it
+        // ended. Stored here (stamped with the cancel's time), the retry's
+        // copy, having the same message id, is dropped as a duplicate if it
+        // arrives within the duplicate window (2 minutes). Best effort: the
+        // record is already CANCELLED, and its terminal event matters more.
+        if was == JobState::Queued {
+            let queued = JobEvent::of(&versioned.record, EventKind::Queued);
+            if let Err(err) = nats.events.publish_unless_stored(&queued).await {
+                tracing::warn!(job = %id, "queued event not checked before cancelled: {err}");
+            }
         }
         let event = JobEvent::of(&versioned.record, EventKind::Cancelled);
         nats.events.publish(&event).await?;
@@ -484,21 +490,6 @@ impl NatsJobs {
         tracing::info!(job = %id, %tenant, round = versioned.record.round, "job requeued");
         Ok(versioned.record)
     }
-}
-
-/// Makes sure the `queued` event of a job's round is stored before its
-/// `cancelled`: a RetryJob whose compare-and-set landed but whose events are
-/// still on their way would otherwise have them stored after the job ended,
-/// and watchers and webhooks would see the round queued after it was
-/// cancelled. Stored here (stamped with the cancel's time), the retry's own
-/// copy is dropped as a duplicate, as it has the same message id, if it
-/// arrives within JetStream's duplicate window (2 minutes).
-async fn store_queued_event(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {
-    let queued = JobEvent::of(job, EventKind::Queued);
-    if !nats.events.holds(&queued).await? {
-        nats.events.publish(&queued).await?;
-    }
-    Ok(())
 }
 
 fn not_retryable(id: &JobId, state: JobState) -> GatewayError {

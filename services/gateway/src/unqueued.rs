@@ -140,9 +140,8 @@ async fn confirm_failed(nats: &Topology, job: &JobRecord) -> Result<(), NatsErro
     };
     let error = error.to_owned();
     let failed = JobEvent::of(job, EventKind::Failed { error });
-    if !nats.events.holds(&failed).await? {
-        tracing::warn!(job = %job.id, "sending the lost failed event of a job never queued");
-        nats.events.publish(&failed).await?;
+    if nats.events.publish_unless_stored(&failed).await? {
+        tracing::warn!(job = %job.id, "sent the lost failed event of a job never queued");
     }
     Ok(())
 }

@@ -968,17 +968,14 @@ impl RenderWorker {
     /// Publishes the terminal event of a job that has ended, unless it is
     /// stored. Whoever ended it publishes that event, but may have failed to
     /// (NATS went away between the two), and without it watchers and
-    /// webhooks would wait for ever. The look comes first because the
-    /// message id drops a copy only within the duplicate window, and the
-    /// item of a job cancelled while queued can come up long after.
+    /// webhooks would wait for ever. The item of a job cancelled while
+    /// queued can come up long after the duplicate window.
     async fn confirm_end(&self, job: &JobRecord) -> Result<(), RenderError> {
         let Some(kind) = EventKind::ending(job) else {
             return Ok(());
         };
         let ending = JobEvent::of(job, kind);
-        if !self.topology.events.holds(&ending).await? {
-            self.topology.events.publish(&ending).await?;
-        }
+        self.topology.events.publish_unless_stored(&ending).await?;
         Ok(())
     }
 
