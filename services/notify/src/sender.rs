@@ -8,9 +8,10 @@
 //! handed back until that one is settled. Different chains go in parallel,
 //! so a slow or dead receiver holds up only its own webhooks; and a chain
 //! keeps at most two tasks in hand (the rest go back for a while), so one
-//! job's many webhooks to a slow receiver cannot take every place in hand. The log is
-//! the judge of what is due: a duplicate task (a lost acknowledgement, a
-//! restart) finds its webhook settled or not yet due and goes back.
+//! job's many webhooks to a slow receiver cannot take every place in hand.
+//! The log is the judge of what is due: a duplicate task (a lost
+//! acknowledgement, a restart) finds its webhook settled or not yet due
+//! and goes back.
 
 use std::{
     collections::HashMap,
