@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The redesign bound: how fast the job path could get if a job's record and
+# The redesign bounds: how fast the job path could get if a job's record and
 # its events were one stream (the redesign BENCHMARKS.md sketches), measured
 # through the real gateway before anyone builds it. Run as root on Debian 12:
 #
@@ -9,22 +9,32 @@
 # It builds this commit twice in release mode (commit first: the second
 # build is of HEAD, not of the working tree): as it is, and with
 # bench/queue/bound.patch applied in a throw-away git worktree (built in
-# target/bound, or $BOUND_TARGET_DIR). The patch makes three changes:
+# target/bound, or $BOUND_TARGET_DIR). The patch makes these changes:
 #   - with REELMESH_BOUND_ONE_MESSAGE set, the gateway's submit stores one
 #     message, the record as the job's `queued` change on the events stream
 #     (compare-and-set: only if nothing is stored for the job), in place of
 #     the record, the queued event and the work item;
-#   - reelmesh-bound-worker takes those messages (a durable consumer
+#   - with REELMESH_BOUND_WORK_ITEM set, it stores that message and then,
+#     once it is stored, a work item holding the record and the change's
+#     sequence (two round trips to NATS);
+#   - reelmesh-bound-worker takes the `queued` messages (a durable consumer
 #     filtered on `queued`), stores one `completed` message holding the
 #     record (compare-and-set on the job's last subject sequence) and acks;
+#     with `work` it takes the work items instead, stores `started` and
+#     then `completed` (each by compare-and-set on the one before) and acks;
 #   - reelmesh-grpc-rtt times a health check to the gateway: gRPC alone.
-# It is a bound, not the redesign: no running slots, no cancel, no progress,
-# no notify, no GetJob. For each producer count and run it starts, in turn,
-# each on a fresh nats-server (file storage) and free ports:
+# These are bounds, not the redesign: no running slots, no cancel, no
+# progress, no notify, no GetJob. The work-item stack keeps what the first
+# leaves out that every job pays for: a `started` event and a stored
+# message per queued job to count a tenant's queued jobs by (today's work
+# stream, which also keeps priorities). For each producer count and run it
+# starts, in turn, each stack in $BOUND_STACKS on a fresh nats-server (file
+# storage) and free ports:
 #   - current: this commit's gateway and render worker (concurrency 16);
-#   - bound: the patched gateway and reelmesh-bound-worker;
-#   - bound-1-thread: the same with TOKIO_WORKER_THREADS=1 for the gateway,
-#     the worker and the load generator;
+#   - bound: the patched gateway (one message) and reelmesh-bound-worker;
+#   - bound-work: the patched gateway (work item) and reelmesh-bound-worker work;
+#   - bound-1-thread: bound with TOKIO_WORKER_THREADS=1 for the gateway,
+#     the worker and the load generator (not run by default);
 # notify runs in none of them. The load generator is the queue benchmark's
 # (bench/queue/load). Prints medians (throughput, submit p50 / p99,
 # submit -> completed p50, CPU ms per job of nats-server, gateway, worker).
@@ -36,6 +46,7 @@ jobs="${BENCH_JOBS:-3000}"
 runs="${BENCH_RUNS:-3}"
 producers="${BENCH_PRODUCERS:-1,16}"
 warmup="${BENCH_WARMUP:-200}"
+stacks="${BOUND_STACKS:-current,bound,bound-work}"
 
 if [[ $EUID -ne 0 ]]; then
   echo "bench/queue/bound.sh: run as root (it installs packages)" >&2
@@ -118,13 +129,15 @@ run_stack() {
       "$current/reelmesh-render" >"$data/worker.log" 2>&1 &
     worker=$!
   else
-    env "${threads[@]}" "${common[@]}" REELMESH_BOUND_ONE_MESSAGE=1 \
+    local submit=REELMESH_BOUND_ONE_MESSAGE=1 take=()
+    [[ "$stack" == bound-work ]] && submit=REELMESH_BOUND_WORK_ITEM=1 take=(work)
+    env "${threads[@]}" "${common[@]}" "$submit" \
       "$bound/reelmesh-gateway" >"$data/gateway.log" 2>&1 &
     gateway=$!
     pids+=("$gateway")
     wait_serving "127.0.0.1:$port"
     env "${threads[@]}" "$bound/reelmesh-bound-worker" "nats://127.0.0.1:$nats_port" \
-      >"$data/worker.log" 2>&1 &
+      "${take[@]}" >"$data/worker.log" 2>&1 &
     worker=$!
   fi
   pids+=("$worker")
@@ -162,7 +175,7 @@ results="$(mktemp /var/tmp/reelmesh-bound-results.XXXXXX)"
 scratch+=("$results")
 for p in ${producers//,/ }; do
   for run in $(seq "$runs"); do
-    for stack in current bound bound-1-thread; do
+    for stack in ${stacks//,/ }; do
       echo "bound: $stack, $p producers, run $run of $runs" >&2
       run_stack "$stack" "$p" >>"$results"
     done
