@@ -63,26 +63,16 @@ uses() { [[ ",$BENCH_TOOLS," == *",$1,"* ]]; }
 if uses reelmesh || uses jetstream; then
   scripts/setup.sh
 fi
-apt_packages=(python3)
-if uses bullmq; then
-  apt_packages+=(redis-server)
-  command -v node >/dev/null || apt_packages+=(nodejs)
-  command -v npm >/dev/null || apt_packages+=(npm)
-fi
 # shellcheck source=../scripts/apt.sh
 source scripts/apt.sh
-install_missing_apt bench "${apt_packages[@]}"
+install_missing_apt bench python3
+if uses bullmq; then
+  # shellcheck source=queue/bullmq-install.sh
+  source bench/queue/bullmq-install.sh
+  install_bullmq bench
+fi
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
-
-node_dir="$repo/.tools/bench-node"
-if uses bullmq && ! cmp -s bench/queue/package.json "$node_dir/package.json"; then
-  echo "bench: installing BullMQ and ioredis (bench/queue/package.json) into .tools/bench-node"
-  rm -rf "$node_dir"
-  mkdir -p "$node_dir"
-  cp bench/queue/package.json "$node_dir/package.json"
-  (cd "$node_dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
-fi
 
 # --- processes -----------------------------------------------------------------
 pids=()
@@ -201,10 +191,10 @@ if uses bullmq; then
   pids+=($!)
   wait_for "$!" "redis-server" "$logs/redis-server.log" redis-cli -p "$redis_port" ping
   node bench/queue/bullmq.mjs worker --port "$redis_port" --concurrency "$BENCH_CONCURRENCY" \
-    --node-modules "$node_dir/node_modules" >"$logs/bullmq-worker.log" 2>&1 &
+    --node-modules "$bullmq_node_modules" >"$logs/bullmq-worker.log" 2>&1 &
   pids+=($!)
   wait_for "$!" "BullMQ worker" "$logs/bullmq-worker.log" grep -qx ready "$logs/bullmq-worker.log"
-  run_args+=(--redis-port "$redis_port" --node-modules "$node_dir/node_modules"
+  run_args+=(--redis-port "$redis_port" --node-modules "$bullmq_node_modules"
              --bullmq-pids "${pids[-2]},${pids[-1]}")
 fi
 

@@ -35,6 +35,10 @@
 #   - bound-work: the patched gateway (work item) and reelmesh-bound-worker work;
 #   - bound-1-thread: bound with TOKIO_WORKER_THREADS=1 for the gateway,
 #     the worker and the load generator (not run by default);
+#   - bullmq: redis-server and a BullMQ worker as bench/queue.sh runs them,
+#     with that script's BullMQ load generator, so each bound sits beside
+#     BullMQ measured in the same run (its CPU shows under nats-server for
+#     redis-server and under worker for the BullMQ worker);
 # notify runs in none of them. The load generator is the queue benchmark's
 # (bench/queue/load). Prints medians (throughput, submit p50 / p99,
 # submit -> completed p50, CPU ms per job of nats-server, gateway, worker).
@@ -46,13 +50,18 @@ jobs="${BENCH_JOBS:-3000}"
 runs="${BENCH_RUNS:-3}"
 producers="${BENCH_PRODUCERS:-1,16}"
 warmup="${BENCH_WARMUP:-200}"
-stacks="${BOUND_STACKS:-current,bound,bound-work}"
+stacks="${BOUND_STACKS:-current,bound,bound-work,bullmq}"
 
 if [[ $EUID -ne 0 ]]; then
   echo "bench/queue/bound.sh: run as root (it installs packages)" >&2
   exit 1
 fi
 scripts/setup.sh
+if [[ ",$stacks," == *,bullmq,* ]]; then
+  # shellcheck source=bullmq-install.sh
+  source bench/queue/bullmq-install.sh
+  install_bullmq bound
+fi
 # shellcheck source=../../scripts/env.sh
 source scripts/env.sh
 
@@ -107,6 +116,10 @@ run_stack() {
   local stack="$1" producers="$2" data port nats_port
   data="$(mktemp -d /var/tmp/reelmesh-bound.XXXXXX)"
   scratch+=("$data")
+  if [[ "$stack" == bullmq ]]; then
+    run_bullmq "$producers" "$data"
+    return
+  fi
   port="$(free_port)"
   nats_port="$(free_port)"
   nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$data/nats" >"$data/nats.log" 2>&1 &
@@ -160,7 +173,38 @@ run_stack() {
   local after=("$(cpu_ticks "$nats")" "$(cpu_ticks "$gateway")" "$(cpu_ticks "$worker")")
   stop_all
   rm -rf "$data"
-  python3 - "$stack" "$((jobs + warmup))" "$report" "${before[@]}" "${after[@]}" <<'EOF'
+  report_json "$stack" "$report" "${before[@]}" "${after[@]}"
+}
+
+# One run of BullMQ, as run_stack's (redis-server under nats, the BullMQ
+# worker under worker).
+run_bullmq() {
+  local producers="$1" data="$2" port
+  port="$(free_port)"
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$data" --appendonly yes \
+    --appendfsync everysec --save '' --daemonize no >"$data/redis.log" 2>&1 &
+  local redis=$!
+  pids=("$redis")
+  for _ in $(seq 300); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  node bench/queue/bullmq.mjs worker --port "$port" --concurrency 16 \
+    --node-modules "$bullmq_node_modules" >"$data/worker.log" 2>&1 &
+  local worker=$!
+  pids+=("$worker")
+  for _ in $(seq 300); do grep -qx ready "$data/worker.log" 2>/dev/null && break; sleep 0.1; done
+  local before=("$(cpu_ticks "$redis")" 0 "$(cpu_ticks "$worker")")
+  local report
+  report="$(node bench/queue/bullmq.mjs load --port "$port" --node-modules "$bullmq_node_modules" \
+    --jobs "$jobs" --producers "$producers" --warmup "$warmup" 2>"$data/load.log")"
+  local after=("$(cpu_ticks "$redis")" 0 "$(cpu_ticks "$worker")")
+  stop_all
+  rm -rf "$data"
+  report_json bullmq "$report" "${before[@]}" "${after[@]}"
+}
+
+# Prints a load generator's report with the stack's name and the CPU per
+# job of its three processes (ticks before, then after) added.
+report_json() {
+  python3 - "$1" "$((jobs + warmup))" "$2" "${@:3}" <<'EOF'
 import json, os, sys
 stack, total, report = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 ticks = list(map(float, sys.argv[4:]))
@@ -215,6 +259,14 @@ for r in rows:
           f"| {med(lambda x: x['submit_ms']['p50']):.2f} ms | {med(lambda x: x['submit_ms']['p99']):.2f} ms "
           f"| {med(lambda x: x['e2e_ms']['p50']):.2f} ms | "
           + " | ".join(f"{med(lambda x: x['cpu'][k]):.3f}" for k in ("nats", "gateway", "worker")) + " |")
+throughput = {key: statistics.median(x["throughput"] for x in rows
+                                     if (x["producers"], x["stack"]) == key) for key in seen}
+for producers in dict.fromkeys(p for p, _ in seen):
+    if (producers, "bullmq") not in throughput:
+        continue
+    ratios = ", ".join(f"{stack} {throughput[(p, stack)] / throughput[(p, 'bullmq')]:.2f}×"
+                       for p, stack in seen if p == producers and stack != "bullmq")
+    print(f"\nThroughput / BullMQ's, {producers} producers: {ratios}")
 print(f"\ngRPC alone (health check, idle gateway): {sys.argv[2]}")
 EOF
 rm -f "$results"
