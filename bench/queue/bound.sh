@@ -16,12 +16,16 @@
 #     the record, the queued event and the work item;
 #   - with REELMESH_BOUND_WORK_ITEM set, it stores that message and then,
 #     once it is stored, a work item holding the record and the change's
-#     sequence (two round trips to NATS);
+#     sequence (two round trips to NATS); with REELMESH_BOUND_WORK_PIPELINED
+#     set, it sends both at once and awaits both acks (one round trip), so
+#     the work item does not hold the sequence;
 #   - reelmesh-bound-worker takes the `queued` messages (a durable consumer
 #     filtered on `queued`), stores one `completed` message holding the
 #     record (compare-and-set on the job's last subject sequence) and acks;
 #     with `work` it takes the work items instead, stores `started` and
 #     then `completed` (each by compare-and-set on the one before) and acks;
+#     with `work-get` it first reads the sequence of the job's last change
+#     (one direct get);
 #   - reelmesh-grpc-rtt times a health check to the gateway: gRPC alone.
 # These are bounds, not the redesign: no running slots, no cancel, no
 # progress, no notify, no GetJob. The work-item stack keeps what the first
@@ -33,6 +37,8 @@
 #   - current: this commit's gateway and render worker (concurrency 16);
 #   - bound: the patched gateway (one message) and reelmesh-bound-worker;
 #   - bound-work: the patched gateway (work item) and reelmesh-bound-worker work;
+#   - bound-work-get: the gateway sending both at once, and the worker with
+#     work-get;
 #   - bound-1-thread: bound with TOKIO_WORKER_THREADS=1 for the gateway,
 #     the worker and the load generator (not run by default);
 #   - bullmq: redis-server and a BullMQ worker as bench/queue.sh runs them,
@@ -50,7 +56,7 @@ jobs="${BENCH_JOBS:-3000}"
 runs="${BENCH_RUNS:-3}"
 producers="${BENCH_PRODUCERS:-1,16}"
 warmup="${BENCH_WARMUP:-200}"
-stacks="${BOUND_STACKS:-current,bound,bound-work,bullmq}"
+stacks="${BOUND_STACKS:-current,bound,bound-work,bound-work-get,bullmq}"
 
 if [[ $EUID -ne 0 ]]; then
   echo "bench/queue/bound.sh: run as root (it installs packages)" >&2
@@ -144,6 +150,7 @@ run_stack() {
   else
     local submit=REELMESH_BOUND_ONE_MESSAGE=1 take=()
     [[ "$stack" == bound-work ]] && submit=REELMESH_BOUND_WORK_ITEM=1 take=(work)
+    [[ "$stack" == bound-work-get ]] && submit=REELMESH_BOUND_WORK_PIPELINED=1 take=(work-get)
     env "${threads[@]}" "${common[@]}" "$submit" \
       "$bound/reelmesh-gateway" >"$data/gateway.log" 2>&1 &
     gateway=$!
