@@ -41,10 +41,12 @@
 #     work-get;
 #   - bound-1-thread: bound with TOKIO_WORKER_THREADS=1 for the gateway,
 #     the worker and the load generator (not run by default);
-#   - bullmq: redis-server and a BullMQ worker as bench/queue.sh runs them,
-#     with that script's BullMQ load generator, so each bound sits beside
-#     BullMQ measured in the same run (its CPU shows under nats-server for
-#     redis-server and under worker for the BullMQ worker);
+#   - bullmq: redis-server and a BullMQ worker as bench/queue.sh runs them
+#     (started once and kept for every run, as that script does, so later
+#     runs find node's JIT warm), with that script's BullMQ load generator,
+#     so each bound sits beside BullMQ measured in the same run (its CPU
+#     shows under nats-server for redis-server and under worker for the
+#     BullMQ worker);
 # notify runs in none of them. The load generator is the queue benchmark's
 # (bench/queue/load). Prints medians (throughput, submit p50 / p99,
 # submit -> completed p50, CPU ms per job of nats-server, gateway, worker).
@@ -57,6 +59,16 @@ runs="${BENCH_RUNS:-3}"
 producers="${BENCH_PRODUCERS:-1,16}"
 warmup="${BENCH_WARMUP:-200}"
 stacks="${BOUND_STACKS:-current,bound,bound-work,bound-work-get,bullmq}"
+stacks="${stacks// /}"
+for stack in ${stacks//,/ }; do
+  case "$stack" in
+    current | bound | bound-work | bound-work-get | bound-1-thread | bullmq) ;;
+    *)
+      echo "bench/queue/bound.sh: unknown stack '$stack' in BOUND_STACKS" >&2
+      exit 1
+      ;;
+  esac
+done
 
 if [[ $EUID -ne 0 ]]; then
   echo "bench/queue/bound.sh: run as root (it installs packages)" >&2
@@ -89,7 +101,10 @@ stop_all() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
 }
+bullmq_pids=()
 cleanup() {
+  stop_all
+  pids=("${bullmq_pids[@]}")
   stop_all
   rm -rf "${scratch[@]}"
   git -C "$repo" worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
@@ -183,27 +198,48 @@ run_stack() {
   report_json "$stack" "$report" "${before[@]}" "${after[@]}"
 }
 
+# Starts redis-server and the BullMQ worker, kept for every run (as
+# bench/queue.sh keeps them): bullmq_port, bullmq_pids (redis, worker).
+start_bullmq() {
+  local data
+  data="$(mktemp -d /var/tmp/reelmesh-bound-bullmq.XXXXXX)"
+  scratch+=("$data")
+  bullmq_port="$(free_port)"
+  redis-server --bind 127.0.0.1 --port "$bullmq_port" --dir "$data" --appendonly yes \
+    --appendfsync everysec --save '' --daemonize no >"$data/redis.log" 2>&1 &
+  bullmq_pids=($!)
+  for _ in $(seq 300); do redis-cli -p "$bullmq_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  node bench/queue/bullmq.mjs worker --port "$bullmq_port" --concurrency 16 \
+    --node-modules "$bullmq_node_modules" >"$data/worker.log" 2>&1 &
+  bullmq_pids+=($!)
+  for _ in $(seq 300); do grep -qx ready "$data/worker.log" 2>/dev/null && break; sleep 0.1; done
+  bullmq_logs="$data"
+  check_bullmq
+}
+
+# Stops the script, with the logs' last lines, unless both BullMQ
+# processes are up (and the worker said it is ready).
+check_bullmq() {
+  if kill -0 "${bullmq_pids[0]}" 2>/dev/null && kill -0 "${bullmq_pids[1]}" 2>/dev/null \
+    && grep -qx ready "$bullmq_logs/worker.log"; then
+    return 0
+  fi
+  echo "bound: redis-server or the BullMQ worker is not running; last lines of their logs:" >&2
+  tail -n 20 "$bullmq_logs/redis.log" "$bullmq_logs/worker.log" >&2
+  exit 1
+}
+
 # One run of BullMQ, as run_stack's (redis-server under nats, the BullMQ
 # worker under worker).
 run_bullmq() {
-  local producers="$1" data="$2" port
-  port="$(free_port)"
-  redis-server --bind 127.0.0.1 --port "$port" --dir "$data" --appendonly yes \
-    --appendfsync everysec --save '' --daemonize no >"$data/redis.log" 2>&1 &
-  local redis=$!
-  pids=("$redis")
-  for _ in $(seq 300); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  node bench/queue/bullmq.mjs worker --port "$port" --concurrency 16 \
-    --node-modules "$bullmq_node_modules" >"$data/worker.log" 2>&1 &
-  local worker=$!
-  pids+=("$worker")
-  for _ in $(seq 300); do grep -qx ready "$data/worker.log" 2>/dev/null && break; sleep 0.1; done
+  local producers="$1" data="$2" redis="${bullmq_pids[0]}" worker="${bullmq_pids[1]}"
+  check_bullmq
   local before=("$(cpu_ticks "$redis")" 0 "$(cpu_ticks "$worker")")
   local report
-  report="$(node bench/queue/bullmq.mjs load --port "$port" --node-modules "$bullmq_node_modules" \
-    --jobs "$jobs" --producers "$producers" --warmup "$warmup" 2>"$data/load.log")"
+  report="$(node bench/queue/bullmq.mjs load --port "$bullmq_port" \
+    --node-modules "$bullmq_node_modules" --jobs "$jobs" --producers "$producers" \
+    --warmup "$warmup" 2>"$data/load.log")"
   local after=("$(cpu_ticks "$redis")" 0 "$(cpu_ticks "$worker")")
-  stop_all
   rm -rf "$data"
   report_json bullmq "$report" "${before[@]}" "${after[@]}"
 }
@@ -224,6 +260,7 @@ EOF
 
 results="$(mktemp /var/tmp/reelmesh-bound-results.XXXXXX)"
 scratch+=("$results")
+if [[ ",$stacks," == *,bullmq,* ]]; then start_bullmq; fi
 for p in ${producers//,/ }; do
   for run in $(seq "$runs"); do
     for stack in ${stacks//,/ }; do
