@@ -58,7 +58,8 @@ pub enum EventKind {
     Cancelled,
 }
 
-/// The names of the kinds [`EventKind::is_terminal`] holds for.
+/// The names of the kinds that end a job's round: [`EventKind::is_terminal`]
+/// asks this list, so routing and the events agree on what ends a job.
 pub const TERMINAL_KIND_NAMES: [&str; 3] = ["completed", "failed", "cancelled"];
 
 impl EventKind {
@@ -103,10 +104,7 @@ impl EventKind {
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled
-        )
+        TERMINAL_KIND_NAMES.contains(&self.name())
     }
 }
 
