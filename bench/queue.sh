@@ -67,8 +67,8 @@ fi
 source scripts/apt.sh
 install_missing_apt bench python3
 if uses bullmq; then
-  # shellcheck source=queue/bullmq-install.sh
-  source bench/queue/bullmq-install.sh
+  # shellcheck source=queue/bullmq-stack.sh
+  source bench/queue/bullmq-stack.sh
   install_bullmq bench
 fi
 # shellcheck source=../scripts/env.sh
@@ -81,9 +81,9 @@ logs="$repo/bench/queue/logs"
 mkdir -p "$logs"
 
 cleanup() {
-  local pid
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid="${pids[$i]}"
+  local pid all=("${pids[@]}" "${bullmq_pids[@]}")
+  for ((i = ${#all[@]} - 1; i >= 0; i--)); do
+    pid="${all[$i]}"
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -185,17 +185,9 @@ if uses bullmq; then
   redis_port="$(free_port)"
   echo "bench: starting redis-server (port $redis_port, appendonly yes, appendfsync everysec)" \
        "and a BullMQ worker (concurrency $BENCH_CONCURRENCY)"
-  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$redis_dir" \
-    --appendonly yes --appendfsync everysec --save '' --daemonize no \
-    >"$logs/redis-server.log" 2>&1 &
-  pids+=($!)
-  wait_for "$!" "redis-server" "$logs/redis-server.log" redis-cli -p "$redis_port" ping
-  node bench/queue/bullmq.mjs worker --port "$redis_port" --concurrency "$BENCH_CONCURRENCY" \
-    --node-modules "$bullmq_node_modules" >"$logs/bullmq-worker.log" 2>&1 &
-  pids+=($!)
-  wait_for "$!" "BullMQ worker" "$logs/bullmq-worker.log" grep -qx ready "$logs/bullmq-worker.log"
+  start_bullmq bench "$redis_dir" "$logs" "$redis_port" "$BENCH_CONCURRENCY"
   run_args+=(--redis-port "$redis_port" --node-modules "$bullmq_node_modules"
-             --bullmq-pids "${pids[-2]},${pids[-1]}")
+             --bullmq-pids "${bullmq_pids[0]},${bullmq_pids[1]}")
 fi
 
 if uses jetstream; then

@@ -76,8 +76,8 @@ if [[ $EUID -ne 0 ]]; then
 fi
 scripts/setup.sh
 if [[ ",$stacks," == *,bullmq,* ]]; then
-  # shellcheck source=bullmq-install.sh
-  source bench/queue/bullmq-install.sh
+  # shellcheck source=bullmq-stack.sh
+  source bench/queue/bullmq-stack.sh
   install_bullmq bound
 fi
 # shellcheck source=../../scripts/env.sh
@@ -101,7 +101,6 @@ stop_all() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
 }
-bullmq_pids=()
 cleanup() {
   stop_all
   pids=("${bullmq_pids[@]}")
@@ -200,32 +199,22 @@ run_stack() {
 
 # Starts redis-server and the BullMQ worker, kept for every run (as
 # bench/queue.sh keeps them): bullmq_port, bullmq_pids (redis, worker).
-start_bullmq() {
-  local data
-  data="$(mktemp -d /var/tmp/reelmesh-bound-bullmq.XXXXXX)"
-  scratch+=("$data")
+start_bullmq_stack() {
+  bullmq_logs="$(mktemp -d /var/tmp/reelmesh-bound-bullmq.XXXXXX)"
+  scratch+=("$bullmq_logs")
   bullmq_port="$(free_port)"
-  redis-server --bind 127.0.0.1 --port "$bullmq_port" --dir "$data" --appendonly yes \
-    --appendfsync everysec --save '' --daemonize no >"$data/redis.log" 2>&1 &
-  bullmq_pids=($!)
-  for _ in $(seq 300); do redis-cli -p "$bullmq_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  node bench/queue/bullmq.mjs worker --port "$bullmq_port" --concurrency 16 \
-    --node-modules "$bullmq_node_modules" >"$data/worker.log" 2>&1 &
-  bullmq_pids+=($!)
-  for _ in $(seq 300); do grep -qx ready "$data/worker.log" 2>/dev/null && break; sleep 0.1; done
-  bullmq_logs="$data"
-  check_bullmq
+  start_bullmq bound "$bullmq_logs" "$bullmq_logs" "$bullmq_port" 16
 }
 
 # Stops the script, with the logs' last lines, unless both BullMQ
 # processes are up (and the worker said it is ready).
 check_bullmq() {
   if kill -0 "${bullmq_pids[0]}" 2>/dev/null && kill -0 "${bullmq_pids[1]}" 2>/dev/null \
-    && grep -qx ready "$bullmq_logs/worker.log"; then
+    && grep -qx ready "$bullmq_logs/bullmq-worker.log"; then
     return 0
   fi
   echo "bound: redis-server or the BullMQ worker is not running; last lines of their logs:" >&2
-  tail -n 20 "$bullmq_logs/redis.log" "$bullmq_logs/worker.log" >&2
+  tail -n 20 "$bullmq_logs/redis-server.log" "$bullmq_logs/bullmq-worker.log" >&2
   exit 1
 }
 
@@ -260,7 +249,7 @@ EOF
 
 results="$(mktemp /var/tmp/reelmesh-bound-results.XXXXXX)"
 scratch+=("$results")
-if [[ ",$stacks," == *,bullmq,* ]]; then start_bullmq; fi
+if [[ ",$stacks," == *,bullmq,* ]]; then start_bullmq_stack; fi
 for p in ${producers//,/ }; do
   for run in $(seq "$runs"); do
     for stack in ${stacks//,/ }; do
