@@ -99,19 +99,8 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Waits up to 60 s for a check command, giving up early if process $1 died.
-wait_for() {
-  local pid="$1" what="$2" log="$3"
-  shift 3
-  for _ in $(seq 120); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then break; fi
-    sleep 0.5
-  done
-  echo "bench: $what did not come up; last lines of $log:" >&2
-  tail -n 20 "$log" >&2 || true
-  exit 1
-}
+# shellcheck source=wait.sh
+source bench/wait.sh
 
 run_args=(--command "$command_line" --concurrency "$BENCH_CONCURRENCY" --tools "$BENCH_TOOLS"
           --reelmesh-mode "$BENCH_REELMESH")
@@ -139,7 +128,7 @@ if uses reelmesh; then
       "$target/reelmesh" dev --data-dir "$data_dir" --listen "$addr" --nats-port "$nats_port" \
       >"$logs/reelmesh-dev.log" 2>&1 &
     pids+=($!)
-    wait_for "$!" "reelmesh dev" "$logs/reelmesh-dev.log" grpcurl -plaintext "$addr" list
+    wait_for bench "$!" "reelmesh dev" "$logs/reelmesh-dev.log" grpcurl -plaintext "$addr" list
     # The dev process and the nats-server it started.
     reelmesh_pids="$!,$(pgrep -d, -P "$!" || true)"
   else
@@ -159,17 +148,17 @@ if uses reelmesh; then
       REELMESH_GATEWAY_STORE_URL="$store_url" \
       "$target/reelmesh-gateway" >"$logs/reelmesh-gateway.log" 2>&1 &
     pids+=($!)
-    wait_for "$!" "reelmesh gateway" "$logs/reelmesh-gateway.log" grpcurl -plaintext "$addr" list
+    wait_for bench "$!" "reelmesh gateway" "$logs/reelmesh-gateway.log" grpcurl -plaintext "$addr" list
     REELMESH_RENDER_LISTEN="127.0.0.1:${health_ports[0]}" REELMESH_RENDER_NATS_URL="$nats_url" \
       REELMESH_RENDER_STORE_URL="$store_url" REELMESH_RENDER_CONCURRENCY="$BENCH_CONCURRENCY" \
       "$target/reelmesh-render" >"$logs/reelmesh-render.log" 2>&1 &
     pids+=($!)
-    wait_for "$!" "reelmesh render" "$logs/reelmesh-render.log" \
+    wait_for bench "$!" "reelmesh render" "$logs/reelmesh-render.log" \
       grpcurl -plaintext "127.0.0.1:${health_ports[0]}" grpc.health.v1.Health/Check
     REELMESH_NOTIFY_LISTEN="127.0.0.1:${health_ports[1]}" REELMESH_NOTIFY_NATS_URL="$nats_url" \
       "$target/reelmesh-notify" >"$logs/reelmesh-notify.log" 2>&1 &
     pids+=($!)
-    wait_for "$!" "reelmesh notify" "$logs/reelmesh-notify.log" \
+    wait_for bench "$!" "reelmesh notify" "$logs/reelmesh-notify.log" \
       grpcurl -plaintext "127.0.0.1:${health_ports[1]}" grpc.health.v1.Health/Check
     reelmesh_pids="$(IFS=,; echo "${pids[*]:$reelmesh_start}")"
     run_args+=(--nats-monitor "http://127.0.0.1:$monitor_port")
@@ -201,12 +190,12 @@ if uses jetstream; then
   pids+=($!)
   floor_url="nats://127.0.0.1:$floor_port"
   # The worker connects once the server answers (it declares the streams).
-  wait_for "$!" "floor nats-server" "$logs/floor-nats-server.log" \
+  wait_for bench "$!" "floor nats-server" "$logs/floor-nats-server.log" \
     bash -c "echo >/dev/tcp/127.0.0.1/$floor_port"
   "$target/reelmesh-queue-floor" --role worker --nats-url "$floor_url" \
     --concurrency "$BENCH_CONCURRENCY" >"$logs/floor-worker.log" 2>&1 &
   pids+=($!)
-  wait_for "$!" "floor worker" "$logs/floor-worker.log" grep -qx ready "$logs/floor-worker.log"
+  wait_for bench "$!" "floor worker" "$logs/floor-worker.log" grep -qx ready "$logs/floor-worker.log"
   run_args+=(--floor-bin "$target/reelmesh-queue-floor" --floor-nats-url "$floor_url"
              --floor-pids "${pids[-2]},${pids[-1]}")
 fi

@@ -33,6 +33,9 @@ install_bullmq() {
   bullmq_node_modules="$node_dir/node_modules"
 }
 
+# shellcheck source=../wait.sh
+source bench/wait.sh
+
 bullmq_pids=()
 
 start_bullmq() {
@@ -41,25 +44,11 @@ start_bullmq() {
     --appendonly yes --appendfsync everysec --save '' --daemonize no \
     >"$logs/redis-server.log" 2>&1 &
   bullmq_pids+=($!)
-  bullmq_wait "$label" redis-server "$logs/redis-server.log" redis-cli -p "$port" ping
+  wait_for "$label" "${bullmq_pids[-1]}" redis-server "$logs/redis-server.log" \
+    redis-cli -p "$port" ping
   node bench/queue/bullmq.mjs worker --port "$port" --concurrency "$concurrency" \
     --node-modules "$bullmq_node_modules" >"$logs/bullmq-worker.log" 2>&1 &
   bullmq_pids+=($!)
-  bullmq_wait "$label" "the BullMQ worker" "$logs/bullmq-worker.log" \
+  wait_for "$label" "${bullmq_pids[-1]}" "the BullMQ worker" "$logs/bullmq-worker.log" \
     grep -qx ready "$logs/bullmq-worker.log"
-}
-
-# bullmq_wait LABEL WHAT LOG CHECK...: waits up to 60 s for CHECK to pass
-# while the process started last is alive.
-bullmq_wait() {
-  local label=$1 what=$2 log=$3 pid="${bullmq_pids[-1]}"
-  shift 3
-  for _ in $(seq 600); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-  echo "$label: $what did not come up; last lines of $log:" >&2
-  tail -n 20 "$log" >&2 || true
-  exit 1
 }
