@@ -1,8 +1,7 @@
 //! Records kept as JSON in KV buckets (assets, webhook deliveries,
 //! endpoints): one read, one write, a compare-and-set change, or one pass
-//! over many keys, with
-//! unreadable bytes reported as corrupt data naming what they were meant to
-//! be.
+//! over many keys, with unreadable bytes reported as corrupt data naming
+//! what they were meant to be; and the markers deletes leave behind.
 
 use async_nats::jetstream::kv;
 use serde::{Serialize, de::DeserializeOwned};
@@ -103,6 +102,73 @@ pub(crate) async fn latest_matching(
     bucket: &str,
     filter: String,
 ) -> Result<Vec<bytes::Bytes>, NatsError> {
+    let mut values = Vec::new();
+    for_each_latest(js, bucket, filter, false, |message, _| {
+        if !is_tombstone(message) {
+            values.push(message.payload.clone());
+        }
+    })
+    .await?;
+    Ok(values)
+}
+
+/// What a delete or purge left under a key: the stream keeps it as the
+/// key's latest message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// The key's subject, `$KV.<bucket>.<key>`.
+    pub subject: String,
+    pub sequence: u64,
+}
+
+/// Every key of `bucket` matching `filter` whose latest message is a delete
+/// or purge marker. Headers only: values are not read.
+pub(crate) async fn markers(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    filter: String,
+) -> Result<Vec<Marker>, NatsError> {
+    let mut markers = Vec::new();
+    for_each_latest(js, bucket, filter, true, |message, sequence| {
+        if is_tombstone(message) {
+            markers.push(Marker {
+                subject: message.subject.to_string(),
+                sequence,
+            });
+        }
+    })
+    .await?;
+    Ok(markers)
+}
+
+/// Removes a marker, and anything older under its key. A write after the
+/// marker stays: the purge goes up to the marker's sequence only.
+pub(crate) async fn remove_marker(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    marker: &Marker,
+) -> Result<(), NatsError> {
+    js.get_stream_no_info(format!("KV_{bucket}"))
+        .await
+        .map_err(NatsError::unavailable)?
+        .purge()
+        .filter(marker.subject.as_str())
+        .sequence(marker.sequence + 1)
+        .await
+        .map_err(NatsError::unavailable)?;
+    Ok(())
+}
+
+/// Calls `each` with the latest message of every key of `bucket` matching
+/// `filter` and its stream sequence, delete and purge markers included,
+/// through an ordered consumer that delivers the last message per subject.
+async fn for_each_latest(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    filter: String,
+    headers_only: bool,
+    mut each: impl FnMut(&async_nats::jetstream::Message, u64),
+) -> Result<(), NatsError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use futures::StreamExt as _;
     let stream = js
@@ -113,6 +179,7 @@ pub(crate) async fn latest_matching(
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter,
             deliver_policy: DeliverPolicy::LastPerSubject,
+            headers_only,
             ..Default::default()
         })
         .await
@@ -122,22 +189,20 @@ pub(crate) async fn latest_matching(
         .await
         .map_err(NatsError::unavailable)?
         .num_pending;
-    let mut values = Vec::with_capacity(pending as usize);
     if pending == 0 {
-        return Ok(values);
+        return Ok(());
     }
     let mut messages = consumer.messages().await.map_err(NatsError::unavailable)?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(NatsError::unavailable)?;
-        let remaining = message.info().map_err(NatsError::unavailable)?.pending;
-        if !is_tombstone(&message) {
-            values.push(message.payload.clone());
-        }
+        let info = message.info().map_err(NatsError::unavailable)?;
+        let (remaining, sequence) = (info.pending, info.stream_sequence);
+        each(&message, sequence);
         if remaining == 0 {
             break;
         }
     }
-    Ok(values)
+    Ok(())
 }
 
 /// Deletes and purges are kept in the stream as markers with no value.

@@ -722,6 +722,31 @@ impl JobRecords {
         Ok(unless_moved(purged)?.is_some())
     }
 
+    /// Removes the markers that [`JobRecords::purge_at`] and
+    /// [`JobRecords::bar`] leave under a job's key once the job is older
+    /// than [`RECORD_LAG`]. A marker turns away a create of its job still
+    /// on its way; after that none can be, and the marker would only be a
+    /// key that every listing of the bucket walks for ever (the bucket
+    /// keeps no maximum age: records live until the retention sweep).
+    /// Returns how many it removed.
+    pub async fn remove_markers(&self) -> Result<usize, NatsError> {
+        let filter = names::all_jobs_filter();
+        let markers = crate::kv_json::markers(&self.js, names::JOBS_BUCKET, filter).await?;
+        let mut removed = 0;
+        for marker in markers {
+            let job = marker.subject.rsplit('.').next().map(JobId::parse);
+            let Some(Ok(job)) = job else {
+                continue;
+            };
+            if may_still_arrive(&job) {
+                continue;
+            }
+            crate::kv_json::remove_marker(&self.js, names::JOBS_BUCKET, &marker).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
         let values = crate::kv_json::latest_matching(&self.js, names::JOBS_BUCKET, filter).await?;
         values

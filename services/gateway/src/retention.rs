@@ -4,6 +4,10 @@
 //! ended. Queued and running jobs are not removed; the same pass fails
 //! the queued ones that were never queued at all ([`crate::unqueued`]).
 //!
+//! A removed record leaves a marker in the job bucket (it turns away a
+//! create of that job still on its way); the sweep removes markers once no
+//! create can be, so a removed job leaves nothing behind.
+//!
 //! Every gateway runs one; sweeps are idempotent, so several gateways
 //! sweeping at once only repeat each other's deletes.
 
@@ -47,6 +51,9 @@ pub struct Swept {
     pub jobs: usize,
     /// Jobs failed because they were never queued ([`crate::unqueued`]).
     pub unqueued: usize,
+    /// Markers removed jobs left in the record bucket
+    /// ([`reelmesh_nats::JobRecords::remove_markers`]).
+    pub markers: usize,
 }
 
 /// Sweeps now and then every `sweep_every_secs` until `shutdown`.
@@ -65,6 +72,7 @@ pub async fn sweep_until(
                         outputs = swept.outputs,
                         jobs = swept.jobs,
                         unqueued = swept.unqueued,
+                        markers = swept.markers,
                         "retention sweep"
                     );
                 }
@@ -111,6 +119,9 @@ pub async fn sweep(
             swept.outputs += 1;
         }
     }
+    // This pass's removals included, unless a job is young enough for a
+    // create of it to be on its way (a retention shorter than RECORD_LAG).
+    swept.markers = nats.jobs.remove_markers().await?;
     Ok(swept)
 }
 

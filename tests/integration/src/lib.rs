@@ -82,6 +82,33 @@ pub fn event_kind_name(event: &reelmesh_proto::v1::JobEvent) -> &'static str {
     }
 }
 
+/// A job id made `age` ago, as a submit that long ago would have made it.
+pub fn job_id_made(age: std::time::Duration) -> anyhow::Result<reelmesh_nats::JobId> {
+    let since = (std::time::SystemTime::now() - age).duration_since(std::time::UNIX_EPOCH)?;
+    let at = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    reelmesh_nats::JobId::parse(&uuid::Uuid::new_v7(at).simple().to_string())
+        .map_err(anyhow::Error::msg)
+}
+
+/// How many messages the job-record bucket's stream holds under a job's
+/// key: its values and any delete or purge marker.
+pub async fn messages_under_job_key(
+    client: &async_nats::Client,
+    tenant: &reelmesh_nats::TenantId,
+    job: &reelmesh_nats::JobId,
+) -> anyhow::Result<u64> {
+    use futures::StreamExt as _;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(format!("KV_{}", names::JOBS_BUCKET)).await?;
+    let subject = format!("$KV.{}.{}", names::JOBS_BUCKET, names::job_key(tenant, job));
+    let mut subjects = stream.info_with_subjects(subject).await?;
+    let mut total = 0;
+    while let Some(entry) = subjects.next().await {
+        total += entry?.1 as u64;
+    }
+    Ok(total)
+}
+
 /// API keys of the two tenants every test cluster knows.
 pub const KEY_A: &str = "key-tenant-a";
 pub const KEY_B: &str = "key-tenant-b";

@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use futures::StreamExt as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
-use reelmesh_integration_tests::{KEY_A, TestCluster, event_kind_name, started};
+use reelmesh_integration_tests::{
+    KEY_A, TestCluster, event_kind_name, job_id_made, messages_under_job_key, started,
+};
 use reelmesh_nats::JobState;
 use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
@@ -314,14 +316,6 @@ async fn a_work_item_queued_before_subjects_named_the_job_is_still_taken() -> an
     assert_eq!(events.last().map(event_kind_name), Some("completed"));
     cluster.wait_until_work_settled().await?;
     Ok(())
-}
-
-/// A job id made `age` ago, as a submit that long ago would have made it.
-fn job_id_made(age: Duration) -> anyhow::Result<reelmesh_nats::JobId> {
-    let since = (std::time::SystemTime::now() - age).duration_since(std::time::UNIX_EPOCH)?;
-    let at = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
-    reelmesh_nats::JobId::parse(&uuid::Uuid::new_v7(at).simple().to_string())
-        .map_err(anyhow::Error::msg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1027,5 +1021,30 @@ async fn ended_jobs_lose_their_outputs_and_later_themselves() -> anyhow::Result<
         !matches!(running.state(), pb::JobState::Completed),
         "checked before it ends"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_removed_by_the_sweep_leaves_nothing_in_the_record_bucket() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.gateway.retention.job_retention_secs = 0;
+        config.gateway.retention.sweep_every_secs = 0.1;
+    })
+    .await?;
+    let nats = topology_of(&cluster).await?;
+    // Submitted long ago, so no create of it can still be on its way.
+    let mut job = reelmesh_nats::JobRecord::new(tenant_a(), noop(0.0, 0));
+    job.id = job_id_made(Duration::from_secs(3600))?;
+    job.fail("out of attempts")?;
+    nats.jobs.create(&job).await?;
+    // Removing the record leaves a purge marker; the sweep takes that too.
+    eventually("record and marker removed", || {
+        let (client, id) = (nats.client.clone(), job.id.clone());
+        async move { Ok(messages_under_job_key(&client, &tenant_a(), &id).await? == 0) }
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let gone = client.get(job.id.as_str()).await;
+    assert_eq!(gone.err().map(|s| s.code()), Some(tonic::Code::NotFound));
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use reelmesh_integration_tests::{job_id_made, messages_under_job_key};
 use reelmesh_nats::{
     EventKind, JobEvent, JobRecord, JobState, NatsError, Priority, Topology, TopologyConfig,
     WorkItem, server::NatsServer,
@@ -432,6 +433,50 @@ async fn a_record_is_purged_only_at_the_revision_read() -> anyhow::Result<()> {
             .await?
     );
     assert!(topology.jobs.get(&tenant(), &job.id).await?.is_none());
+    Ok(())
+}
+
+/// How many messages the job-record bucket holds under a job's key.
+async fn kept_under(topology: &Topology, job: &reelmesh_nats::JobId) -> anyhow::Result<u64> {
+    messages_under_job_key(&topology.client, &tenant(), job).await
+}
+
+#[tokio::test]
+async fn removed_records_leave_nothing_once_no_create_can_land() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let jobs = &topology.jobs;
+    let ended = |age| -> anyhow::Result<JobRecord> {
+        let mut job = JobRecord::new(tenant(), JobSpec::default());
+        job.id = job_id_made(age)?;
+        job.fail("out of attempts")?;
+        Ok(job)
+    };
+    // Removed by the retention sweep: one made long ago, one just now.
+    let (old, young) = (ended(Duration::from_secs(3600))?, ended(Duration::ZERO)?);
+    for job in [&old, &young] {
+        let revision = jobs.create(job).await?;
+        assert!(jobs.purge_at(&tenant(), &job.id, revision).await?);
+        assert_eq!(kept_under(&topology, &job.id).await?, 1, "a purge marker");
+    }
+    // Barred (its create never answered) long ago; and one still stored.
+    let barred = job_id_made(Duration::from_secs(3600))?;
+    assert!(jobs.bar(&tenant(), &barred).await?);
+    let kept = ended(Duration::from_secs(3600))?;
+    jobs.create(&kept).await?;
+
+    assert_eq!(jobs.remove_markers().await?, 2);
+    assert_eq!(kept_under(&topology, &old.id).await?, 0);
+    assert_eq!(kept_under(&topology, &barred).await?, 0);
+    assert!(
+        jobs.get(&tenant(), &kept.id).await?.is_some(),
+        "records stay"
+    );
+    // The young job's create may still be on its way: its marker stays and
+    // turns it away.
+    assert_eq!(kept_under(&topology, &young.id).await?, 1);
+    let late = jobs.send_create(&young).await?.durable().await;
+    assert!(matches!(late, Err(NatsError::JobExists(_))), "{late:?}");
+    assert_eq!(jobs.remove_markers().await?, 0, "nothing left to remove");
     Ok(())
 }
 
