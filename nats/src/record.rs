@@ -697,13 +697,17 @@ impl JobRecords {
     /// marker under its key makes a create still in flight (see
     /// [`NatsError::NoAnswer`]) fail its check that nothing was ever
     /// stored there. The marker is itself written only where nothing is:
-    /// `false` when the job's record landed first.
+    /// `false` when the job's record landed first. A job barred before (by
+    /// a gateway that went down before taking its idempotency key over)
+    /// stays barred: `true`.
     pub async fn bar(&self, tenant: &TenantId, id: &JobId) -> Result<bool, NatsError> {
-        let barred = self
-            .kv
-            .delete_expect_revision(names::job_key(tenant, id), Some(0))
-            .await;
-        Ok(unless_moved(barred)?.is_some())
+        let key = names::job_key(tenant, id);
+        let barred = self.kv.delete_expect_revision(&key, Some(0)).await;
+        if unless_moved(barred)?.is_some() {
+            return Ok(true);
+        }
+        let entry = self.kv.entry(&key).await.map_err(NatsError::unavailable)?;
+        Ok(entry.is_some_and(|entry| entry.operation != kv::Operation::Put))
     }
 
     /// Removes a record and its history of values for good, unless it
