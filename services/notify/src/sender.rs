@@ -150,7 +150,11 @@ impl WebhookSender {
                 Ok(tasks) => tasks,
                 Err(err) => {
                     tracing::warn!("webhook consumer: {err}");
-                    tokio::time::sleep(NATS_RETRY).await;
+                    // A shutdown while NATS is away need not wait it out.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(NATS_RETRY) => {}
+                    }
                     continue;
                 }
             };
