@@ -1,7 +1,7 @@
 //! Records kept as JSON in KV buckets (assets, webhook deliveries,
 //! endpoints): one read, one write, a compare-and-set change, or one pass
 //! over many keys, with unreadable bytes reported as corrupt data naming
-//! what they were meant to be; and the markers deletes leave behind.
+//! what they were meant to be; and the markers purges leave behind.
 
 use async_nats::jetstream::kv;
 use serde::{Serialize, de::DeserializeOwned};
@@ -112,8 +112,8 @@ pub(crate) async fn latest_matching(
     Ok(values)
 }
 
-/// What a delete or purge left under a key: the stream keeps it as the
-/// key's latest message.
+/// What a purge left under a key: the stream keeps it as the key's latest
+/// message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Marker {
     /// The key's subject, `$KV.<bucket>.<key>`.
@@ -121,16 +121,17 @@ pub(crate) struct Marker {
     pub sequence: u64,
 }
 
-/// Every key of `bucket` matching `filter` whose latest message is a delete
-/// or purge marker. Headers only: values are not read.
-pub(crate) async fn markers(
+/// Every key of `bucket` matching `filter` whose latest message is a purge
+/// marker (deletes, which leave a marker of their own kind, are not
+/// included). Headers only: values are not read.
+pub(crate) async fn purge_markers(
     js: &async_nats::jetstream::Context,
     bucket: &str,
     filter: String,
 ) -> Result<Vec<Marker>, NatsError> {
     let mut markers = Vec::new();
     for_each_latest(js, bucket, filter, true, |message, sequence| {
-        if is_tombstone(message) {
+        if operation(message) == Some("PURGE") {
             markers.push(Marker {
                 subject: message.subject.to_string(),
                 sequence,
@@ -207,9 +208,15 @@ async fn for_each_latest(
 
 /// Deletes and purges are kept in the stream as markers with no value.
 fn is_tombstone(message: &async_nats::jetstream::Message) -> bool {
+    operation(message).is_some_and(|op| op != "PUT")
+}
+
+/// The KV operation a message stores (`PUT`, `DEL` or `PURGE`); a put may
+/// carry none.
+fn operation(message: &async_nats::jetstream::Message) -> Option<&str> {
     message
         .headers
         .as_ref()
         .and_then(|headers| headers.get("KV-Operation"))
-        .is_some_and(|op| op.as_str() != "PUT")
+        .map(|op| op.as_str())
 }

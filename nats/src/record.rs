@@ -707,7 +707,7 @@ impl JobRecords {
             return Ok(true);
         }
         let entry = self.kv.entry(&key).await.map_err(NatsError::unavailable)?;
-        Ok(entry.is_some_and(|entry| entry.operation != kv::Operation::Put))
+        Ok(entry.is_some_and(|entry| entry.operation == kv::Operation::Delete))
     }
 
     /// Removes a record and its history of values for good, unless it
@@ -726,29 +726,21 @@ impl JobRecords {
         Ok(unless_moved(purged)?.is_some())
     }
 
-    /// Removes the markers that [`JobRecords::purge_at`] and
-    /// [`JobRecords::bar`] leave under a job's key once the job is older
-    /// than [`RECORD_LAG`]. A marker turns away a create of its job still
-    /// on its way; after that none can be, and the marker would only be a
-    /// key that every listing of the bucket walks for ever (the bucket
-    /// keeps no maximum age: records live until the retention sweep).
-    /// Returns how many it removed.
-    pub async fn remove_markers(&self) -> Result<usize, NatsError> {
+    /// Removes the markers [`JobRecords::purge_at`] leaves under the keys
+    /// of removed jobs (the bucket keeps no maximum age, so each would stay
+    /// for ever, and every listing of the bucket walks them). A purged
+    /// job's create landed long before, and any other write names a
+    /// revision, which an emptied key fails as the marker did. The markers
+    /// [`JobRecords::bar`] writes stay: they turn away a create that may
+    /// still arrive at any time (see [`NatsError::NoAnswer`]). Returns how
+    /// many it removed.
+    pub async fn remove_purge_markers(&self) -> Result<usize, NatsError> {
         let filter = names::all_jobs_filter();
-        let markers = crate::kv_json::markers(&self.js, names::JOBS_BUCKET, filter).await?;
-        let mut removed = 0;
-        for marker in markers {
-            let job = marker.subject.rsplit('.').next().map(JobId::parse);
-            let Some(Ok(job)) = job else {
-                continue;
-            };
-            if may_still_arrive(&job) {
-                continue;
-            }
-            crate::kv_json::remove_marker(&self.js, names::JOBS_BUCKET, &marker).await?;
-            removed += 1;
+        let markers = crate::kv_json::purge_markers(&self.js, names::JOBS_BUCKET, filter).await?;
+        for marker in &markers {
+            crate::kv_json::remove_marker(&self.js, names::JOBS_BUCKET, marker).await?;
         }
-        Ok(removed)
+        Ok(markers.len())
     }
 
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {

@@ -4,9 +4,8 @@
 //! ended. Queued and running jobs are not removed; the same pass fails
 //! the queued ones that were never queued at all ([`crate::unqueued`]).
 //!
-//! A removed record leaves a marker in the job bucket (it turns away a
-//! create of that job still on its way); the sweep removes markers once no
-//! create can be, so a removed job leaves nothing behind.
+//! Purging a removed job's record leaves a marker under its key; the sweep
+//! removes those too, so a removed job leaves nothing behind.
 //!
 //! Every gateway runs one; sweeps are idempotent, so several gateways
 //! sweeping at once only repeat each other's deletes.
@@ -52,7 +51,7 @@ pub struct Swept {
     /// Jobs failed because they were never queued ([`crate::unqueued`]).
     pub unqueued: usize,
     /// Markers removed jobs left in the record bucket
-    /// ([`reelmesh_nats::JobRecords::remove_markers`]).
+    /// ([`reelmesh_nats::JobRecords::remove_purge_markers`]).
     pub markers: usize,
 }
 
@@ -119,9 +118,8 @@ pub async fn sweep(
             swept.outputs += 1;
         }
     }
-    // This pass's removals included, unless a job is young enough for a
-    // create of it to be on its way (a retention shorter than RECORD_LAG).
-    swept.markers = nats.jobs.remove_markers().await?;
+    // This pass's removals included.
+    swept.markers = nats.jobs.remove_purge_markers().await?;
     Ok(swept)
 }
 

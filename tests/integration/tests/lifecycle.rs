@@ -1032,9 +1032,7 @@ async fn a_job_removed_by_the_sweep_leaves_nothing_in_the_record_bucket() -> any
     })
     .await?;
     let nats = topology_of(&cluster).await?;
-    // Submitted long ago, so no create of it can still be on its way.
     let mut job = reelmesh_nats::JobRecord::new(tenant_a(), noop(0.0, 0));
-    job.id = job_id_made(Duration::from_secs(3600))?;
     job.fail("out of attempts")?;
     nats.jobs.create(&job).await?;
     // Removing the record leaves a purge marker; the sweep takes that too.

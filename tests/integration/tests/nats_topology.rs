@@ -442,7 +442,7 @@ async fn kept_under(topology: &Topology, job: &reelmesh_nats::JobId) -> anyhow::
 }
 
 #[tokio::test]
-async fn removed_records_leave_nothing_once_no_create_can_land() -> anyhow::Result<()> {
+async fn purged_records_leave_nothing_and_barred_jobs_stay_barred() -> anyhow::Result<()> {
     let (_server, topology) = topology().await?;
     let jobs = &topology.jobs;
     let ended = |age| -> anyhow::Result<JobRecord> {
@@ -451,32 +451,32 @@ async fn removed_records_leave_nothing_once_no_create_can_land() -> anyhow::Resu
         job.fail("out of attempts")?;
         Ok(job)
     };
-    // Removed by the retention sweep: one made long ago, one just now.
+    // Removed by the retention sweep, whatever their age.
     let (old, young) = (ended(Duration::from_secs(3600))?, ended(Duration::ZERO)?);
     for job in [&old, &young] {
         let revision = jobs.create(job).await?;
         assert!(jobs.purge_at(&tenant(), &job.id, revision).await?);
         assert_eq!(kept_under(&topology, &job.id).await?, 1, "a purge marker");
     }
-    // Barred (its create never answered) long ago; and one still stored.
-    let barred = job_id_made(Duration::from_secs(3600))?;
-    assert!(jobs.bar(&tenant(), &barred).await?);
+    // Barred long ago (its create never answered), and one still stored.
+    let never = ended(Duration::from_secs(3600))?;
+    assert!(jobs.bar(&tenant(), &never.id).await?);
     let kept = ended(Duration::from_secs(3600))?;
     jobs.create(&kept).await?;
 
-    assert_eq!(jobs.remove_markers().await?, 2);
+    assert_eq!(jobs.remove_purge_markers().await?, 2);
     assert_eq!(kept_under(&topology, &old.id).await?, 0);
-    assert_eq!(kept_under(&topology, &barred).await?, 0);
+    assert_eq!(kept_under(&topology, &young.id).await?, 0);
     assert!(
         jobs.get(&tenant(), &kept.id).await?.is_some(),
         "records stay"
     );
-    // The young job's create may still be on its way: its marker stays and
-    // turns it away.
-    assert_eq!(kept_under(&topology, &young.id).await?, 1);
-    let late = jobs.send_create(&young).await?.durable().await;
+    // A client may deliver a create it buffered at any time: the bar stays
+    // and turns it away.
+    assert_eq!(kept_under(&topology, &never.id).await?, 1);
+    let late = jobs.send_create(&never).await?.durable().await;
     assert!(matches!(late, Err(NatsError::JobExists(_))), "{late:?}");
-    assert_eq!(jobs.remove_markers().await?, 0, "nothing left to remove");
+    assert_eq!(jobs.remove_purge_markers().await?, 0, "nothing left");
     Ok(())
 }
 
