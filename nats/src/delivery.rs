@@ -353,8 +353,8 @@ impl DeliveryLog {
         tenant: &TenantId,
         job: &JobId,
     ) -> Result<Vec<DeliveryChain>, NatsError> {
-        let filter = format!("$KV.{}.{tenant}.{job}.*", names::DELIVERIES_BUCKET);
-        let values = kv_json::latest_matching(&self.js, names::DELIVERIES_BUCKET, filter).await?;
+        let filter = format!("{tenant}.{job}.*");
+        let values = kv_json::latest_matching(&self.js, names::DELIVERIES_BUCKET, &filter).await?;
         // Records of earlier releases share the key space; they are skipped.
         let chains = values
             .iter()

@@ -173,8 +173,8 @@ impl EndpointStore {
 
     /// Every endpoint of `tenant`, oldest first.
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, NatsError> {
-        let filter = format!("$KV.{}.{tenant}.*", names::ENDPOINTS_BUCKET);
-        let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, filter).await?;
+        let filter = format!("{tenant}.*");
+        let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, &filter).await?;
         let mut records = values
             .iter()
             .map(|bytes| serde_json::from_slice(bytes))
@@ -187,8 +187,7 @@ impl EndpointStore {
 
     /// Every endpoint of every tenant.
     pub async fn list_all(&self) -> Result<Vec<EndpointRecord>, NatsError> {
-        let filter = format!("$KV.{}.>", names::ENDPOINTS_BUCKET);
-        let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, filter).await?;
+        let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, ">").await?;
         values
             .iter()
             .map(|bytes| serde_json::from_slice(bytes))

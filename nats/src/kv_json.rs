@@ -6,7 +6,7 @@
 use async_nats::jetstream::kv;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::NatsError;
+use crate::{NatsError, names};
 
 /// The outcome of a KV write that expected a revision (an update, a
 /// delete or purge at a revision): `None` when the key had moved on,
@@ -94,13 +94,13 @@ pub(crate) async fn modify<T: Serialize + DeserializeOwned>(
     }
 }
 
-/// The latest value of every live key of `bucket` matching `filter` (a
-/// `$KV.<bucket>.` subject filter), read straight off the bucket's stream in
+/// The latest value of every live key of `bucket` matching `filter` (a key
+/// filter such as `<tenant>.*`), read straight off the bucket's stream in
 /// one pass rather than a get per key.
 pub(crate) async fn latest_matching(
     js: &async_nats::jetstream::Context,
     bucket: &str,
-    filter: String,
+    filter: &str,
 ) -> Result<Vec<bytes::Bytes>, NatsError> {
     let mut values = Vec::new();
     for_each_latest(js, bucket, filter, false, |message, _| {
@@ -127,7 +127,7 @@ pub(crate) struct Marker {
 pub(crate) async fn purge_markers(
     js: &async_nats::jetstream::Context,
     bucket: &str,
-    filter: String,
+    filter: &str,
 ) -> Result<Vec<Marker>, NatsError> {
     let mut markers = Vec::new();
     for_each_latest(js, bucket, filter, true, |message, sequence| {
@@ -149,7 +149,7 @@ pub(crate) async fn remove_marker(
     bucket: &str,
     marker: &Marker,
 ) -> Result<(), NatsError> {
-    js.get_stream_no_info(format!("KV_{bucket}"))
+    js.get_stream_no_info(names::kv_stream(bucket))
         .await
         .map_err(NatsError::unavailable)?
         .purge()
@@ -161,24 +161,24 @@ pub(crate) async fn remove_marker(
 }
 
 /// Calls `each` with the latest message of every key of `bucket` matching
-/// `filter` and its stream sequence, delete and purge markers included,
+/// the key filter `filter` and its stream sequence, delete and purge markers included,
 /// through an ordered consumer that delivers the last message per subject.
 async fn for_each_latest(
     js: &async_nats::jetstream::Context,
     bucket: &str,
-    filter: String,
+    filter: &str,
     headers_only: bool,
     mut each: impl FnMut(&async_nats::jetstream::Message, u64),
 ) -> Result<(), NatsError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     use futures::StreamExt as _;
     let stream = js
-        .get_stream(format!("KV_{bucket}"))
+        .get_stream(names::kv_stream(bucket))
         .await
         .map_err(NatsError::unavailable)?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: filter,
+            filter_subject: names::kv_subject(bucket, filter),
             deliver_policy: DeliverPolicy::LastPerSubject,
             headers_only,
             ..Default::default()

@@ -141,12 +141,23 @@ pub fn running_slot_key(tenant: &TenantId, index: u32) -> String {
 
 /// KV key filter for all jobs of a tenant.
 pub fn tenant_jobs_filter(tenant: &TenantId) -> String {
-    format!("$KV.{JOBS_BUCKET}.{tenant}.*")
+    format!("{tenant}.*")
 }
 
 /// KV key filter for every job of every tenant.
 pub fn all_jobs_filter() -> String {
-    format!("$KV.{JOBS_BUCKET}.*.*")
+    "*.*".to_string()
+}
+
+/// The stream NATS keeps KV bucket `bucket` in.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The subject a key (or a key filter) of KV bucket `bucket` is stored
+/// under in [`kv_stream`].
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
 }
 
 #[cfg(test)]

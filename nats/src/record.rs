@@ -736,7 +736,7 @@ impl JobRecords {
     /// many it removed.
     pub async fn remove_purge_markers(&self) -> Result<usize, NatsError> {
         let filter = names::all_jobs_filter();
-        let markers = crate::kv_json::purge_markers(&self.js, names::JOBS_BUCKET, filter).await?;
+        let markers = crate::kv_json::purge_markers(&self.js, names::JOBS_BUCKET, &filter).await?;
         for marker in &markers {
             crate::kv_json::remove_marker(&self.js, names::JOBS_BUCKET, marker).await?;
         }
@@ -744,7 +744,7 @@ impl JobRecords {
     }
 
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
-        let values = crate::kv_json::latest_matching(&self.js, names::JOBS_BUCKET, filter).await?;
+        let values = crate::kv_json::latest_matching(&self.js, names::JOBS_BUCKET, &filter).await?;
         values
             .iter()
             .map(|bytes| JobRecord::decode(bytes))

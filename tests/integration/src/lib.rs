@@ -99,8 +99,8 @@ pub async fn messages_under_job_key(
 ) -> anyhow::Result<u64> {
     use futures::StreamExt as _;
     let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream(format!("KV_{}", names::JOBS_BUCKET)).await?;
-    let subject = format!("$KV.{}.{}", names::JOBS_BUCKET, names::job_key(tenant, job));
+    let stream = js.get_stream(names::kv_stream(names::JOBS_BUCKET)).await?;
+    let subject = names::kv_subject(names::JOBS_BUCKET, &names::job_key(tenant, job));
     let mut subjects = stream.info_with_subjects(subject).await?;
     let mut total = 0;
     while let Some(entry) = subjects.next().await {
