@@ -243,6 +243,8 @@ async fn a_webhook_log_near_the_largest_nats_message_makes_room_for_the_next() -
         };
         let mut old = DeliveryRecord::pending(&job_id, sequence, "job.x".into(), receiver.url());
         (old.state, old.attempts) = (DeliveryState::Failed, vec![attempt]);
+        // A fixed time, as the clock's would vary the length it is sized by.
+        old.queued_at = Some(at);
         old
     };
     while serde_json::to_vec(&chain)?.len() < FILLED - 20_000 {
