@@ -33,15 +33,15 @@ pub struct S3Emulator {
 impl S3Emulator {
     pub async fn start() -> anyhow::Result<Self> {
         let binary = find_binary("REELMESH_MOTO_SERVER", "venv/bin/moto_server")?;
-        let mut process = EmulatorProcess::spawn("moto", &binary, |port, _dir| {
+        let process = EmulatorProcess::start("moto", &binary, |port, _dir| {
             vec![
                 "-H".into(),
                 "127.0.0.1".into(),
                 "-p".into(),
                 port.to_string(),
             ]
-        })?;
-        process.wait_until_answering().await?;
+        })
+        .await?;
         let bucket = "media".to_string();
         // moto takes unsigned requests: a plain PUT creates the bucket.
         let created = reqwest::Client::new()
@@ -97,7 +97,7 @@ pub struct AzuriteEmulator {
 impl AzuriteEmulator {
     pub async fn start() -> anyhow::Result<Self> {
         let binary = find_binary("REELMESH_AZURITE_BLOB", "node_modules/.bin/azurite-blob")?;
-        let mut process = EmulatorProcess::spawn("azurite", &binary, |port, dir| {
+        let process = EmulatorProcess::start("azurite", &binary, |port, dir| {
             let location = dir.join("data").display().to_string();
             [
                 "--blobHost",
@@ -108,11 +108,13 @@ impl AzuriteEmulator {
                 &location,
                 "--skipApiVersionCheck",
                 "--loose",
+                // Else it reports usage to Microsoft from every test run.
+                "--disableTelemetry",
             ]
             .map(String::from)
             .to_vec()
-        })?;
-        process.wait_until_answering().await?;
+        })
+        .await?;
         let emulator = AzuriteEmulator {
             process,
             container: "media".to_string(),
@@ -200,6 +202,31 @@ struct EmulatorProcess {
 }
 
 impl EmulatorProcess {
+    /// Starts the emulator on a free port and waits until it listens. The
+    /// port is only free when picked: should another process bind it
+    /// first, the emulator exits and is started again on a fresh one.
+    async fn start(
+        name: &'static str,
+        binary: &Path,
+        args: impl Fn(u16, &Path) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut process = Self::spawn(name, binary, &args)?;
+            match process.wait_until_listening().await? {
+                Listening::Yes => return Ok(process),
+                Listening::PortTaken if attempts < 5 => continue,
+                Listening::PortTaken => {
+                    anyhow::bail!(
+                        "{name}: no free port in {attempts} tries: {}",
+                        process.log()
+                    )
+                }
+            }
+        }
+    }
+
     fn spawn(
         name: &'static str,
         binary: &Path,
@@ -227,26 +254,28 @@ impl EmulatorProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Polls until the server answers HTTP at all (any status: Azurite
-    /// refuses the unsigned probe). Fails at once if the process exits.
-    async fn wait_until_answering(&mut self) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
+    /// Waits until the emulator's log says it listens at its address (moto
+    /// and Azurite both print it once bound). An HTTP answer would not do:
+    /// on a port taken by another test's server, that server answers.
+    async fn wait_until_listening(&mut self) -> anyhow::Result<Listening> {
+        let address = self.base_url();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if client.get(self.base_url()).send().await.is_ok() {
-                return Ok(());
+            let log = self.log();
+            if log.contains(&address) {
+                return Ok(Listening::Yes);
             }
             if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("{} exited ({status}): {}", self.name, self.log());
+                if log.contains("in use") {
+                    return Ok(Listening::PortTaken);
+                }
+                anyhow::bail!("{} exited ({status}): {log}", self.name);
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "{} did not answer on port {} within {START_TIMEOUT:?}: {}",
+                "{} did not listen on port {} within {START_TIMEOUT:?}: {log}",
                 self.name,
                 self.port,
-                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -255,6 +284,13 @@ impl EmulatorProcess {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
+}
+
+/// How an emulator's start went.
+enum Listening {
+    Yes,
+    /// Another process bound the port first.
+    PortTaken,
 }
 
 impl Drop for EmulatorProcess {
