@@ -3,6 +3,8 @@
 //! over many keys, with unreadable bytes reported as corrupt data naming
 //! what they were meant to be; and the markers purges leave behind.
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -160,9 +162,22 @@ pub(crate) async fn remove_marker(
     Ok(())
 }
 
+/// How many messages one pull of a listing asks for.
+const LISTING_BATCH: usize = 512;
+
+/// How long a listing waits for the server's next message before calling
+/// the server unavailable rather than waiting on.
+const LISTING_IDLE: Duration = Duration::from_secs(10);
+
 /// Calls `each` with the latest message of every key of `bucket` matching
-/// the key filter `filter` and its stream sequence, delete and purge markers included,
-/// through an ordered consumer that delivers the last message per subject.
+/// the key filter `filter` and its stream sequence, delete and purge
+/// markers included, pulling batches from a consumer that delivers the last
+/// message per subject.
+///
+/// The pass ends on a message with nothing pending after it or, when
+/// another writer purged the keys still to come, once the server says so:
+/// messages gone after the count was taken never arrive, so waiting for
+/// the count to run out would wait for ever.
 async fn for_each_latest(
     js: &async_nats::jetstream::Context,
     bucket: &str,
@@ -170,40 +185,90 @@ async fn for_each_latest(
     headers_only: bool,
     mut each: impl FnMut(&async_nats::jetstream::Message, u64),
 ) -> Result<(), NatsError> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    use futures::StreamExt as _;
     let stream = js
-        .get_stream(names::kv_stream(bucket))
+        .get_stream_no_info(names::kv_stream(bucket))
         .await
         .map_err(NatsError::unavailable)?;
-    let mut consumer = stream
-        .create_consumer(pull::OrderedConfig {
+    let mut consumer = listing_consumer(&stream, bucket, filter, headers_only).await?;
+    let mut listed = consumer.cached_info().num_pending == 0;
+    let mut empty_pulls = 0;
+    while !listed {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(LISTING_BATCH)
+            .messages()
+            .await
+            .map_err(NatsError::unavailable)?;
+        let mut got = 0;
+        while let Some(message) = next_listed(&mut batch, bucket).await? {
+            let info = message.info().map_err(NatsError::unavailable)?;
+            let (remaining, sequence) = (info.pending, info.stream_sequence);
+            each(&message, sequence);
+            got += 1;
+            if remaining == 0 {
+                listed = true;
+                break;
+            }
+        }
+        if got == 0 && !listed {
+            // An empty pull is the end only if the server counts nothing
+            // left; anything else (a dropped answer) is worth a retry or two.
+            let info = consumer.info().await.map_err(NatsError::unavailable)?;
+            listed = info.num_pending == 0;
+            empty_pulls += 1;
+            if !listed && empty_pulls == 3 {
+                let left = info.num_pending;
+                return Err(NatsError::Unavailable(format!(
+                    "listing {bucket}: {left} keys pending, none delivered"
+                )));
+            }
+        }
+    }
+    // The consumer would go by itself once idle; this spares the server
+    // one per listing in the meantime.
+    if let Err(err) = stream.delete_consumer(&consumer.cached_info().name).await {
+        tracing::debug!(%bucket, %err, "listing consumer left to expire");
+    }
+    Ok(())
+}
+
+/// An ephemeral consumer, without acks, delivering the latest message of
+/// every subject `filter` matches in `bucket`'s stream.
+async fn listing_consumer(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    bucket: &str,
+    filter: &str,
+    headers_only: bool,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, NatsError> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    stream
+        .create_consumer(pull::Config {
             filter_subject: names::kv_subject(bucket, filter),
             deliver_policy: DeliverPolicy::LastPerSubject,
+            ack_policy: AckPolicy::None,
             headers_only,
+            memory_storage: true,
+            num_replicas: 1,
+            inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
         .await
-        .map_err(NatsError::unavailable)?;
-    let pending = consumer
-        .info()
-        .await
-        .map_err(NatsError::unavailable)?
-        .num_pending;
-    if pending == 0 {
-        return Ok(());
+        .map_err(NatsError::unavailable)
+}
+
+/// The next message of a pull, or `None` once the pull is over; a server
+/// silent for [`LISTING_IDLE`] is unavailable.
+async fn next_listed(
+    batch: &mut async_nats::jetstream::consumer::pull::Batch,
+    bucket: &str,
+) -> Result<Option<async_nats::jetstream::Message>, NatsError> {
+    use futures::StreamExt as _;
+    match tokio::time::timeout(LISTING_IDLE, batch.next()).await {
+        Ok(next) => next.transpose().map_err(NatsError::unavailable),
+        Err(_) => Err(NatsError::Unavailable(format!(
+            "listing {bucket}: no answer within {LISTING_IDLE:?}"
+        ))),
     }
-    let mut messages = consumer.messages().await.map_err(NatsError::unavailable)?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(NatsError::unavailable)?;
-        let info = message.info().map_err(NatsError::unavailable)?;
-        let (remaining, sequence) = (info.pending, info.stream_sequence);
-        each(&message, sequence);
-        if remaining == 0 {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Deletes and purges are kept in the stream as markers with no value.
@@ -219,4 +284,57 @@ fn operation(message: &async_nats::jetstream::Message) -> Option<&str> {
         .as_ref()
         .and_then(|headers| headers.get("KV-Operation"))
         .map(|op| op.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Listings against a real nats-server, for what only a server can do
+    //! to them: take keys away in the middle of a pass.
+
+    use super::*;
+
+    /// More keys than one pull asks for, so the pass needs a second.
+    const KEYS: usize = LISTING_BATCH * 2 + 100;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_ends_when_the_keys_still_to_come_are_purged() -> anyhow::Result<()> {
+        let server = crate::server::NatsServer::start_temporary()?;
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: "listing".into(),
+                ..Default::default()
+            })
+            .await?;
+        let writes = (0..KEYS).map(|n| kv.put(format!("t.k{n:05}"), "x".into()));
+        futures::future::try_join_all(writes).await?;
+
+        // Another writer purges every key as the first arrives: the
+        // listing has been told of more than it will ever get.
+        let runtime = tokio::runtime::Handle::current();
+        let mut seen = 0;
+        let listing = for_each_latest(&js, "listing", "t.*", true, |_, _| {
+            if seen == 0 {
+                tokio::task::block_in_place(|| runtime.block_on(purge_all(&js))).expect("purged");
+            }
+            seen += 1;
+        });
+        tokio::time::timeout(Duration::from_secs(30), listing).await??;
+        assert!((1..KEYS).contains(&seen), "{seen} of {KEYS} listed");
+
+        // And once empty, a listing ends at once.
+        let mut after = 0;
+        for_each_latest(&js, "listing", "t.*", true, |_, _| after += 1).await?;
+        assert_eq!(after, 0);
+        Ok(())
+    }
+
+    async fn purge_all(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+        js.get_stream_no_info(names::kv_stream("listing"))
+            .await?
+            .purge()
+            .filter(names::kv_subject("listing", ">"))
+            .await?;
+        Ok(())
+    }
 }
