@@ -358,10 +358,10 @@ impl DeliveryLog {
         // Records of earlier releases share the key space; they are skipped.
         let chains = values
             .iter()
-            .filter_map(|bytes| match serde_json::from_slice(bytes) {
+            .filter_map(|(key, bytes)| match serde_json::from_slice(bytes) {
                 Ok(chain) => Some(chain),
                 Err(err) => {
-                    tracing::warn!(%job, "skipping an unreadable delivery record: {err}");
+                    tracing::warn!(%key, "skipping an unreadable delivery record: {err}");
                     None
                 }
             })

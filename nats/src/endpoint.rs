@@ -177,7 +177,7 @@ impl EndpointStore {
         let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, &filter).await?;
         let mut records = values
             .iter()
-            .map(|bytes| serde_json::from_slice(bytes))
+            .map(|(_, bytes)| serde_json::from_slice(bytes))
             .collect::<Result<Vec<EndpointRecord>, _>>()
             .map_err(|err| NatsError::Corrupt(format!("endpoint: {err}")))?;
         // Ids are time-ordered.
@@ -190,7 +190,7 @@ impl EndpointStore {
         let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, ">").await?;
         values
             .iter()
-            .map(|bytes| serde_json::from_slice(bytes))
+            .map(|(_, bytes)| serde_json::from_slice(bytes))
             .collect::<Result<_, _>>()
             .map_err(|err| NatsError::Corrupt(format!("endpoint: {err}")))
     }

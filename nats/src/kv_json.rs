@@ -96,18 +96,21 @@ pub(crate) async fn modify<T: Serialize + DeserializeOwned>(
     }
 }
 
-/// The latest value of every live key of `bucket` matching `filter` (a key
-/// filter such as `<tenant>.*`), read straight off the bucket's stream in
-/// one pass rather than a get per key.
+/// The key and latest value of every live key of `bucket` matching
+/// `filter` (a key filter such as `<tenant>.*`), read straight off the
+/// bucket's stream in one pass rather than a get per key.
 pub(crate) async fn latest_matching(
     js: &async_nats::jetstream::Context,
     bucket: &str,
     filter: &str,
-) -> Result<Vec<bytes::Bytes>, NatsError> {
+) -> Result<Vec<(String, bytes::Bytes)>, NatsError> {
+    let prefix = names::kv_subject(bucket, "");
     let mut values = Vec::new();
     for_each_latest(js, bucket, filter, false, |message, _| {
         if !is_tombstone(message) {
-            values.push(message.payload.clone());
+            let key = message.subject.strip_prefix(prefix.as_str());
+            let key = key.unwrap_or(&message.subject).to_string();
+            values.push((key, message.payload.clone()));
         }
     })
     .await?;

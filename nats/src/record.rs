@@ -743,12 +743,22 @@ impl JobRecords {
         Ok(markers.len())
     }
 
+    /// A record that cannot be read (written by a later release, say) is
+    /// left out and logged: one such record must not hide all the others,
+    /// from ListJobs or from the retention sweep.
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
         let values = crate::kv_json::latest_matching(&self.js, names::JOBS_BUCKET, &filter).await?;
-        values
+        let readable = values
             .iter()
-            .map(|bytes| JobRecord::decode(bytes))
-            .collect()
+            .filter_map(|(key, bytes)| match JobRecord::decode(bytes) {
+                Ok(record) => Some(record),
+                Err(err) => {
+                    tracing::warn!(%key, "skipping an unreadable job record: {err}");
+                    None
+                }
+            })
+            .collect();
+        Ok(readable)
     }
 
     /// Follows one record: yields its current value, then every change.

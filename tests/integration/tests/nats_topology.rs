@@ -132,6 +132,34 @@ async fn records_change_by_compare_and_set_and_terminal_is_final() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn a_record_that_cannot_be_read_does_not_hide_the_others() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let job = JobRecord::new(tenant(), JobSpec::default());
+    topology.jobs.create(&job).await?;
+    // As a later release's record might look to this one.
+    let unreadable = reelmesh_nats::JobId::new();
+    let key = reelmesh_nats::names::job_key(&tenant(), &unreadable);
+    let js = async_nats::jetstream::new(topology.client.clone());
+    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
+    bucket.put(key, r#"{"state":"teleported"}"#.into()).await?;
+
+    let ids = |records: Vec<JobRecord>| {
+        records
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(topology.jobs.list(&tenant()).await?),
+        [job.id.to_string()]
+    );
+    assert_eq!(ids(topology.jobs.list_all().await?), [job.id.to_string()]);
+    let read = topology.jobs.get(&tenant(), &unreadable).await;
+    assert!(matches!(read, Err(NatsError::Corrupt(_))), "{read:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_same_job_is_queued_once() -> anyhow::Result<()> {
     let (_server, topology) = topology().await?;
     let item = WorkItem {
