@@ -53,6 +53,8 @@ pub struct Swept {
     /// Markers removed jobs left in the record bucket
     /// ([`reelmesh_nats::JobRecords::remove_purge_markers`]).
     pub markers: usize,
+    /// Jobs left as they were for a fault of their own (logged).
+    pub skipped: usize,
 }
 
 /// Sweeps now and then every `sweep_every_secs` until `shutdown`.
@@ -72,6 +74,7 @@ pub async fn sweep_until(
                         jobs = swept.jobs,
                         unqueued = swept.unqueued,
                         markers = swept.markers,
+                        skipped = swept.skipped,
                         "retention sweep"
                     );
                 }
@@ -87,7 +90,9 @@ pub async fn sweep_until(
     }
 }
 
-/// One pass over every job.
+/// One pass over every job. One job's trouble does not stop the pass for
+/// all the others: it is logged and skipped (`Swept::skipped`). Only
+/// NATS or the store being unavailable ends it; the next sweep goes on.
 pub async fn sweep(
     nats: &Topology,
     store: &MediaStore,
@@ -96,31 +101,57 @@ pub async fn sweep(
     let now = OffsetDateTime::now_utc();
     let mut swept = Swept::default();
     for job in nats.jobs.list_all().await? {
-        // One job's trouble must not stop the sweep for all the others.
         match unqueued::sweep_one(nats, &job).await {
             Ok(failed) => swept.unqueued += usize::from(failed),
             Err(err) => tracing::warn!(job = %job.id, "cannot check a job for queueing: {err}"),
         }
-        if !job.state.is_terminal() {
-            continue;
-        }
-        let age = Duration::try_from(now - job.updated_at).unwrap_or_default();
-        if age >= Duration::from_secs(config.job_retention_secs) {
-            if remove_job(nats, store, &job).await? {
-                swept.jobs += 1;
+        match sweep_ended(nats, store, config, now, &job).await {
+            Ok(Some(Removed::Job)) => swept.jobs += 1,
+            Ok(Some(Removed::Outputs)) => swept.outputs += 1,
+            Ok(None) => {}
+            Err(err @ GatewayError::Unavailable(_)) => return Err(err),
+            Err(err) => {
+                tracing::warn!(job = %job.id, "retention skips a job: {err}");
+                swept.skipped += 1;
             }
-        } else if age >= Duration::from_secs(config.output_retention_secs)
-            && !job.output_expired
-            && job.output.as_ref().is_some_and(|o| !o.keys.is_empty())
-        {
-            delete_outputs(store, &job).await?;
-            mark_expired(nats, &job).await?;
-            swept.outputs += 1;
         }
     }
     // This pass's removals included.
     swept.markers = nats.jobs.remove_purge_markers().await?;
     Ok(swept)
+}
+
+/// What the sweep removed of one job.
+enum Removed {
+    Job,
+    Outputs,
+}
+
+/// Removes an ended job, or its outputs, once they are old enough.
+async fn sweep_ended(
+    nats: &Topology,
+    store: &MediaStore,
+    config: &RetentionConfig,
+    now: OffsetDateTime,
+    job: &JobRecord,
+) -> Result<Option<Removed>, GatewayError> {
+    if !job.state.is_terminal() {
+        return Ok(None);
+    }
+    let age = Duration::try_from(now - job.updated_at).unwrap_or_default();
+    if age >= Duration::from_secs(config.job_retention_secs) {
+        let removed = remove_job(nats, store, job).await?;
+        return Ok(removed.then_some(Removed::Job));
+    }
+    let outputs_due = age >= Duration::from_secs(config.output_retention_secs)
+        && !job.output_expired
+        && job.output.as_ref().is_some_and(|o| !o.keys.is_empty());
+    if !outputs_due {
+        return Ok(None);
+    }
+    delete_outputs(store, job).await?;
+    mark_expired(nats, job).await?;
+    Ok(Some(Removed::Outputs))
 }
 
 /// Removes an ended job: outputs, record, events. The record goes by

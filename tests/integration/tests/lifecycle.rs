@@ -1046,3 +1046,37 @@ async fn a_job_removed_by_the_sweep_leaves_nothing_in_the_record_bucket() -> any
     assert_eq!(gone.err().map(|s| s.code()), Some(tonic::Code::NotFound));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_sweep_cannot_remove_does_not_stop_it_removing_the_others() -> anyhow::Result<()>
+{
+    let cluster = TestCluster::start_without_render(|config| {
+        config.gateway.retention.job_retention_secs = 0;
+        config.gateway.retention.sweep_every_secs = 0.1;
+    })
+    .await?;
+    let nats = topology_of(&cluster).await?;
+    // Listed first (stored first), and never removable: its output key is
+    // not one the store takes.
+    let mut stuck = reelmesh_nats::JobRecord::new(tenant_a(), noop(0.0, 0));
+    stuck.begin_attempt().expect("an attempt");
+    let output = reelmesh_nats::JobOutput {
+        keys: vec!["../outside".into()],
+        ..Default::default()
+    };
+    stuck.complete(output)?;
+    nats.jobs.create(&stuck).await?;
+    let mut ended = reelmesh_nats::JobRecord::new(tenant_a(), noop(0.0, 0));
+    ended.fail("out of attempts")?;
+    nats.jobs.create(&ended).await?;
+
+    eventually("the other job removed", || {
+        let (nats, id) = (nats.clone(), ended.id.clone());
+        async move { Ok(nats.jobs.get(&tenant_a(), &id).await?.is_none()) }
+    })
+    .await?;
+    // Every sweep that got to the second job had passed the first.
+    let kept = nats.jobs.get(&tenant_a(), &stuck.id).await?;
+    assert!(kept.is_some(), "skipped, not removed");
+    Ok(())
+}
