@@ -356,17 +356,7 @@ impl DeliveryLog {
         let filter = format!("{tenant}.{job}.*");
         let values = kv_json::latest_matching(&self.js, names::DELIVERIES_BUCKET, &filter).await?;
         // Records of earlier releases share the key space; they are skipped.
-        let chains = values
-            .iter()
-            .filter_map(|(key, bytes)| match serde_json::from_slice(bytes) {
-                Ok(chain) => Some(chain),
-                Err(err) => {
-                    tracing::warn!(%key, "skipping an unreadable delivery record: {err}");
-                    None
-                }
-            })
-            .collect();
-        Ok(chains)
+        Ok(kv_json::readable(&values, "delivery record"))
     }
 
     /// Queues a webhook for notify's senders; stored before this returns.

@@ -171,28 +171,22 @@ impl EndpointStore {
             .map_err(NatsError::unavailable)
     }
 
-    /// Every endpoint of `tenant`, oldest first.
+    /// Every endpoint of `tenant`, oldest first; one that cannot be read is
+    /// left out (see [`kv_json::readable`]).
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, NatsError> {
         let filter = format!("{tenant}.*");
         let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, &filter).await?;
-        let mut records = values
-            .iter()
-            .map(|(_, bytes)| serde_json::from_slice(bytes))
-            .collect::<Result<Vec<EndpointRecord>, _>>()
-            .map_err(|err| NatsError::Corrupt(format!("endpoint: {err}")))?;
+        let mut records: Vec<EndpointRecord> = kv_json::readable(&values, "endpoint");
         // Ids are time-ordered.
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records)
     }
 
-    /// Every endpoint of every tenant.
+    /// Every endpoint of every tenant, but any that cannot be read: one
+    /// such must not stop notify routing for all the others.
     pub async fn list_all(&self) -> Result<Vec<EndpointRecord>, NatsError> {
         let values = kv_json::latest_matching(&self.js, names::ENDPOINTS_BUCKET, ">").await?;
-        values
-            .iter()
-            .map(|(_, bytes)| serde_json::from_slice(bytes))
-            .collect::<Result<_, _>>()
-            .map_err(|err| NatsError::Corrupt(format!("endpoint: {err}")))
+        Ok(kv_json::readable(&values, "endpoint"))
     }
 
     /// Every endpoint as it is, then every change (a deleted endpoint

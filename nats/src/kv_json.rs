@@ -98,23 +98,69 @@ pub(crate) async fn modify<T: Serialize + DeserializeOwned>(
 
 /// The key and latest value of every live key of `bucket` matching
 /// `filter` (a key filter such as `<tenant>.*`), read straight off the
-/// bucket's stream in one pass rather than a get per key.
+/// bucket's stream in one pass rather than a get per key; each key once.
 pub(crate) async fn latest_matching(
     js: &async_nats::jetstream::Context,
     bucket: &str,
     filter: &str,
 ) -> Result<Vec<(String, bytes::Bytes)>, NatsError> {
     let prefix = names::kv_subject(bucket, "");
-    let mut values = Vec::new();
+    let mut latest = LatestValues::default();
     for_each_latest(js, bucket, filter, false, |message, _| {
-        if !is_tombstone(message) {
-            let key = message.subject.strip_prefix(prefix.as_str());
-            let key = key.unwrap_or(&message.subject).to_string();
-            values.push((key, message.payload.clone()));
-        }
+        let key = message.subject.strip_prefix(prefix.as_str());
+        let key = key.unwrap_or(&message.subject).to_string();
+        latest.add(
+            key,
+            (!is_tombstone(message)).then(|| message.payload.clone()),
+        );
     })
     .await?;
-    Ok(values)
+    Ok(latest.live())
+}
+
+/// The values of a listing that read as `T`. One that does not (written
+/// by a later release, say) is left out and logged with its key, so it
+/// cannot hide all the others; `what` names the records in the log.
+pub(crate) fn readable<T: DeserializeOwned>(
+    values: &[(String, bytes::Bytes)],
+    what: &str,
+) -> Vec<T> {
+    let read = |(key, bytes): &(String, bytes::Bytes)| match serde_json::from_slice(bytes) {
+        Ok(record) => Some(record),
+        Err(err) => {
+            tracing::warn!(%key, "skipping an unreadable {what}: {err}");
+            None
+        }
+    };
+    values.iter().filter_map(read).collect()
+}
+
+/// A listing's values by key. A key written again during the pass comes
+/// again: the last word wins, in the place of the first; a delete or purge
+/// takes the key out.
+#[derive(Default)]
+struct LatestValues {
+    values: Vec<(String, Option<bytes::Bytes>)>,
+    places: std::collections::HashMap<String, usize>,
+}
+
+impl LatestValues {
+    fn add(&mut self, key: String, value: Option<bytes::Bytes>) {
+        match self.places.get(&key) {
+            Some(&place) => self.values[place].1 = value,
+            None => {
+                self.places.insert(key.clone(), self.values.len());
+                self.values.push((key, value));
+            }
+        }
+    }
+
+    fn live(self) -> Vec<(String, bytes::Bytes)> {
+        let values = self.values.into_iter();
+        values
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect()
+    }
 }
 
 /// What a purge left under a key: the stream keeps it as the key's latest
@@ -175,12 +221,7 @@ const LISTING_IDLE: Duration = Duration::from_secs(10);
 /// Calls `each` with the latest message of every key of `bucket` matching
 /// the key filter `filter` and its stream sequence, delete and purge
 /// markers included, pulling batches from a consumer that delivers the last
-/// message per subject.
-///
-/// The pass ends on a message with nothing pending after it or, when
-/// another writer purged the keys still to come, once the server says so:
-/// messages gone after the count was taken never arrive, so waiting for
-/// the count to run out would wait for ever.
+/// message per subject (then any written during the pass).
 async fn for_each_latest(
     js: &async_nats::jetstream::Context,
     bucket: &str,
@@ -193,46 +234,65 @@ async fn for_each_latest(
         .await
         .map_err(NatsError::unavailable)?;
     let mut consumer = listing_consumer(&stream, bucket, filter, headers_only).await?;
-    let mut listed = consumer.cached_info().num_pending == 0;
-    let mut empty_pulls = 0;
-    while !listed {
+    let listed = pull_all(&mut consumer, bucket, &mut each).await;
+    // The consumer would go by itself once idle; this spares the server
+    // one per listing in the meantime.
+    if let Err(err) = stream.delete_consumer(&consumer.cached_info().name).await {
+        tracing::debug!(%bucket, %err, "listing consumer left to expire");
+    }
+    listed
+}
+
+/// Pulls every message the listing consumer has. The pass ends on a
+/// message with nothing pending after it or, when another writer purged
+/// the keys still to come, on an empty pull once the server counts
+/// nothing left: messages gone after the count was taken never arrive, so
+/// waiting for the count to run out would wait for ever. Without acks
+/// nothing is sent twice, so a skipped consumer sequence is a message lost
+/// on the way (a reconnect): the listing would have a hole, and fails.
+async fn pull_all(
+    consumer: &mut async_nats::jetstream::consumer::PullConsumer,
+    bucket: &str,
+    each: &mut impl FnMut(&async_nats::jetstream::Message, u64),
+) -> Result<(), NatsError> {
+    let lost = |at: u64| NatsError::Unavailable(format!("listing {bucket}: message {at} lost"));
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let mut delivered = 0;
+    loop {
         let mut batch = consumer
             .fetch()
             .max_messages(LISTING_BATCH)
             .messages()
             .await
             .map_err(NatsError::unavailable)?;
-        let mut got = 0;
+        let mut got = false;
         while let Some(message) = next_listed(&mut batch, bucket).await? {
             let info = message.info().map_err(NatsError::unavailable)?;
-            let (remaining, sequence) = (info.pending, info.stream_sequence);
-            each(&message, sequence);
-            got += 1;
-            if remaining == 0 {
-                listed = true;
-                break;
+            if info.consumer_sequence != delivered + 1 {
+                return Err(lost(delivered + 1));
+            }
+            (delivered, got) = (info.consumer_sequence, true);
+            each(&message, info.stream_sequence);
+            if info.pending == 0 {
+                return Ok(());
             }
         }
-        if got == 0 && !listed {
-            // An empty pull is the end only if the server counts nothing
-            // left; anything else (a dropped answer) is worth a retry or two.
+        if !got {
             let info = consumer.info().await.map_err(NatsError::unavailable)?;
-            listed = info.num_pending == 0;
-            empty_pulls += 1;
-            if !listed && empty_pulls == 3 {
+            if info.delivered.consumer_sequence > delivered {
+                return Err(lost(delivered + 1));
+            }
+            if info.num_pending > 0 {
                 let left = info.num_pending;
                 return Err(NatsError::Unavailable(format!(
-                    "listing {bucket}: {left} keys pending, none delivered"
+                    "listing {bucket}: {left} pending, none delivered"
                 )));
             }
+            return Ok(());
         }
     }
-    // The consumer would go by itself once idle; this spares the server
-    // one per listing in the meantime.
-    if let Err(err) = stream.delete_consumer(&consumer.cached_info().name).await {
-        tracing::debug!(%bucket, %err, "listing consumer left to expire");
-    }
-    Ok(())
 }
 
 /// An ephemeral consumer, without acks, delivering the latest message of
@@ -295,6 +355,20 @@ mod tests {
     //! to them: take keys away in the middle of a pass.
 
     use super::*;
+
+    #[test]
+    fn a_key_listed_twice_keeps_its_last_value_in_its_first_place() {
+        let mut latest = LatestValues::default();
+        for (key, value) in [("a", Some("1")), ("b", Some("1")), ("c", Some("1"))] {
+            latest.add(key.into(), value.map(bytes::Bytes::from));
+        }
+        // Written again during the pass: a updated, b deleted.
+        latest.add("a".into(), Some("2".into()));
+        latest.add("b".into(), None);
+        let live = latest.live();
+        let live: Vec<_> = live.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        assert_eq!(live, [("a", &b"2"[..]), ("c", &b"1"[..])]);
+    }
 
     /// More keys than one pull asks for, so the pass needs a second.
     const KEYS: usize = LISTING_BATCH * 2 + 100;

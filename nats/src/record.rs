@@ -743,22 +743,12 @@ impl JobRecords {
         Ok(markers.len())
     }
 
-    /// A record that cannot be read (written by a later release, say) is
-    /// left out and logged: one such record must not hide all the others,
-    /// from ListJobs or from the retention sweep.
+    /// A record that cannot be read is left out (see
+    /// [`crate::kv_json::readable`]): ListJobs and the retention sweep
+    /// still see all the others.
     async fn list_matching(&self, filter: String) -> Result<Vec<JobRecord>, NatsError> {
         let values = crate::kv_json::latest_matching(&self.js, names::JOBS_BUCKET, &filter).await?;
-        let readable = values
-            .iter()
-            .filter_map(|(key, bytes)| match JobRecord::decode(bytes) {
-                Ok(record) => Some(record),
-                Err(err) => {
-                    tracing::warn!(%key, "skipping an unreadable job record: {err}");
-                    None
-                }
-            })
-            .collect();
-        Ok(readable)
+        Ok(crate::kv_json::readable(&values, "job record"))
     }
 
     /// Follows one record: yields its current value, then every change.

@@ -156,6 +156,16 @@ async fn a_record_that_cannot_be_read_does_not_hide_the_others() -> anyhow::Resu
     assert_eq!(ids(topology.jobs.list_all().await?), [job.id.to_string()]);
     let read = topology.jobs.get(&tenant(), &unreadable).await;
     assert!(matches!(read, Err(NatsError::Corrupt(_))), "{read:?}");
+
+    // Nor does an endpoint: notify routes every tenant's by the whole list.
+    let endpoints = js
+        .get_key_value(reelmesh_nats::names::ENDPOINTS_BUCKET)
+        .await?;
+    endpoints
+        .put(format!("{}.ep1", tenant()), "[]".into())
+        .await?;
+    assert!(topology.endpoints.list(&tenant()).await?.is_empty());
+    assert!(topology.endpoints.list_all().await?.is_empty());
     Ok(())
 }
 
