@@ -42,6 +42,21 @@ impl From<NatsError> for GatewayError {
     }
 }
 
+/// The store as the gateway meets it (deleting outputs): a backend that
+/// fails is unavailable; anything else is a record of ours naming an
+/// object the store refuses.
+impl From<reelmesh_store::StoreError> for GatewayError {
+    fn from(err: reelmesh_store::StoreError) -> Self {
+        use reelmesh_store::StoreError;
+        match err {
+            StoreError::Backend(_) | StoreError::Local(_) => {
+                GatewayError::Unavailable(err.to_string())
+            }
+            other => GatewayError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(err: GatewayError) -> Self {
         let code = match &err {
@@ -56,5 +71,20 @@ impl From<GatewayError> for Status {
             GatewayError::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reelmesh_store::{ObjectKey, StoreError};
+
+    #[test]
+    fn a_failing_store_is_unavailable_and_a_refused_key_is_ours() {
+        let down = GatewayError::from(StoreError::Backend("connection refused".into()));
+        assert!(matches!(down, GatewayError::Unavailable(_)), "{down:?}");
+        let refused = ObjectKey::parse("../outside").expect_err("not a key");
+        let ours = GatewayError::from(StoreError::from(refused));
+        assert!(matches!(ours, GatewayError::Internal(_)), "{ours:?}");
     }
 }

@@ -187,10 +187,7 @@ async fn delete_outputs(store: &MediaStore, job: &JobRecord) -> Result<(), Gatew
     let keys = job.output.iter().flat_map(|output| &output.keys);
     for key in keys {
         let key = ObjectKey::parse(key).map_err(|err| GatewayError::Internal(err.to_string()))?;
-        store
-            .delete(&job.tenant, &key)
-            .await
-            .map_err(|err| GatewayError::Unavailable(err.to_string()))?;
+        store.delete(&job.tenant, &key).await?;
     }
     Ok(())
 }
