@@ -261,11 +261,20 @@ impl EmulatorProcess {
         let address = self.base_url();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
+            // The address, then not another digit: port 4000 is not 40001.
+            let says_listening = |log: &str| {
+                log.match_indices(&address).any(|(at, _)| {
+                    let after = log[at + address.len()..].chars().next();
+                    !after.is_some_and(|c| c.is_ascii_digit())
+                })
+            };
             let log = self.log();
-            if log.contains(&address) {
+            if says_listening(&log) {
                 return Ok(Listening::Yes);
             }
             if let Some(status) = self.child.try_wait()? {
+                // Read again: it may have said why just before it exited.
+                let log = self.log();
                 if log.contains("in use") {
                     return Ok(Listening::PortTaken);
                 }
