@@ -216,7 +216,12 @@ const LISTING_BATCH: usize = 512;
 
 /// How long a listing waits for the server's next message before calling
 /// the server unavailable rather than waiting on.
-const LISTING_IDLE: Duration = Duration::from_secs(10);
+const LISTING_IDLE: Duration = if cfg!(test) {
+    // Short, so the test of a silent server does not wait long.
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(10)
+};
 
 /// Calls `each` with the latest message of every key of `bucket` matching
 /// the key filter `filter` and its stream sequence, delete and purge
@@ -352,7 +357,7 @@ fn operation(message: &async_nats::jetstream::Message) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     //! Listings against a real nats-server, for what only a server can do
-    //! to them: take keys away in the middle of a pass.
+    //! to them: take keys away in the middle of a pass, or stop answering.
 
     use super::*;
 
@@ -403,6 +408,42 @@ mod tests {
         let mut after = 0;
         for_each_latest(&js, "listing", "t.*", true, |_, _| after += 1).await?;
         assert_eq!(after, 0);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_the_server_stops_answering_is_unavailable() -> anyhow::Result<()> {
+        let server = crate::server::NatsServer::start_temporary()?;
+        let client = async_nats::connect(server.url()).await?;
+        // Requests give up as soon as the listing's own wait does.
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(LISTING_IDLE)
+            .build(client);
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: "listing".into(),
+                ..Default::default()
+            })
+            .await?;
+        let writes = (0..KEYS).map(|n| kv.put(format!("t.k{n:05}"), "x".into()));
+        futures::future::try_join_all(writes).await?;
+
+        // The server hangs (SIGSTOP) as the first key arrives: the rest of
+        // the pass gets no answer.
+        let mut seen = 0;
+        let listing = for_each_latest(&js, "listing", "t.*", true, |_, _| {
+            if seen == 0 {
+                server.pause().expect("paused");
+            }
+            seen += 1;
+        });
+        let listed = tokio::time::timeout(Duration::from_secs(30), listing).await?;
+        server.resume()?;
+        assert!(
+            matches!(listed, Err(NatsError::Unavailable(_))),
+            "{listed:?}"
+        );
+        assert!((1..KEYS).contains(&seen), "{seen} of {KEYS} listed");
         Ok(())
     }
 
