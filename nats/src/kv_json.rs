@@ -223,10 +223,16 @@ const LISTING_IDLE: Duration = if cfg!(test) {
     Duration::from_secs(10)
 };
 
+/// How many passes a listing makes before giving up on a server that
+/// stalls on purged keys (see [`pull_all`]).
+const LISTING_PASSES: usize = 3;
+
 /// Calls `each` with the latest message of every key of `bucket` matching
 /// the key filter `filter` and its stream sequence, delete and purge
 /// markers included, pulling batches from a consumer that delivers the last
-/// message per subject (then any written during the pass).
+/// message per subject (then any written during the pass). A pass that
+/// stalls is made again with a fresh consumer; messages already handed to
+/// `each` are not handed again.
 async fn for_each_latest(
     js: &async_nats::jetstream::Context,
     bucket: &str,
@@ -238,14 +244,37 @@ async fn for_each_latest(
         .get_stream_no_info(names::kv_stream(bucket))
         .await
         .map_err(NatsError::unavailable)?;
-    let mut consumer = listing_consumer(&stream, bucket, filter, headers_only).await?;
-    let listed = pull_all(&mut consumer, bucket, &mut each).await;
-    // The consumer would go by itself once idle; this spares the server
-    // one per listing in the meantime.
-    if let Err(err) = stream.delete_consumer(&consumer.cached_info().name).await {
-        tracing::debug!(%bucket, %err, "listing consumer left to expire");
+    let mut seen = std::collections::HashSet::new();
+    let mut each_once = |message: &async_nats::jetstream::Message, sequence| {
+        if seen.insert(sequence) {
+            each(message, sequence);
+        }
+    };
+    for _ in 0..LISTING_PASSES {
+        let mut consumer = listing_consumer(&stream, bucket, filter, headers_only).await?;
+        let pass = pull_all(&mut consumer, bucket, &mut each_once).await;
+        // The consumer would go by itself once idle; this spares the
+        // server one per listing in the meantime.
+        if let Err(err) = stream.delete_consumer(&consumer.cached_info().name).await {
+            tracing::debug!(%bucket, %err, "listing consumer left to expire");
+        }
+        if pass? == Pass::Done {
+            return Ok(());
+        }
     }
-    listed
+    Err(NatsError::Unavailable(format!(
+        "listing {bucket}: stalled {LISTING_PASSES} times on keys purged meanwhile"
+    )))
+}
+
+/// How one pass of a listing went.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    Done,
+    /// The server stopped short of keys it still counts: in a bucket
+    /// keeping several values per key, it ends every pull at a latest
+    /// value purged after the consumer was made, and never moves past it.
+    Stalled,
 }
 
 /// Pulls every message the listing consumer has. The pass ends on a
@@ -259,10 +288,10 @@ async fn pull_all(
     consumer: &mut async_nats::jetstream::consumer::PullConsumer,
     bucket: &str,
     each: &mut impl FnMut(&async_nats::jetstream::Message, u64),
-) -> Result<(), NatsError> {
+) -> Result<Pass, NatsError> {
     let lost = |at: u64| NatsError::Unavailable(format!("listing {bucket}: message {at} lost"));
     if consumer.cached_info().num_pending == 0 {
-        return Ok(());
+        return Ok(Pass::Done);
     }
     let mut delivered = 0;
     loop {
@@ -281,7 +310,7 @@ async fn pull_all(
             (delivered, got) = (info.consumer_sequence, true);
             each(&message, info.stream_sequence);
             if info.pending == 0 {
-                return Ok(());
+                return Ok(Pass::Done);
             }
         }
         if !got {
@@ -289,13 +318,11 @@ async fn pull_all(
             if info.delivered.consumer_sequence > delivered {
                 return Err(lost(delivered + 1));
             }
-            if info.num_pending > 0 {
-                let left = info.num_pending;
-                return Err(NatsError::Unavailable(format!(
-                    "listing {bucket}: {left} pending, none delivered"
-                )));
-            }
-            return Ok(());
+            return Ok(if info.num_pending > 0 {
+                Pass::Stalled
+            } else {
+                Pass::Done
+            });
         }
     }
 }
@@ -415,11 +442,12 @@ mod tests {
     async fn a_listing_the_server_stops_answering_is_unavailable() -> anyhow::Result<()> {
         let server = crate::server::NatsServer::start_temporary()?;
         let client = async_nats::connect(server.url()).await?;
-        // Requests give up as soon as the listing's own wait does.
+        let setup = async_nats::jetstream::new(client.clone());
+        // The listing's requests give up as soon as its own wait does.
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(LISTING_IDLE)
             .build(client);
-        let kv = js
+        let kv = setup
             .create_key_value(kv::Config {
                 bucket: "listing".into(),
                 ..Default::default()
@@ -444,6 +472,43 @@ mod tests {
             "{listed:?}"
         );
         assert!((1..KEYS).contains(&seen), "{seen} of {KEYS} listed");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_goes_past_keys_purged_in_the_middle_of_a_pass() -> anyhow::Result<()> {
+        let server = crate::server::NatsServer::start_temporary()?;
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+        // Several values per key, as the job and endpoint buckets keep.
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: "listing".into(),
+                history: 5,
+                ..Default::default()
+            })
+            .await?;
+        let key = |n: usize| format!("t.k{n:05}");
+        let writes = (0..KEYS).map(|n| kv.put(key(n), "x".into()));
+        futures::future::try_join_all(writes).await?;
+
+        // Keys of the second pull go as the first key arrives.
+        let gone = LISTING_BATCH + 10..LISTING_BATCH + 60;
+        let runtime = tokio::runtime::Handle::current();
+        let mut listed = Vec::new();
+        let listing = for_each_latest(&js, "listing", "t.*", true, |message, _| {
+            if listed.is_empty() {
+                let purges = gone.clone().map(|n| kv.purge(key(n)));
+                let purged = futures::future::try_join_all(purges);
+                tokio::task::block_in_place(|| runtime.block_on(purged)).expect("purged");
+            }
+            listed.push(message.subject.to_string());
+        });
+        tokio::time::timeout(Duration::from_secs(30), listing).await??;
+        // Every key once: the purged ones as their purge markers.
+        let count = listed.len();
+        listed.sort();
+        listed.dedup();
+        assert_eq!((listed.len(), count), (KEYS, KEYS));
         Ok(())
     }
 
