@@ -42,16 +42,15 @@ impl From<NatsError> for GatewayError {
     }
 }
 
-/// The store as the gateway meets it (deleting outputs): a backend that
-/// fails is unavailable; anything else is a record of ours naming an
-/// object the store refuses.
+/// The store as the gateway meets it (deleting outputs): the backend
+/// failing (a 403 included: it is the bucket's, not one object's) is
+/// unavailable; anything else, such as a key of ours the store refuses, is
+/// internal, as the store's own mapping has it.
 impl From<reelmesh_store::StoreError> for GatewayError {
     fn from(err: reelmesh_store::StoreError) -> Self {
         use reelmesh_store::StoreError;
         match err {
-            StoreError::Backend(_) | StoreError::Local(_) => {
-                GatewayError::Unavailable(err.to_string())
-            }
+            StoreError::Backend(_) => GatewayError::Unavailable(err.to_string()),
             other => GatewayError::Internal(other.to_string()),
         }
     }

@@ -186,7 +186,7 @@ async fn remove_job(
 async fn delete_outputs(store: &MediaStore, job: &JobRecord) -> Result<(), GatewayError> {
     let keys = job.output.iter().flat_map(|output| &output.keys);
     for key in keys {
-        let key = ObjectKey::parse(key).map_err(|err| GatewayError::Internal(err.to_string()))?;
+        let key = ObjectKey::parse(key).map_err(reelmesh_store::StoreError::from)?;
         store.delete(&job.tenant, &key).await?;
     }
     Ok(())
