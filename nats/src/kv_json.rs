@@ -409,14 +409,7 @@ mod tests {
     async fn a_listing_ends_when_the_keys_still_to_come_are_purged() -> anyhow::Result<()> {
         let server = crate::server::NatsServer::start_temporary()?;
         let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
-        let kv = js
-            .create_key_value(kv::Config {
-                bucket: "listing".into(),
-                ..Default::default()
-            })
-            .await?;
-        let writes = (0..KEYS).map(|n| kv.put(format!("t.k{n:05}"), "x".into()));
-        futures::future::try_join_all(writes).await?;
+        filled_bucket(&js, 1).await?;
 
         // Another writer purges every key as the first arrives: the
         // listing has been told of more than it will ever get.
@@ -447,14 +440,7 @@ mod tests {
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(LISTING_IDLE)
             .build(client);
-        let kv = setup
-            .create_key_value(kv::Config {
-                bucket: "listing".into(),
-                ..Default::default()
-            })
-            .await?;
-        let writes = (0..KEYS).map(|n| kv.put(format!("t.k{n:05}"), "x".into()));
-        futures::future::try_join_all(writes).await?;
+        filled_bucket(&setup, 1).await?;
 
         // The server hangs (SIGSTOP) as the first key arrives: the rest of
         // the pass gets no answer.
@@ -480,16 +466,7 @@ mod tests {
         let server = crate::server::NatsServer::start_temporary()?;
         let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
         // Several values per key, as the job and endpoint buckets keep.
-        let kv = js
-            .create_key_value(kv::Config {
-                bucket: "listing".into(),
-                history: 5,
-                ..Default::default()
-            })
-            .await?;
-        let key = |n: usize| format!("t.k{n:05}");
-        let writes = (0..KEYS).map(|n| kv.put(key(n), "x".into()));
-        futures::future::try_join_all(writes).await?;
+        let kv = filled_bucket(&js, 5).await?;
 
         // Keys of the second pull go as the first key arrives.
         let gone = LISTING_BATCH + 10..LISTING_BATCH + 60;
@@ -497,7 +474,7 @@ mod tests {
         let mut listed = Vec::new();
         let listing = for_each_latest(&js, "listing", "t.*", true, |message, _| {
             if listed.is_empty() {
-                let purges = gone.clone().map(|n| kv.purge(key(n)));
+                let purges = gone.clone().map(|n| kv.purge(key_of(n)));
                 let purged = futures::future::try_join_all(purges);
                 tokio::task::block_in_place(|| runtime.block_on(purged)).expect("purged");
             }
@@ -510,6 +487,27 @@ mod tests {
         listed.dedup();
         assert_eq!((listed.len(), count), (KEYS, KEYS));
         Ok(())
+    }
+
+    /// Bucket `listing` keeping `history` values per key, with [`KEYS`]
+    /// keys under `t.`.
+    async fn filled_bucket(
+        js: &async_nats::jetstream::Context,
+        history: i64,
+    ) -> anyhow::Result<kv::Store> {
+        let config = kv::Config {
+            bucket: "listing".into(),
+            history,
+            ..Default::default()
+        };
+        let kv = js.create_key_value(config).await?;
+        let writes = (0..KEYS).map(|n| kv.put(key_of(n), "x".into()));
+        futures::future::try_join_all(writes).await?;
+        Ok(kv)
+    }
+
+    fn key_of(n: usize) -> String {
+        format!("t.k{n:05}")
     }
 
     async fn purge_all(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
