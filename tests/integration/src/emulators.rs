@@ -261,15 +261,8 @@ impl EmulatorProcess {
         let address = self.base_url();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            // The address, then not another digit: port 4000 is not 40001.
-            let says_listening = |log: &str| {
-                log.match_indices(&address).any(|(at, _)| {
-                    let after = log[at + address.len()..].chars().next();
-                    !after.is_some_and(|c| c.is_ascii_digit())
-                })
-            };
             let log = self.log();
-            if says_listening(&log) {
+            if says_listening_at(&log, &address) {
                 return Ok(Listening::Yes);
             }
             if let Some(status) = self.child.try_wait()? {
@@ -293,6 +286,15 @@ impl EmulatorProcess {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
+}
+
+/// Whether `log` names `address` whole: the address, then not another
+/// digit (port 4000 is not 40001).
+fn says_listening_at(log: &str, address: &str) -> bool {
+    log.match_indices(address).any(|(at, _)| {
+        let after = log[at + address.len()..].chars().next();
+        !after.is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// How an emulator's start went.
