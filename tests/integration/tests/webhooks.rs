@@ -559,13 +559,20 @@ async fn gone_disables_an_endpoint_until_it_is_enabled_again() -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(disabled.disabled_reason.contains("410"), "{disabled:?}");
-    // The attempt is recorded before the endpoint is disabled.
-    let log = deliveries_of(&mut client, &first.id).await?;
-    let ours = log
-        .iter()
-        .find(|d| d.endpoint_id == endpoint.id)
-        .expect("a delivery to the gone endpoint");
-    assert_eq!(statuses(ours), vec![410]);
+    // The endpoint is disabled first (should recording the attempt fail,
+    // the task comes back and meets the 410 again); the attempt is
+    // recorded just after.
+    let ours = loop {
+        let log = deliveries_of(&mut client, &first.id).await?;
+        let ours = log.into_iter().find(|d| d.endpoint_id == endpoint.id);
+        let ours = ours.expect("a delivery to the gone endpoint");
+        if !ours.attempts.is_empty() {
+            break ours;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(statuses(&ours), vec![410]);
     assert_eq!(ours.state(), pb::DeliveryState::Failed);
 
     // The next job's webhook reaches the witness only.
