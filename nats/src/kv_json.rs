@@ -106,7 +106,7 @@ pub(crate) async fn latest_matching(
 ) -> Result<Vec<(String, bytes::Bytes)>, NatsError> {
     let prefix = names::kv_subject(bucket, "");
     let mut latest = LatestValues::default();
-    for_each_latest(js, bucket, filter, false, |message, _| {
+    for_each_latest(js, bucket, filter, false, LISTING_IDLE, |message, _| {
         let key = message.subject.strip_prefix(prefix.as_str());
         let key = key.unwrap_or(&message.subject).to_string();
         latest.add(
@@ -181,14 +181,21 @@ pub(crate) async fn purge_markers(
     filter: &str,
 ) -> Result<Vec<Marker>, NatsError> {
     let mut markers = Vec::new();
-    for_each_latest(js, bucket, filter, true, |message, sequence| {
-        if operation(message) == Some("PURGE") {
-            markers.push(Marker {
-                subject: message.subject.to_string(),
-                sequence,
-            });
-        }
-    })
+    for_each_latest(
+        js,
+        bucket,
+        filter,
+        true,
+        LISTING_IDLE,
+        |message, sequence| {
+            if operation(message) == Some("PURGE") {
+                markers.push(Marker {
+                    subject: message.subject.to_string(),
+                    sequence,
+                });
+            }
+        },
+    )
     .await?;
     Ok(markers)
 }
@@ -216,12 +223,7 @@ const LISTING_BATCH: usize = 512;
 
 /// How long a listing waits for the server's next message before calling
 /// the server unavailable rather than waiting on.
-const LISTING_IDLE: Duration = if cfg!(test) {
-    // Short, so the test of a silent server does not wait long.
-    Duration::from_secs(1)
-} else {
-    Duration::from_secs(10)
-};
+const LISTING_IDLE: Duration = Duration::from_secs(10);
 
 /// How many passes a listing makes before giving up on a server that
 /// stalls on purged keys (see [`pull_all`]).
@@ -232,12 +234,13 @@ const LISTING_PASSES: usize = 3;
 /// markers included, pulling batches from a consumer that delivers the last
 /// message per subject (then any written during the pass). A pass that
 /// stalls is made again with a fresh consumer; messages already handed to
-/// `each` are not handed again.
+/// `each` are not handed again. A server silent for `idle` is unavailable.
 async fn for_each_latest(
     js: &async_nats::jetstream::Context,
     bucket: &str,
     filter: &str,
     headers_only: bool,
+    idle: Duration,
     mut each: impl FnMut(&async_nats::jetstream::Message, u64),
 ) -> Result<(), NatsError> {
     let stream = js
@@ -252,7 +255,7 @@ async fn for_each_latest(
     };
     for _ in 0..LISTING_PASSES {
         let mut consumer = listing_consumer(&stream, bucket, filter, headers_only).await?;
-        let pass = pull_all(&mut consumer, bucket, &mut each_once).await;
+        let pass = pull_all(&mut consumer, bucket, idle, &mut each_once).await;
         // The consumer would go by itself once idle; this spares the
         // server one per listing in the meantime.
         if let Err(err) = stream.delete_consumer(&consumer.cached_info().name).await {
@@ -287,6 +290,7 @@ enum Pass {
 async fn pull_all(
     consumer: &mut async_nats::jetstream::consumer::PullConsumer,
     bucket: &str,
+    idle: Duration,
     each: &mut impl FnMut(&async_nats::jetstream::Message, u64),
 ) -> Result<Pass, NatsError> {
     let lost = |at: u64| NatsError::Unavailable(format!("listing {bucket}: message {at} lost"));
@@ -302,7 +306,7 @@ async fn pull_all(
             .await
             .map_err(NatsError::unavailable)?;
         let mut got = false;
-        while let Some(message) = next_listed(&mut batch, bucket).await? {
+        while let Some(message) = next_listed(&mut batch, bucket, idle).await? {
             let info = message.info().map_err(NatsError::unavailable)?;
             if info.consumer_sequence != delivered + 1 {
                 return Err(lost(delivered + 1));
@@ -352,16 +356,17 @@ async fn listing_consumer(
 }
 
 /// The next message of a pull, or `None` once the pull is over; a server
-/// silent for [`LISTING_IDLE`] is unavailable.
+/// silent for `idle` is unavailable.
 async fn next_listed(
     batch: &mut async_nats::jetstream::consumer::pull::Batch,
     bucket: &str,
+    idle: Duration,
 ) -> Result<Option<async_nats::jetstream::Message>, NatsError> {
     use futures::StreamExt as _;
-    match tokio::time::timeout(LISTING_IDLE, batch.next()).await {
+    match tokio::time::timeout(idle, batch.next()).await {
         Ok(next) => next.transpose().map_err(NatsError::unavailable),
         Err(_) => Err(NatsError::Unavailable(format!(
-            "listing {bucket}: no answer within {LISTING_IDLE:?}"
+            "listing {bucket}: no answer within {idle:?}"
         ))),
     }
 }
@@ -415,7 +420,7 @@ mod tests {
         // listing has been told of more than it will ever get.
         let runtime = tokio::runtime::Handle::current();
         let mut seen = 0;
-        let listing = for_each_latest(&js, "listing", "t.*", true, |_, _| {
+        let listing = for_each_latest(&js, "listing", "t.*", true, LISTING_IDLE, |_, _| {
             if seen == 0 {
                 tokio::task::block_in_place(|| runtime.block_on(purge_all(&js))).expect("purged");
             }
@@ -426,7 +431,7 @@ mod tests {
 
         // And once empty, a listing ends at once.
         let mut after = 0;
-        for_each_latest(&js, "listing", "t.*", true, |_, _| after += 1).await?;
+        for_each_latest(&js, "listing", "t.*", true, LISTING_IDLE, |_, _| after += 1).await?;
         assert_eq!(after, 0);
         Ok(())
     }
@@ -434,18 +439,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_listing_the_server_stops_answering_is_unavailable() -> anyhow::Result<()> {
         let server = crate::server::NatsServer::start_temporary()?;
-        let client = async_nats::connect(server.url()).await?;
-        let setup = async_nats::jetstream::new(client.clone());
-        // The listing's requests give up as soon as its own wait does.
-        let js = async_nats::jetstream::ContextBuilder::new()
-            .timeout(LISTING_IDLE)
-            .build(client);
-        filled_bucket(&setup, 1).await?;
+        let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+        filled_bucket(&js, 1).await?;
 
         // The server hangs (SIGSTOP) as the first key arrives: the rest of
-        // the pass gets no answer.
+        // the pass gets no answer. A short wait, so the test is quick; the
+        // consumer's delete then waits out the request timeout.
+        let idle = Duration::from_secs(1);
         let mut seen = 0;
-        let listing = for_each_latest(&js, "listing", "t.*", true, |_, _| {
+        let listing = for_each_latest(&js, "listing", "t.*", true, idle, |_, _| {
             if seen == 0 {
                 server.pause().expect("paused");
             }
@@ -472,7 +474,7 @@ mod tests {
         let gone = LISTING_BATCH + 10..LISTING_BATCH + 60;
         let runtime = tokio::runtime::Handle::current();
         let mut listed = Vec::new();
-        let listing = for_each_latest(&js, "listing", "t.*", true, |message, _| {
+        let listing = for_each_latest(&js, "listing", "t.*", true, LISTING_IDLE, |message, _| {
             if listed.is_empty() {
                 let purges = gone.clone().map(|n| kv.purge(key_of(n)));
                 let purged = futures::future::try_join_all(purges);

@@ -41,7 +41,7 @@ pub const FLAKY_FAILURES: usize = 1;
 
 /// How long `/slow.mp4` takes to send the media, in [`SLOW_CHUNKS`] even
 /// pieces.
-pub const SLOW_BODY: Duration = Duration::from_secs(3);
+pub const SLOW_BODY: Duration = Duration::from_secs(4);
 const SLOW_CHUNKS: u32 = 20;
 
 impl MediaServer {

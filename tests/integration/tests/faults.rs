@@ -15,7 +15,9 @@ use reelmesh_proto::v1::{self as pb, job_event::Kind, job_spec::Operation};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_render-worker");
 /// Short enough that a dead worker's job comes back within a test.
-const ACK_WAIT: (&str, &str) = ("TOPOLOGY__WORK_ACK_WAIT", "2");
+// Short, so redeliveries come soon; the heartbeat every third of it still
+// beats a loaded machine's stalls.
+const ACK_WAIT: (&str, &str) = ("TOPOLOGY__WORK_ACK_WAIT", "3");
 
 fn is_terminal(event: &pb::JobEvent) -> bool {
     matches!(
@@ -468,18 +470,19 @@ async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {
 async fn webhooks_waiting_in_hand_past_the_ack_wait_are_still_sent_once() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
     let nats = cluster.cluster.nats.url();
-    // One request at a time, four tasks in hand, each answer 1.5 s: the
-    // last task in hand waits 4.5 s, past the 3 s ack wait, and without a
-    // heartbeat JetStream hands it to the other process as well.
+    // One request at a time, four tasks in hand, each answer 2 s: the
+    // last task in hand waits 6 s, past the 5 s ack wait, and without a
+    // heartbeat JetStream hands it to the other process as well. The 4 s
+    // timeout leaves each answer 2 s to spare.
     let settings = [
         ("EGRESS__ALLOW", "[\"127.0.0.1\"]"),
         ("CONCURRENCY", "1"),
-        ("TIMEOUT_SECS", "2"),
-        ("TOPOLOGY__WEBHOOK_ACK_WAIT", "3"),
+        ("TIMEOUT_SECS", "4"),
+        ("TOPOLOGY__WEBHOOK_ACK_WAIT", "5"),
     ];
     let _first = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
     let _second = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
-    let mut receiver = WebhookReceiver::start_slow(Duration::from_millis(1500)).await?;
+    let mut receiver = WebhookReceiver::start_slow(Duration::from_secs(2)).await?;
     let mut client = cluster.client(KEY_A).await?;
     let request = pb::CreateEndpointRequest {
         url: receiver.url(),

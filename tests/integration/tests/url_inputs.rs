@@ -165,7 +165,7 @@ async fn allowlisted_urls_feed_jobs_and_each_failure_is_named() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_longer_than_the_ack_wait_keeps_its_job() -> anyhow::Result<()> {
     // Long enough that a loaded machine still beats every third of it.
-    let ack_wait = Duration::from_secs(2);
+    let ack_wait = Duration::from_secs(3);
     assert!(media_server::SLOW_BODY >= ack_wait + Duration::from_secs(1));
     let cluster = TestCluster::start_with(|config| {
         config.render.url_inputs.egress.allow = vec!["127.0.0.1".into()];

@@ -696,10 +696,12 @@ async fn one_jobs_many_webhooks_to_a_slow_receiver_do_not_hold_up_other_tenants(
     })
     .await?;
     let mut tenant_a = cluster.client(KEY_A).await?;
-    let slow = WebhookReceiver::start_slow(Duration::from_secs(2)).await?;
+    let slow = WebhookReceiver::start_slow(Duration::from_secs(6)).await?;
     create_endpoint(&mut tenant_a, &slow.url(), &[]).await?;
     // Queued, started, about three progress and completed, all in one
-    // chain (job and endpoint), sent one after another, 2 s each.
+    // chain (job and endpoint), sent one after another, 6 s each: long
+    // enough that B's webhook below reaches notify during the first or
+    // second of them however loaded the machine.
     let long = tenant_a.submit(noop(3.0)).await?;
     let mut events = tenant_a.watch(&long.id).await?;
     let wait = Duration::from_secs(30);
@@ -714,7 +716,7 @@ async fn one_jobs_many_webhooks_to_a_slow_receiver_do_not_hold_up_other_tenants(
     let webhook = fast.next(Duration::from_secs(30)).await?;
     assert_eq!(webhook.json()["type"], "job.completed");
     // Had the long job's chain filled the places in hand, this one would
-    // wait for at least two more of its 2 s sends.
+    // wait for at least two more of its 6 s sends.
     let sent_slowly = slow.attempts();
     assert!(sent_slowly <= 2, "{sent_slowly} slow webhooks went first");
     Ok(())

@@ -606,7 +606,8 @@ mod tests {
         let latency = returned - cancel_later.join().expect("cancel thread");
         eprintln!("cancel took effect after {latency:?}");
         assert!(matches!(result, Err(MediaError::Cancelled)), "{result:?}");
-        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        // The promise to clients: a running job stops within 2 s.
+        assert!(latency < Duration::from_secs(2), "{latency:?}");
         assert!(!output.exists(), "partial output left behind");
     }
 
