@@ -574,7 +574,7 @@ impl RenderWorker {
             .map_or(self.config.work_dir.as_path(), |dir| dir.path());
         if let Work::Ingest { source, title } = &plan.work {
             return self
-                .ingest(job, source, title, scratch_path)
+                .ingest(job, (source, title), scratch_path, &flags.stopped)
                 .instrument(tracing::info_span!("ingest"))
                 .await;
         }

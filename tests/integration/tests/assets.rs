@@ -185,3 +185,34 @@ async fn ingest_dedupes_by_url_and_content_and_titles_are_searchable() -> anyhow
     assert_eq!(theirs.expect_err("not theirs").code(), Code::NotFound);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_ingest_ends_its_download_and_catalogs_nothing() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(|config| {
+        config.render.url_inputs.egress.allow = vec!["127.0.0.1".into()];
+    })
+    .await?;
+    let server = MediaServer::start(std::fs::read(clips::six_second_clip())?).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let url = server.url("/hanging.mp4");
+    let job = client.submit(ingest(url_source(&url), "never")).await?;
+    let mut events = client.watch(&job.id).await?;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next()).await? {
+        if matches!(event?.kind, Some(pb::job_event::Kind::Started(_))) {
+            break;
+        }
+    }
+    client.cancel(&job.id).await?;
+    // The download would hang for the fetcher's 10 minute timeout (longer
+    // than this wait); the cancel ends it and the worker lets the item go.
+    cluster.wait_until_work_settled().await?;
+    let job = client.get(&job.id).await?;
+    assert_eq!(job.state(), pb::JobState::Cancelled, "{job:?}");
+    assert_eq!(server.requests(), 1);
+    assert_eq!(stored_assets(&cluster).await?, 0);
+    let status = get(&mut client, By::SourceUrl(url))
+        .await
+        .expect_err("nothing cataloged");
+    assert_eq!(status.code(), Code::NotFound, "{status}");
+    Ok(())
+}

@@ -4,6 +4,10 @@
 //!
 //! Nothing is done twice: a source URL the catalog knows is not fetched,
 //! and content it knows (same sha256) is not stored again.
+//!
+//! A stop (cancel, or a draining worker handing the job back) ends the
+//! download at once; an upload under way is let finish and then removed,
+//! so a stopped ingest leaves neither an object nor a catalog entry.
 
 use std::path::Path;
 
@@ -12,6 +16,7 @@ use reelmesh_store::ObjectKey;
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
+use tokio_util::sync::CancellationToken;
 
 use super::{RenderWorker, summary};
 use crate::{RenderError, input::InputRef, media};
@@ -20,9 +25,9 @@ impl RenderWorker {
     pub(super) async fn ingest(
         &self,
         job: &JobRecord,
-        source: &InputRef,
-        title: &str,
+        (source, title): (&InputRef, &str),
         scratch: &Path,
+        stopped: &CancellationToken,
     ) -> Result<JobOutput, RenderError> {
         let catalog = &self.topology.assets;
         let source_url = match source {
@@ -35,13 +40,23 @@ impl RenderWorker {
             return Ok(asset_output(asset, true));
         }
         let path = scratch.join("input-0");
-        self.fetch_input(job, source, &path).await?;
+        tokio::select! {
+            fetched = self.fetch_input(job, source, &path) => fetched?,
+            _ = stopped.cancelled() => return Err(RenderError::Cancelled),
+        }
         let (sha256, size_bytes) = file_sha256(&path).await?;
         let media = probe(&path, source).await?;
         let id = AssetId::new();
         let key = asset_key(&id, source)?;
+        if stopped.is_cancelled() {
+            return Err(RenderError::Cancelled);
+        }
         if let InputRef::Url(_) = source {
             self.store.upload_file(&job.tenant, &key, &path).await?;
+            if stopped.is_cancelled() {
+                self.store.delete(&job.tenant, &key).await?;
+                return Err(RenderError::Cancelled);
+            }
         }
         let record = AssetRecord {
             id,
