@@ -167,9 +167,10 @@ enum Disposal {
     Ack,
     /// Deliver again after this long (a retry's backoff, or at once).
     Nak(Duration),
-    /// Neither: the item was delivered again and the job is another
-    /// delivery's now. JetStream acks a message, not a delivery, so an ack
-    /// or nak here would take the item from under its new owner.
+    /// Neither: the item was (or may have been) delivered again and the
+    /// job is another delivery's now. JetStream acks a message, not a
+    /// delivery, so an ack or nak here would take the item from under its
+    /// new owner.
     Leave,
 }
 
@@ -307,16 +308,27 @@ impl RenderWorker {
                 .await;
             drop(tracked);
             let slot = started.slot.take();
-            let finished = self
+            // Still in hand while its end is written, which NATS may slow.
+            let finish = self
                 .finish(started, outcome, &flags)
-                .instrument(tracing::info_span!("finish"))
+                .instrument(tracing::info_span!("finish"));
+            let finished = self
+                .keep_alive(message, (&item, number, &flags), finish)
                 .await;
             // After the job's end is recorded and announced, so its events
             // never show more jobs running than the limit.
             if let Some(slot) = slot {
                 self.at_limit.release(&self.topology, slot).await;
             }
-            finished
+            Ok(finished.unwrap_or_else(|err| {
+                // Not a nak: should this delivery have lost the item to
+                // another meanwhile, JetStream would take it from that one
+                // too (a nak names the message, not the delivery) and the
+                // live attempt would be closed. The item comes back after
+                // the ack wait, and its next start sees where the job is.
+                tracing::warn!("attempt not ended, left to the ack wait: {err}");
+                Disposal::Leave
+            }))
         }
         .instrument(span)
         .await
