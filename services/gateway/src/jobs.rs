@@ -409,6 +409,9 @@ impl NatsJobs {
             })
             .await?;
         let Some(was) = cancelled_from else {
+            if versioned.record.state == JobState::Cancelled {
+                self.finish_cancel(nats, &versioned.record).await?;
+            }
             return Ok(versioned.record);
         };
         // The round's `queued` event goes first if it is not stored yet: a
@@ -435,6 +438,26 @@ impl NatsJobs {
             tracing::warn!(job = %id, "cancelled job left queued until a worker drops it: {err}");
         }
         Ok(versioned.record)
+    }
+
+    /// A CancelJob of a job already CANCELLED finishes what the call that
+    /// cancelled it may not have: that call can have stopped (the gateway
+    /// killed, NATS failing, the client told UNAVAILABLE and trying again)
+    /// between the compare-and-set and the `cancelled` event, leaving
+    /// watchers and webhooks waiting, or before taking the work item out,
+    /// leaving it counted against the tenant until a worker reaches it.
+    async fn finish_cancel(&self, nats: &Topology, record: &JobRecord) -> Result<(), GatewayError> {
+        let event = JobEvent::of(record, EventKind::Cancelled);
+        if !nats.events.holds(&event).await? {
+            // Its round's `queued` first, as in a first cancel.
+            let queued = JobEvent::of(record, EventKind::Queued);
+            nats.events.publish_unless_stored(&queued).await?;
+            nats.events.publish(&event).await?;
+            tracing::warn!(job = %record.id, "sent the cancelled event a cancel left unsent");
+        }
+        // The event is stored, so no worker needs the item to send it.
+        nats.work.withdraw_job(&record.tenant, &record.id).await?;
+        Ok(())
     }
 
     async fn watch_job(

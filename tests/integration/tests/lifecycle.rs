@@ -224,6 +224,36 @@ async fn a_retried_job_counts_against_its_tenants_limit() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_cut_short_before_its_event_is_finished_by_the_next() -> anyhow::Result<()> {
+    // No workers: only a cancel can send the event and take the item out.
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let mut client = cluster.client(KEY_A).await?;
+    let nats = topology_of(&cluster).await?;
+    let job = client.submit(noop(0.0, 0)).await?;
+    // A cancel whose compare-and-set landed, then nothing more (its
+    // gateway killed, or NATS failing as it sent the event).
+    let id = reelmesh_nats::JobId::parse(&job.id).expect("id");
+    nats.jobs
+        .modify(&tenant_a(), &id, |record| {
+            record.cancel()?;
+            Ok(true)
+        })
+        .await?;
+    assert_eq!(nats.work.tenant_depth(&tenant_a()).await?, 1);
+
+    // The client, told UNAVAILABLE, cancels again.
+    for _ in 0..2 {
+        let cancelled = client.cancel(&job.id).await?;
+        assert_eq!(cancelled.state(), pb::JobState::Cancelled);
+        let events = events_of(&mut client, &job.id).await?;
+        let kinds: Vec<_> = events.iter().map(event_kind_name).collect();
+        assert_eq!(kinds, ["queued", "cancelled"]);
+        assert_eq!(nats.work.tenant_depth(&tenant_a()).await?, 0);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_while_queued_leaves_the_queue_at_once() -> anyhow::Result<()> {
     // No workers: only the cancel can take a job's item out of the queue.
     let cluster = TestCluster::start_without_render(|config| {
