@@ -46,31 +46,45 @@ impl IdempotencyKeys {
         to: &JobId,
     ) -> Result<bool, NatsError> {
         let entry_key = entry_key(tenant, key);
-        let entry = self
-            .kv
-            .entry(&entry_key)
-            .await
-            .map_err(NatsError::unavailable)?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        let Some(revision) = self.claim_of(&entry_key, from).await? else {
             return Ok(false);
         };
-        if entry.value != from.as_str().as_bytes() {
-            return Ok(false);
-        }
         let moved = self
             .kv
-            .update(&entry_key, to.as_str().to_owned().into(), entry.revision)
+            .update(&entry_key, to.as_str().to_owned().into(), revision)
             .await;
         Ok(unless_moved(moved)?.is_some())
     }
 
-    /// Gives up a claim whose job could not be created, so a retry of the
-    /// submit is not pointed at a job that does not exist.
-    pub async fn release(&self, tenant: &TenantId, key: &str) -> Result<(), NatsError> {
-        self.kv
-            .purge(entry_key(tenant, key))
+    /// Gives up `job`'s claim on `key`, its job not created, so a retry of
+    /// the submit is not pointed at a job that does not exist. Only while
+    /// the claim still names `job`: a submit held up long enough may find
+    /// another gateway took the claim over meanwhile (see `take_over`), and
+    /// that job's claim must stay. `false` when it did not name `job`.
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        job: &JobId,
+    ) -> Result<bool, NatsError> {
+        let entry_key = entry_key(tenant, key);
+        let Some(revision) = self.claim_of(&entry_key, job).await? else {
+            return Ok(false);
+        };
+        // Written since the read: by then it is another job's claim.
+        let purged = self.kv.purge_expect_revision(&entry_key, Some(revision));
+        Ok(unless_moved(purged.await)?.is_some())
+    }
+
+    /// The revision of the claim under `entry_key` if it names `job`.
+    async fn claim_of(&self, entry_key: &str, job: &JobId) -> Result<Option<u64>, NatsError> {
+        let entry = self
+            .kv
+            .entry(entry_key)
             .await
-            .map_err(NatsError::unavailable)
+            .map_err(NatsError::unavailable)?;
+        let named = entry.filter(|e| e.operation == kv::Operation::Put && e.value == job.as_str());
+        Ok(named.map(|e| e.revision))
     }
 }
 

@@ -164,7 +164,10 @@ impl NatsJobs {
             Ok(()) => {}
             Err(Created::No(err)) => {
                 if let (Some(key), Ok(nats)) = (&key, self.connect().await) {
-                    let _ = nats.idempotency.release(&record.tenant, key).await;
+                    let _ = nats
+                        .idempotency
+                        .release(&record.tenant, key, &record.id)
+                        .await;
                 }
                 return Err(err);
             }

@@ -563,3 +563,23 @@ async fn only_a_job_never_stored_is_barred() -> anyhow::Result<()> {
     assert!(matches!(late, Err(NatsError::JobExists(_))), "{late:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idempotency_claim_is_released_only_by_the_job_it_names() -> anyhow::Result<()> {
+    let (_server, topology) = topology().await?;
+    let keys = &topology.idempotency;
+    let [first, second, third] = [(); 3].map(|()| reelmesh_nats::JobId::new());
+    assert_eq!(keys.claim(&tenant(), "order-7", &first).await?, None);
+    // Another gateway takes the claim over (the first job never stored)...
+    assert!(
+        keys.take_over(&tenant(), "order-7", &first, &second)
+            .await?
+    );
+    // ...and the first submit, held up until now, gives its claim up.
+    assert!(!keys.release(&tenant(), "order-7", &first).await?);
+    let holder = keys.claim(&tenant(), "order-7", &third).await?;
+    assert_eq!(holder, Some(second.clone()), "the second job keeps the key");
+    assert!(keys.release(&tenant(), "order-7", &second).await?);
+    assert_eq!(keys.claim(&tenant(), "order-7", &third).await?, None);
+    Ok(())
+}
