@@ -90,9 +90,12 @@ pub trait JobsApi: Send + Sync + 'static {
 /// Why a submit's job was not created and queued.
 #[derive(Debug)]
 enum Created {
-    /// No record was stored: the idempotency claim can be given up.
+    /// No job will run: no record was stored, or the one stored could not
+    /// be queued and was ended at once. The idempotency claim can be given
+    /// up, so that a retry of the submit makes a job that runs.
     No(GatewayError),
-    /// The record was stored but could not be queued; it was ended.
+    /// The record was stored but could not be queued, and is still to be
+    /// ended (or was taken by a worker after all): the claim stays with it.
     NotQueued(GatewayError),
     /// NATS did not answer the create: the record (and its event and work
     /// item, sent after it) may yet be stored, so the claim stays with it.
@@ -214,8 +217,10 @@ impl NatsJobs {
             }
         }
         if let Err(err) = queued.and(work) {
-            self.abandon(record, &err).await;
-            return Err(Created::NotQueued(err.into()));
+            return Err(match self.abandon(record, &err).await {
+                true => Created::No(err.into()),
+                false => Created::NotQueued(err.into()),
+            });
         }
         Ok(())
     }
@@ -347,14 +352,15 @@ impl NatsJobs {
     /// The record exists but the job could not be queued: end it as FAILED
     /// so it does not sit in QUEUED forever, then report the outage. Should
     /// that fail too, it is tried again in the background (see
-    /// [`crate::unqueued`]).
-    async fn abandon(&self, record: &JobRecord, cause: &NatsError) {
+    /// [`crate::unqueued`]). `true` when it is ended now, by this call.
+    async fn abandon(&self, record: &JobRecord, cause: &NatsError) -> bool {
         let Ok(nats) = self.connect().await else {
-            return;
+            return false;
         };
         let cause = cause.to_string();
-        let Err(err) = unqueued::fail(nats, record, &cause).await else {
-            return;
+        let err = match unqueued::fail(nats, record, &cause).await {
+            Ok(ended) => return ended,
+            Err(err) => err,
         };
         tracing::warn!(job = %record.id, "could not fail a job left unqueued, trying again: {err}");
         // The caller has its answer; the job must still end, and the sweep
@@ -370,6 +376,7 @@ impl NatsJobs {
                 tracing::error!(job = %record.id, "gave up failing a job left unqueued: {err}");
             }
         });
+        false
     }
 
     async fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<JobRecord, GatewayError> {

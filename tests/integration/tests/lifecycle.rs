@@ -254,6 +254,40 @@ async fn a_cancel_cut_short_before_its_event_is_finished_by_the_next() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_job_could_not_be_queued_leaves_its_key_to_the_next() -> anyhow::Result<()> {
+    // No limit, so the submit counts nothing in the work stream first.
+    let cluster = TestCluster::start_without_render(|config| {
+        config.gateway.limits.max_active_jobs_per_tenant = 0;
+    })
+    .await?;
+    let mut client = cluster.client(KEY_A).await?;
+    // The work stream gone: a record is stored, its work item is not.
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.cluster.nats.url()).await?);
+    js.delete_stream(reelmesh_nats::names::WORK_STREAM).await?;
+    let refused = client
+        .submit_once(noop(0.0, 0), "order-9")
+        .await
+        .expect_err("not queued");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    let failed = client.list(pb::JobState::Failed, 10).await?.jobs;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].error.contains("could not be queued"),
+        "{failed:?}"
+    );
+
+    // Back (declared again), the client's retry with the key makes a job
+    // that runs, not the failed one again.
+    topology_of(&cluster).await?;
+    let job = client.submit_once(noop(0.0, 0), "order-9").await?;
+    assert_ne!(job.id, failed[0].id);
+    assert_eq!(job.state(), pb::JobState::Queued);
+    let again = client.submit_once(noop(0.0, 0), "order-9").await?;
+    assert_eq!(again.id, job.id, "the key now names the new job");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_while_queued_leaves_the_queue_at_once() -> anyhow::Result<()> {
     // No workers: only the cancel can take a job's item out of the queue.
     let cluster = TestCluster::start_without_render(|config| {
