@@ -141,6 +141,25 @@ impl WorkQueue {
         Ok(total)
     }
 
+    /// Whether the queues may hold an item of `job`: one of its own, or
+    /// any of its tenant's that an earlier release queued without the job
+    /// in the subject (those cannot be told apart).
+    pub async fn may_hold_job(&self, tenant: &TenantId, job: &JobId) -> Result<bool, NatsError> {
+        let stream = self.stream().await?;
+        let [_, untold] = names::tenant_work_filters(tenant);
+        for filter in [names::job_work_filter(tenant, job), untold] {
+            let mut info = stream
+                .info_with_subjects(filter)
+                .await
+                .map_err(NatsError::unavailable)?;
+            if let Some(subject) = info.next().await {
+                subject.map_err(NatsError::unavailable)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Messages waiting for a worker: what autoscalers scale render workers on.
     pub async fn depth(&self) -> Result<u64, NatsError> {
         let info = self.stream().await?.get_info().await;

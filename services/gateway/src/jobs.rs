@@ -363,8 +363,9 @@ impl NatsJobs {
             Err(err) => err,
         };
         tracing::warn!(job = %record.id, "could not fail a job left unqueued, trying again: {err}");
-        // The caller has its answer; the job must still end, and the sweep
-        // cannot tell every such job from one waiting in its queue.
+        // The caller has its answer, that the job was not accepted, so it
+        // must end: the sweep would queue it again should its `queued`
+        // event have been stored.
         let (jobs, record) = (self.clone(), record.clone());
         tokio::spawn(async move {
             let Ok(nats) = jobs.connect().await else {

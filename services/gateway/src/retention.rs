@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::{GatewayError, NatsJobs, unqueued};
+use crate::{
+    GatewayError, NatsJobs,
+    unqueued::{self, Mended},
+};
 
 const DAY: u64 = 24 * 3600;
 
@@ -50,6 +53,8 @@ pub struct Swept {
     pub jobs: usize,
     /// Jobs failed because they were never queued ([`crate::unqueued`]).
     pub unqueued: usize,
+    /// Jobs queued again because their work item was never stored (same).
+    pub requeued: usize,
     /// Markers removed jobs left in the record bucket
     /// ([`reelmesh_nats::JobRecords::remove_purge_markers`]).
     pub markers: usize,
@@ -73,6 +78,7 @@ pub async fn sweep_until(
                         outputs = swept.outputs,
                         jobs = swept.jobs,
                         unqueued = swept.unqueued,
+                        requeued = swept.requeued,
                         markers = swept.markers,
                         skipped = swept.skipped,
                         "retention sweep"
@@ -102,7 +108,9 @@ pub async fn sweep(
     let mut swept = Swept::default();
     for job in nats.jobs.list_all().await? {
         match unqueued::sweep_one(nats, &job).await {
-            Ok(failed) => swept.unqueued += usize::from(failed),
+            Ok(Mended::Failed) => swept.unqueued += 1,
+            Ok(Mended::Requeued) => swept.requeued += 1,
+            Ok(Mended::Nothing) => {}
             Err(err) => tracing::warn!(job = %job.id, "cannot check a job for queueing: {err}"),
         }
         match sweep_ended(nats, store, config, now, &job).await {

@@ -8,14 +8,20 @@
 //! item will come back to send their `failed` event again should it be
 //! lost, so the sweep does that too.
 //!
-//! One case is left to the gateway alone: the `queued` event stored, the
-//! work item not, and the gateway gone before NATS came back. The sweep
-//! cannot tell that job from one waiting in a long queue.
+//! A job whose `queued` event was stored but whose work item was not (the
+//! gateway gone before it could end it, or NATS not answering the
+//! create, so that the gateway could not tell what was stored) is queued
+//! again by the sweep instead: it was announced, and its client, retrying
+//! with the idempotency key, is told it was accepted. A queued job's item
+//! stays in the work stream until the job ends (retries and hand-backs nak
+//! it), so a job QUEUED and unchanged for `RECORD_LAG` with none is one
+//! whose item never came.
 
 use std::time::Duration;
 
 use reelmesh_nats::{
-    EventKind, JobEvent, JobRecord, JobState, NatsError, Topology, record::RECORD_LAG,
+    EventKind, JobEvent, JobRecord, JobState, NatsError, Priority, Topology, WorkItem,
+    record::RECORD_LAG,
 };
 use time::OffsetDateTime;
 
@@ -102,32 +108,71 @@ async fn failed_by_earlier_try(nats: &Topology, job: &JobRecord) -> Result<bool,
     Ok(ours)
 }
 
-/// Fails `job`, as listed by the sweep, if it is one of these: QUEUED and
-/// unchanged for `RECORD_LAG` with no `queued` event of its round. Of one
+/// What the sweep did with one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mended {
+    Nothing,
+    /// Never queued: failed.
+    Failed,
+    /// Announced but its work item never stored: queued again.
+    Requeued,
+}
+
+/// Mends `job`, as listed by the sweep, if it is QUEUED and unchanged for
+/// `RECORD_LAG` yet was never queued whole: failed with no `queued` event
+/// of its round, queued again with the event but no work item. Of one
 /// failed here before, sends the `failed` event again if it is not stored.
-pub async fn sweep_one(nats: &Topology, job: &JobRecord) -> Result<bool, NatsError> {
+pub async fn sweep_one(nats: &Topology, job: &JobRecord) -> Result<Mended, NatsError> {
     if job.state == JobState::Failed {
         confirm_failed(nats, job).await?;
-        return Ok(false);
+        return Ok(Mended::Nothing);
     }
     let quiet = OffsetDateTime::now_utc() - job.updated_at;
     if job.state != JobState::Queued || quiet < RECORD_LAG {
-        return Ok(false);
+        return Ok(Mended::Nothing);
     }
     if nats
         .events
         .holds(&JobEvent::of(job, EventKind::Queued))
         .await?
     {
-        return Ok(false);
+        return requeue_if_itemless(nats, job).await;
     }
     tracing::warn!(job = %job.id, tenant = %job.tenant, "failing a job that was never queued");
-    fail(
-        nats,
-        job,
-        "its queued event and work item were never stored",
-    )
-    .await
+    let cause = "its queued event and work item were never stored";
+    let failed = fail(nats, job, cause).await?;
+    Ok(if failed {
+        Mended::Failed
+    } else {
+        Mended::Nothing
+    })
+}
+
+/// Queues `job` again if the queues hold no item of it. The record is read
+/// again after the look: a job that ended meanwhile had its item acked
+/// only after its end was stored, and is left alone.
+async fn requeue_if_itemless(nats: &Topology, job: &JobRecord) -> Result<Mended, NatsError> {
+    if nats.work.may_hold_job(&job.tenant, &job.id).await? {
+        return Ok(Mended::Nothing);
+    }
+    let Some(stored) = nats.jobs.get(&job.tenant, &job.id).await? else {
+        return Ok(Mended::Nothing);
+    };
+    let record = &stored.record;
+    let unchanged = record.state == JobState::Queued
+        && record.round == job.round
+        && record.updated_at == job.updated_at;
+    if !unchanged {
+        return Ok(Mended::Nothing);
+    }
+    tracing::warn!(job = %job.id, tenant = %job.tenant, "queueing again a job whose work item was never stored");
+    let item = WorkItem {
+        tenant: job.tenant.clone(),
+        job_id: job.id.clone(),
+        round: job.round,
+    };
+    nats.work.enqueue(&item, Priority::of(&job.spec)).await?;
+    Ok(Mended::Requeued)
 }
 
 async fn confirm_failed(nats: &Topology, job: &JobRecord) -> Result<(), NatsError> {

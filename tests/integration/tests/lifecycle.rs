@@ -713,9 +713,9 @@ async fn an_ending_stored_before_the_duplicate_window_is_not_sent_again() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_one_is_not()
+async fn the_sweep_fails_a_job_never_queued_and_queues_again_one_whose_item_never_came()
 -> anyhow::Result<()> {
-    use reelmesh_nats::{EventKind, JobEvent, JobRecord};
+    use reelmesh_nats::{EventKind, JobEvent, JobRecord, Priority, WorkItem};
     let cluster = TestCluster::start_without_render(|config| {
         config.gateway.retention.sweep_every_secs = 0.1;
     })
@@ -735,6 +735,18 @@ async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_on
     nats.jobs.create(&waiting).await?;
     let queued = JobEvent::of(&waiting, EventKind::Queued);
     nats.events.publish(&queued).await?;
+    let item = WorkItem {
+        tenant: tenant.clone(),
+        job_id: waiting.id.clone(),
+        round: waiting.round,
+    };
+    nats.work.enqueue(&item, Priority::Normal).await?;
+    // Announced, but its work item never stored: queued again.
+    let mut itemless = JobRecord::new(tenant.clone(), noop(0.0, 0));
+    itemless.updated_at = two_minutes_ago;
+    nats.jobs.create(&itemless).await?;
+    let queued = JobEvent::of(&itemless, EventKind::Queued);
+    nats.events.publish(&queued).await?;
     // Failed as never queued, its `failed` event lost: no work item will
     // send it again, so the sweep does.
     let mut unannounced = JobRecord::new(tenant, noop(0.0, 0));
@@ -749,6 +761,23 @@ async fn a_job_never_queued_is_failed_and_announced_by_the_sweep_and_a_queued_on
     assert_eq!(waiting.state(), pb::JobState::Queued, "{waiting:?}");
     let events = events_of(&mut client, unannounced.id.as_str()).await?;
     assert_eq!(kind_names(&events), ["failed"]);
+    // One item each for the waiting job and the one queued again, however
+    // many sweeps ran (the item's message id and the look before).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while nats.work.tenant_depth(&tenant_a()).await? < 2 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not queued again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let itemless = client.get(itemless.id.as_str()).await?;
+    assert_eq!(itemless.state(), pb::JobState::Queued, "{itemless:?}");
+    // Sweeps after that find its item and leave it be.
+    let store = reelmesh_store::MediaStore::open(&cluster.store_url, &[])?;
+    let config = reelmesh_gateway::retention::RetentionConfig::default();
+    for _ in 0..3 {
+        let swept = reelmesh_gateway::retention::sweep(&nats, &store, &config).await?;
+        assert_eq!(swept.requeued, 0, "{swept:?}");
+    }
+    assert_eq!(nats.work.tenant_depth(&tenant_a()).await?, 2);
     Ok(())
 }
 
@@ -759,8 +788,9 @@ async fn a_job_announced_but_not_queued_is_failed_once_nats_answers_again() -> a
     let mut client = cluster.client(KEY_A).await?;
     let nats = topology_of(&cluster).await?;
     // As a submit leaves a job whose work item NATS did not take: QUEUED
-    // and announced, with no work item. The sweep cannot tell it from a
-    // job waiting in its queue, so the gateway keeps trying to fail it.
+    // and announced, with no work item. The client was told it was not
+    // accepted, so the gateway keeps trying to fail it (the sweep would
+    // queue it again only after `RECORD_LAG`).
     let job = JobRecord::new(tenant_a(), noop(0.0, 0));
     nats.jobs.create(&job).await?;
     nats.events
