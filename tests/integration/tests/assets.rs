@@ -8,7 +8,9 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use object_store::ObjectStore as _;
 use reelmesh_cli::{ReelmeshClient, client::asset_source};
-use reelmesh_integration_tests::{KEY_A, KEY_B, TestCluster, clips, media_server::MediaServer};
+use reelmesh_integration_tests::{
+    KEY_A, KEY_B, TestCluster, clips, media_server::MediaServer, started,
+};
 use reelmesh_proto::v1::{self as pb, get_asset_request::By, job_spec::Operation};
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -196,12 +198,7 @@ async fn a_cancelled_ingest_ends_its_download_and_catalogs_nothing() -> anyhow::
     let mut client = cluster.client(KEY_A).await?;
     let url = server.url("/hanging.mp4");
     let job = client.submit(ingest(url_source(&url), "never")).await?;
-    let mut events = client.watch(&job.id).await?;
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next()).await? {
-        if matches!(event?.kind, Some(pb::job_event::Kind::Started(_))) {
-            break;
-        }
-    }
+    started(&mut client, &job.id).await?;
     client.cancel(&job.id).await?;
     // The download would hang for the fetcher's 10 minute timeout (longer
     // than this wait); the cancel ends it and the worker lets the item go.

@@ -13,6 +13,7 @@ use reelmesh_integration_tests::{
     KEY_A, TestCluster, clips,
     media_server::{self, MediaServer},
     packets::video_packets,
+    started,
     worker::WorkerProcess,
 };
 use reelmesh_proto::v1::{self as pb, job_spec::Operation};
@@ -196,12 +197,7 @@ async fn a_cancel_ends_a_download_under_way() -> anyhow::Result<()> {
     let mut client = cluster.client(KEY_A).await?;
     let trim = trim_of(url_source(&server.url("/hanging.mp4")), 2.0, 4.0);
     let job = client.submit(trim).await?;
-    let mut events = client.watch(&job.id).await?;
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next()).await? {
-        if matches!(event?.kind, Some(pb::job_event::Kind::Started(_))) {
-            break;
-        }
-    }
+    started(&mut client, &job.id).await?;
     client.cancel(&job.id).await?;
     // The download would hang for the fetcher's 10 minute timeout; the
     // cancel ends it, and the worker lets go of the item.
