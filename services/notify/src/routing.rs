@@ -223,7 +223,12 @@ impl EventRouter {
                         }
                     }
                     Some(Err(err)) => tracing::warn!("event consumer: {err}"),
-                    None => break,
+                    // It ends for good (the consumer deleted, say): stopping
+                    // here would leave notify up but routing nothing.
+                    None => {
+                        ack(unacked).await;
+                        return Err(NatsError::Unavailable("the event consumer ended".into()));
+                    }
                 },
                 _ = flush.tick(), if unacked.is_some() => {
                     ack(unacked.take()).await;
