@@ -13,6 +13,8 @@ pub mod media;
 pub mod plan;
 pub mod worker;
 
+use std::time::Duration;
+
 use reelmesh_nats::Topology;
 use reelmesh_store::MediaStore;
 use tokio::net::TcpListener;
@@ -38,9 +40,18 @@ pub async fn run(
         concurrency = config.concurrency,
         "render worker pulling jobs"
     );
+    let client = topology.client.clone();
     RenderWorker::new(topology, store, config)?
         .run(intake, shutdown)
         .await;
+    // The last acks and naks (a drain's hand-backs) are only queued in the
+    // client; sent before the process exits, a handed-back job goes to the
+    // next worker at once rather than after the ack wait. Bounded, as NATS
+    // may be what is down.
+    let flushed = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("last acks not confirmed sent; their jobs come back after the ack wait");
+    }
     server.await??;
     Ok(())
 }
