@@ -127,37 +127,36 @@ impl WorkQueue {
     /// A tenant's jobs in the queues, waiting or being rendered, under
     /// both subject layouts (an upgrade may leave items of the earlier one).
     pub async fn tenant_depth(&self, tenant: &TenantId) -> Result<u64, NatsError> {
-        let stream = self.stream().await?;
-        let mut total = 0;
-        for filter in names::tenant_work_filters(tenant) {
-            let mut info = stream
-                .info_with_subjects(filter)
-                .await
-                .map_err(NatsError::unavailable)?;
-            while let Some(subject) = info.next().await {
-                total += subject.map_err(NatsError::unavailable)?.1 as u64;
-            }
-        }
-        Ok(total)
+        self.count(names::tenant_work_filters(tenant), u64::MAX)
+            .await
     }
 
     /// Whether the queues may hold an item of `job`: one of its own, or
     /// any of its tenant's that an earlier release queued without the job
     /// in the subject (those cannot be told apart).
     pub async fn may_hold_job(&self, tenant: &TenantId, job: &JobId) -> Result<bool, NatsError> {
-        let stream = self.stream().await?;
         let [_, untold] = names::tenant_work_filters(tenant);
-        for filter in [names::job_work_filter(tenant, job), untold] {
+        let filters = [names::job_work_filter(tenant, job), untold];
+        Ok(self.count(filters, 1).await? > 0)
+    }
+
+    /// Items under `filters`, counted subject by subject until `enough`.
+    async fn count(&self, filters: [String; 2], enough: u64) -> Result<u64, NatsError> {
+        let stream = self.stream().await?;
+        let mut total = 0;
+        for filter in filters {
             let mut info = stream
                 .info_with_subjects(filter)
                 .await
                 .map_err(NatsError::unavailable)?;
-            if let Some(subject) = info.next().await {
-                subject.map_err(NatsError::unavailable)?;
-                return Ok(true);
+            while let Some(subject) = info.next().await {
+                total += subject.map_err(NatsError::unavailable)?.1 as u64;
+                if total >= enough {
+                    return Ok(total);
+                }
             }
         }
-        Ok(false)
+        Ok(total)
     }
 
     /// Messages waiting for a worker: what autoscalers scale render workers on.
