@@ -592,10 +592,8 @@ impl RenderWorker {
         }
         // A stop ends a download at once; an upload under way is let
         // finish, as the end of the attempt then removes what it stored.
-        let inputs = tokio::select! {
-            inputs = self.fetch_inputs(job, &plan, scratch_path) => inputs?,
-            _ = flags.stopped.cancelled() => return Err(RenderError::Cancelled),
-        };
+        let fetch = self.fetch_inputs(job, &plan, scratch_path);
+        let inputs = unless_stopped(&flags.stopped, fetch).await?;
         let (progress_tx, progress_rx) = watch::channel(0.0);
         let reporter = CancellationToken::new();
         let recorded = flags.recorded.subscribe();
@@ -1134,6 +1132,17 @@ impl Started {
         EventKind::Started {
             attempt: self.attempt,
         }
+    }
+}
+
+/// `work` (a download), ended at once by a stop: CANCELLED.
+async fn unless_stopped<T>(
+    stopped: &CancellationToken,
+    work: impl Future<Output = Result<T, RenderError>>,
+) -> Result<T, RenderError> {
+    tokio::select! {
+        done = work => done,
+        _ = stopped.cancelled() => Err(RenderError::Cancelled),
     }
 }
 

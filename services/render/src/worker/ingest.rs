@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{RenderWorker, summary};
+use super::{RenderWorker, summary, unless_stopped};
 use crate::{RenderError, input::InputRef, media};
 
 impl RenderWorker {
@@ -40,10 +40,7 @@ impl RenderWorker {
             return Ok(asset_output(asset, true));
         }
         let path = scratch.join("input-0");
-        tokio::select! {
-            fetched = self.fetch_input(job, source, &path) => fetched?,
-            _ = stopped.cancelled() => return Err(RenderError::Cancelled),
-        }
+        unless_stopped(stopped, self.fetch_input(job, source, &path)).await?;
         let (sha256, size_bytes) = file_sha256(&path).await?;
         let media = probe(&path, source).await?;
         let id = AssetId::new();
