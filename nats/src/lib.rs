@@ -37,7 +37,7 @@ pub use idempotency::IdempotencyKeys;
 pub use pending::Pending;
 pub use record::{
     Attempt, DEFAULT_MAX_ATTEMPTS, JobId, JobOutput, JobRecord, JobRecords, JobState, MediaSummary,
-    NoAttempt, Priority, Progress, TenantId,
+    NoAttempt, Priority, Progress, TenantId, outputs_dir,
 };
 pub use running::{Claim, HeldSlot, RunningSlots};
 pub use topology::{Topology, TopologyConfig};

@@ -180,6 +180,13 @@ pub struct Progress {
     pub eta_seconds: Option<f64>,
 }
 
+/// The store directory under which every attempt of `job` writes its
+/// results (`outputs/<job>/<attempt>/...`). Attempts that never committed
+/// leave theirs there too, so retention deletes the whole directory.
+pub fn outputs_dir(job: &JobId) -> String {
+    format!("outputs/{job}")
+}
+
 /// What a completed job produced (nothing, for a noop job).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobOutput {

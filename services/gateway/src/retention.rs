@@ -1,6 +1,7 @@
 //! The retention sweeper: ended jobs do not stay for ever. Their outputs
-//! are deleted after `output_retention_secs`, and the job itself (record
-//! and events) after `job_retention_secs`, both counted from when the job
+//! (with what failed attempts left in the job's output directory) are
+//! deleted after `output_retention_secs`, and the job itself (record and
+//! events) after `job_retention_secs`, both counted from when the job
 //! ended. Queued and running jobs are not removed; the same pass fails
 //! the queued ones that were never queued at all ([`crate::unqueued`]).
 //!
@@ -12,8 +13,8 @@
 
 use std::time::Duration;
 
-use reelmesh_nats::{JobRecord, NatsError, Topology};
-use reelmesh_store::{MediaStore, ObjectKey};
+use reelmesh_nats::{JobRecord, JobState, NatsError, Topology, outputs_dir};
+use reelmesh_store::{KeyPrefix, MediaStore, ObjectKey, StoreError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -187,15 +188,39 @@ async fn remove_job(
     {
         return Ok(false);
     }
+    if job.state == JobState::Failed {
+        // With its record gone, no attempt can start to write there now.
+        // Should the store fail here, nothing names what is left: logged.
+        if let Err(err) = delete_attempts_dir(store, job).await {
+            tracing::warn!(job = %job.id, "results of its unfinished attempts stay: {err}");
+        }
+    }
     nats.events.purge(&job.tenant, &job.id).await?;
     Ok(true)
 }
 
+/// Deletes what the job's attempts stored: the objects its output names,
+/// then whatever attempts that never committed left in its directory
+/// (a worker killed after its upload, or NATS failing it at the commit).
+/// A FAILED job's directory waits for [`remove_job`]: a RetryJob may yet
+/// start an attempt that writes there.
 async fn delete_outputs(store: &MediaStore, job: &JobRecord) -> Result<(), GatewayError> {
     let keys = job.output.iter().flat_map(|output| &output.keys);
     for key in keys {
-        let key = ObjectKey::parse(key).map_err(reelmesh_store::StoreError::from)?;
+        let key = ObjectKey::parse(key).map_err(StoreError::from)?;
         store.delete(&job.tenant, &key).await?;
+    }
+    if job.state != JobState::Failed {
+        delete_attempts_dir(store, job).await?;
+    }
+    Ok(())
+}
+
+async fn delete_attempts_dir(store: &MediaStore, job: &JobRecord) -> Result<(), GatewayError> {
+    let dir = KeyPrefix::parse(&format!("{}/", outputs_dir(&job.id))).map_err(StoreError::from)?;
+    let deleted = store.delete_under(&job.tenant, &dir).await?;
+    if deleted > 0 {
+        tracing::debug!(job = %job.id, deleted, "deleted the job's results");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! The gateway has already validated the spec (and expanded merge fields);
 //! planning is pure, so every decision here is unit-tested without media.
 
-use reelmesh_nats::JobId;
+use reelmesh_nats::{JobId, outputs_dir};
 use reelmesh_proto::v1::{
     self as pb, Container, CopyMode, JobSpec, Source, job_spec::Operation, source::Kind,
 };
@@ -393,8 +393,8 @@ fn input_ref(source: Option<&Source>) -> Result<InputRef, RenderError> {
 /// the delivery count tells the two apart.
 fn output_dir(job: &JobId, attempt: u32, delivery: i64) -> String {
     match delivery {
-        ..=1 => format!("outputs/{job}/{attempt}"),
-        _ => format!("outputs/{job}/{attempt}.{delivery}"),
+        ..=1 => format!("{}/{attempt}", outputs_dir(job)),
+        _ => format!("{}/{attempt}.{delivery}", outputs_dir(job)),
     }
 }
 

@@ -37,6 +37,8 @@ use crate::{KeyPrefix, ObjectKey, StoreError, key::key_of};
 const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts in flight at once per upload; bounds memory to about 2 parts.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Objects listed per page while deleting everything under a prefix.
+const DELETE_PAGE: usize = 500;
 
 /// What an upload must match, when the client says so.
 #[derive(Debug, Clone, Default)]
@@ -304,6 +306,32 @@ impl MediaStore {
         let more = objects.len() > limit;
         objects.truncate(limit);
         Ok(Listing { objects, more })
+    }
+
+    /// Deletes every one of the tenant's objects under `prefix`, a page at
+    /// a time; returns how many it deleted. Pages go by the last key seen,
+    /// so a backend slow to forget deleted objects cannot loop it.
+    pub async fn delete_under(
+        &self,
+        tenant: &TenantId,
+        prefix: &KeyPrefix,
+    ) -> Result<usize, StoreError> {
+        let mut after: Option<ObjectKey> = None;
+        let mut deleted = 0;
+        loop {
+            let page = self
+                .list(tenant, prefix, after.as_ref(), DELETE_PAGE)
+                .await?;
+            for object in &page.objects {
+                let key = ObjectKey::parse(&object.key)?;
+                self.delete(tenant, &key).await?;
+                deleted += 1;
+                after = Some(key);
+            }
+            if !page.more {
+                return Ok(deleted);
+            }
+        }
     }
 
     pub async fn delete(&self, tenant: &TenantId, key: &ObjectKey) -> Result<(), StoreError> {

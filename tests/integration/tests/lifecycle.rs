@@ -1173,3 +1173,78 @@ async fn a_job_the_sweep_cannot_remove_does_not_stop_it_removing_the_others() ->
     assert!(kept.is_some(), "skipped, not removed");
     Ok(())
 }
+
+/// An attempt that never committed (its worker killed after the upload, or
+/// NATS failing it at the commit) leaves results its record does not name.
+/// They go with the job's outputs; a FAILED job's, which a RetryJob could
+/// still write beside, go only with the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_what_uncommitted_attempts_left_beside_a_jobs_output()
+-> anyhow::Result<()> {
+    use reelmesh_gateway::retention::{RetentionConfig, sweep};
+    use reelmesh_nats::{JobOutput, JobRecord, outputs_dir};
+    use reelmesh_store::{ObjectKey, StoreError};
+    let cluster = TestCluster::start_without_render(|_| {}).await?;
+    let nats = topology_of(&cluster).await?;
+    let store = cluster.open_store()?;
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), b"rendered")?;
+    let key = |job: &JobRecord, attempt: &str| {
+        ObjectKey::parse(&format!("{}/{attempt}/result.mp4", outputs_dir(&job.id)))
+    };
+
+    // Attempt 1 stored its result and died; attempt 2 committed.
+    let mut completed = JobRecord::new(tenant_a(), noop(0.0, 0));
+    completed.begin_attempt().expect("attempt 1");
+    completed.begin_attempt().expect("attempt 2");
+    let (left, committed) = (key(&completed, "1")?, key(&completed, "2")?);
+    completed.complete(JobOutput {
+        key: committed.to_string(),
+        keys: vec![committed.to_string()],
+        ..Default::default()
+    })?;
+    // A second delivery of attempt 1's item left its result; then it failed.
+    let mut failed = JobRecord::new(tenant_a(), noop(0.0, 0));
+    failed.begin_attempt().expect("attempt 1");
+    failed.fail("out of attempts")?;
+    let failed_left = key(&failed, "1.2")?;
+    let unrelated = key(&JobRecord::new(tenant_a(), noop(0.0, 0)), "1")?;
+    for object in [&left, &committed, &failed_left, &unrelated] {
+        store.upload_file(&tenant_a(), object, file.path()).await?;
+    }
+    nats.jobs.create(&completed).await?;
+    nats.jobs.create(&failed).await?;
+    let stored = async |key: &ObjectKey| match store.stat(&tenant_a(), key).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(err) => Err(anyhow::Error::from(err)),
+    };
+
+    let outputs_only = RetentionConfig {
+        output_retention_secs: 0,
+        ..RetentionConfig::default()
+    };
+    let swept = sweep(&nats, &store, &outputs_only).await?;
+    assert_eq!((swept.outputs, swept.jobs), (1, 0), "{swept:?}");
+    assert!(
+        !stored(&committed).await?,
+        "the committed result is deleted"
+    );
+    assert!(!stored(&left).await?, "so is the one attempt 1 left");
+    assert!(
+        stored(&failed_left).await?,
+        "a FAILED job's wait for the job"
+    );
+    let jobs_too = RetentionConfig {
+        job_retention_secs: 0,
+        ..RetentionConfig::default()
+    };
+    let swept = sweep(&nats, &store, &jobs_too).await?;
+    assert_eq!(swept.jobs, 2, "{swept:?}");
+    assert!(!stored(&failed_left).await?, "deleted with its job");
+    assert!(
+        stored(&unrelated).await?,
+        "another job's result is not touched"
+    );
+    Ok(())
+}
