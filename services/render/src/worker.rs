@@ -254,13 +254,28 @@ impl RenderWorker {
     }
 
     async fn handle(&self, message: Message, bell: &IntakeBell) {
-        let disposal = match self.process(&message).await {
-            Ok(disposal) => disposal,
-            Err(RenderError::Nats(NatsError::Corrupt(why))) => {
+        let item = match WorkItem::decode(&message.payload) {
+            Ok(item) => item,
+            Err(err) => {
                 // Redelivery cannot fix bytes we cannot read.
-                tracing::error!("dropping unreadable work item: {why}");
+                tracing::error!("dropping unreadable work item: {err}");
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
+            }
+        };
+        let disposal = match self.process(&message, &item).await {
+            Ok(disposal) => disposal,
+            Err(RenderError::Nats(NatsError::Corrupt(why))) => {
+                // The item is fine; the job's record is what this worker
+                // cannot read (a later release's, say). Dropping the item
+                // would strand the job: it stays queued for a worker that
+                // can read it, and this one says so, less often each time.
+                tracing::error!(
+                    job = %item.job_id,
+                    "cannot read the job's record, leaving the job queued: {why}"
+                );
+                let delivered = message.info().map_or(1, |info| info.delivered);
+                Disposal::Nak(unreadable_record_wait(delivered))
             }
             Err(err) => {
                 // NATS failed under us: the record was not updated (a
@@ -285,12 +300,11 @@ impl RenderWorker {
         }
     }
 
-    async fn process(&self, message: &Message) -> Result<Disposal, RenderError> {
-        let item = WorkItem::decode(&message.payload)?;
+    async fn process(&self, message: &Message, item: &WorkItem) -> Result<Disposal, RenderError> {
         let span = tracing::info_span!("job", job = %item.job_id, tenant = %item.tenant);
         async {
             let delivered = message.info().map_or(1, |info| info.delivered);
-            let mut started = match self.start(&item, delivered).await? {
+            let mut started = match self.start(item, delivered).await? {
                 Start::Run(started) => *started,
                 Start::Later(delay) => return Ok(Disposal::Nak(delay)),
                 Start::AtLimit => {
@@ -304,7 +318,7 @@ impl RenderWorker {
             let number = started.attempt;
             let attempt = self.run_attempt(&mut started, delivered, &flags);
             let outcome = self
-                .keep_alive(message, (&item, number, &flags), attempt)
+                .keep_alive(message, (item, number, &flags), attempt)
                 .await;
             drop(tracked);
             let slot = started.slot.take();
@@ -313,7 +327,7 @@ impl RenderWorker {
                 .finish(started, outcome, &flags)
                 .instrument(tracing::info_span!("finish"));
             let finished = self
-                .keep_alive(message, (&item, number, &flags), finish)
+                .keep_alive(message, (item, number, &flags), finish)
                 .await;
             // After the job's end is recorded and announced, so its events
             // never show more jobs running than the limit.
@@ -1243,6 +1257,16 @@ fn record_wait(delivered: i64) -> Duration {
     Duration::from_millis(10 << doublings)
 }
 
+/// How long a job whose record this worker cannot read waits before it is
+/// offered again: 1 s, doubling with each delivery up to 64 s, so a worker
+/// of the release that wrote it soon gets it and the log is not flooded.
+fn unreadable_record_wait(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(0)
+        .min(6);
+    Duration::from_secs(1 << doublings)
+}
+
 /// Progress of the render stage, with an ETA from the rate so far once a
 /// few percent are done (earlier estimates swing too much to be useful).
 fn render_progress(fraction: f64, elapsed: Duration) -> Progress {
@@ -1299,10 +1323,13 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_record_is_waited_for_with_a_growing_pause() {
+    fn a_missing_or_unreadable_record_is_waited_for_with_a_growing_pause() {
         assert_eq!(record_wait(1), Duration::from_millis(10));
         assert_eq!(record_wait(2), Duration::from_millis(20));
         assert_eq!(record_wait(1000), Duration::from_millis(5120));
+        assert_eq!(unreadable_record_wait(1), Duration::from_secs(1));
+        assert_eq!(unreadable_record_wait(3), Duration::from_secs(4));
+        assert_eq!(unreadable_record_wait(1000), Duration::from_secs(64));
         assert!(may_still_arrive(&JobId::new()));
     }
 

@@ -386,6 +386,55 @@ async fn an_unreadable_work_item_is_dropped_not_retried() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Only the item's own bytes are a reason to drop it. A job whose record
+/// the worker cannot read (a later release's, say) keeps its item, and runs
+/// once the record reads again.
+#[tokio::test]
+async fn a_job_whose_record_cannot_be_read_stays_queued_until_it_can() -> anyhow::Result<()> {
+    let cluster = reelmesh_integration_tests::TestCluster::start().await?;
+    let topology =
+        Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
+    let js = async_nats::jetstream::new(topology.client.clone());
+    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
+    let job = JobRecord::new(tenant(), reelmesh_integration_tests::noop(0.0));
+    bucket
+        .put(job.key(), r#"{"state":"teleported"}"#.into())
+        .await?;
+    let item = WorkItem {
+        tenant: tenant(),
+        job_id: job.id.clone(),
+        round: 0,
+    };
+    topology.work.enqueue(&item, Priority::Normal).await?;
+
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(
+            &reelmesh_nats::names::render_consumer(Priority::Normal),
+            reelmesh_nats::names::WORK_STREAM,
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while consumer.info().await?.num_redelivered == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never offered again: {:?}",
+            js.get_stream(reelmesh_nats::names::WORK_STREAM)
+                .await?
+                .info()
+                .await?
+                .state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A readable record in its place (create takes a deleted key).
+    bucket.delete(job.key()).await?;
+    topology.jobs.create(&job).await?;
+    cluster.wait_until_work_settled().await?;
+    let ended = topology.jobs.get(&tenant(), &job.id).await?.expect("kept");
+    assert_eq!(ended.record.state, JobState::Completed, "{ended:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn running_slots_are_held_once_and_taken_over_only_from_jobs_not_running()
 -> anyhow::Result<()> {
