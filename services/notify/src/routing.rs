@@ -17,9 +17,7 @@
 //! events of that kind it passed since the endpoint was saved are read
 //! once from the stream and routed like the rest, except where the
 //! destination already has a later webhook of the job (it would go out of
-//! order). A notify that starts does the same for endpoints saved in the
-//! last ten minutes, in case the one before stopped between widening the
-//! filter and reading back. One narrow case remains: an event of a kind already routed that
+//! order). One narrow case remains: an event of a kind already routed that
 //! the consumer had delivered but notify not yet handled when the filter
 //! widened, followed in the same job by a read-back event, is queued after
 //! it, so that one job's webhooks to that endpoint may go out of order.
@@ -97,35 +95,6 @@ impl EndpointCache {
                 wanted.then_some(kind)
             })
             .collect()
-    }
-
-    /// Per tenant, the kinds beyond the terminal ones that its endpoints
-    /// saved since `since` take, and the earliest of those saves.
-    pub fn saved_since(
-        &self,
-        since: OffsetDateTime,
-    ) -> Vec<(TenantId, Vec<&'static str>, OffsetDateTime)> {
-        let mut saved = Vec::new();
-        for (tenant, endpoints) in &self.by_tenant {
-            let recent: Vec<_> = endpoints
-                .values()
-                .filter(|endpoint| endpoint.updated_at >= since)
-                .collect();
-            let kinds: Vec<&'static str> = WEBHOOK_EVENT_TYPES
-                .into_iter()
-                .filter_map(|event_type| {
-                    let kind = event_type.strip_prefix("job.")?;
-                    let wanted = !TERMINAL_KIND_NAMES.contains(&kind)
-                        && recent.iter().any(|endpoint| endpoint.wants(event_type));
-                    wanted.then_some(kind)
-                })
-                .collect();
-            let earliest = recent.iter().map(|endpoint| endpoint.updated_at).min();
-            if let Some(earliest) = earliest.filter(|_| !kinds.is_empty()) {
-                saved.push((tenant.clone(), kinds, earliest));
-            }
-        }
-        saved
     }
 
     /// The tenant's endpoints taking `event_type` now.
@@ -224,9 +193,6 @@ impl EventRouter {
             .messages()
             .await
             .map_err(NatsError::unavailable)?;
-        if !self.read_back_recent_saves(&shutdown).await {
-            return Ok(());
-        }
         let mut changes = std::pin::pin!(changes);
         let mut unacked: Option<Message> = None;
         let mut routed_since_ack = 0;
@@ -313,22 +279,6 @@ impl EventRouter {
             }
             _ => true,
         }
-    }
-
-    /// Reads back, as [`Self::endpoint_changed`] does, the kinds endpoints
-    /// saved in the last [`MAX_READ_BACK`] added. The notify that saw such
-    /// a save may have stopped before its read-back was done, and this one
-    /// starts with the consumer's filter wide already, past those events.
-    /// Routing is idempotent: events routed before are not queued again.
-    async fn read_back_recent_saves(&mut self, shutdown: &CancellationToken) -> bool {
-        let since = OffsetDateTime::now_utc() - MAX_READ_BACK;
-        for (tenant, kinds, saved_at) in self.endpoints.saved_since(since) {
-            tracing::info!(%tenant, ?kinds, "reading back events for endpoints saved lately");
-            if !self.read_back(&tenant, &kinds, saved_at, shutdown).await {
-                return false;
-            }
-        }
-        true
     }
 
     /// Routes the tenant's events of `kinds` stored since `saved_at` (less

@@ -466,53 +466,6 @@ async fn notify_killed_mid_schedule_loses_no_webhook() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A notify that learns of an endpoint after its consumer passed events
-/// the endpoint takes reads them back. Should it die before that, the next
-/// notify must do it: it starts with the consumer past those events.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notify_killed_before_reading_back_for_an_endpoint_leaves_that_to_the_next()
--> anyhow::Result<()> {
-    let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
-    let nats = cluster.cluster.nats.url();
-    let settings = [("EGRESS__ALLOW", "[\"127.0.0.1\"]")];
-    let first = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
-    let mut client = cluster.client(KEY_A).await?;
-    let saved_at = time::OffsetDateTime::now_utc();
-    // No endpoint takes `started`: the consumer passes over the job's
-    // start, and its callback shows it has.
-    let mut callbacks = WebhookReceiver::start(0).await?;
-    let mut spec = noop(0.0);
-    spec.callback = Some(pb::Callback {
-        url: callbacks.url(),
-        secret: String::new(),
-    });
-    let job = client.submit(spec).await?;
-    let ended = callbacks.next(Duration::from_secs(30)).await?;
-    assert_eq!(ended.json()["type"], "job.completed");
-    first.kill()?;
-    // Saved before the job started; the notify that would have heard of
-    // it late (and read back) is gone.
-    let mut receiver = WebhookReceiver::start(0).await?;
-    let request = pb::CreateEndpointRequest {
-        url: receiver.url(),
-        events: vec!["job.started".into()],
-        ..Default::default()
-    };
-    let tenant = reelmesh_nats::TenantId::parse("tenant-a").map_err(anyhow::Error::msg)?;
-    let mut endpoint =
-        reelmesh_gateway::endpoints::NewEndpoint::parse(request)?.into_record(tenant);
-    endpoint.updated_at = saved_at;
-    let config = reelmesh_nats::TopologyConfig::default();
-    let topology = reelmesh_nats::Topology::connect(&nats, &config).await?;
-    topology.endpoints.create(&endpoint).await?;
-
-    let _second = WorkerProcess::spawn_notify(NOTIFY, &nats, &settings)?;
-    let started = receiver.next(Duration::from_secs(30)).await?;
-    assert_eq!(started.json()["type"], "job.started");
-    assert_eq!(started.json()["data"]["job_id"], job.id.as_str());
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_waiting_in_hand_past_the_ack_wait_are_still_sent_once() -> anyhow::Result<()> {
     let cluster = TestCluster::start_with(|config| config.notify_elsewhere = true).await?;
