@@ -30,6 +30,10 @@ pub enum RenderError {
     Store(#[from] StoreError),
     #[error("nats: {0}")]
     Nats(#[from] NatsError),
+    /// The item's job record does not decode here (a later release's,
+    /// say): the job must wait for a worker that can read it.
+    #[error("the job's record cannot be read: {0}")]
+    UnreadableRecord(String),
     #[error("local file: {0}")]
     Local(#[from] std::io::Error),
 }

@@ -265,17 +265,20 @@ impl RenderWorker {
         };
         let disposal = match self.process(&message, &item).await {
             Ok(disposal) => disposal,
-            Err(RenderError::Nats(NatsError::Corrupt(why))) => {
-                // The item is fine; the job's record is what this worker
-                // cannot read (a later release's, say). Dropping the item
-                // would strand the job: it stays queued for a worker that
-                // can read it, and this one says so, less often each time.
-                tracing::error!(
-                    job = %item.job_id,
-                    "cannot read the job's record, leaving the job queued: {why}"
-                );
+            Err(RenderError::UnreadableRecord(why)) => {
+                // Dropping the item would strand the job: it stays queued
+                // for a worker that can read it, and this one says so, less
+                // often each time.
+                tracing::error!(job = %item.job_id, "leaving the job queued: {why}");
                 let delivered = message.info().map_or(1, |info| info.delivered);
                 Disposal::Nak(unreadable_record_wait(delivered))
+            }
+            Err(RenderError::Nats(NatsError::Corrupt(why))) => {
+                // Other bytes this worker cannot read (an ended job's
+                // stored ending, say): no redelivery changes them.
+                tracing::error!(job = %item.job_id, "dropping the work item: {why}");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
             }
             Err(err) => {
                 // NATS failed under us: the record was not updated (a
@@ -413,7 +416,8 @@ impl RenderWorker {
     /// that read (a second read only if the record moved meanwhile). Jobs
     /// without a limit pay nothing for it.
     async fn start(&self, item: &WorkItem, delivered: i64) -> Result<Start, RenderError> {
-        let read = match self.topology.jobs.get(&item.tenant, &item.job_id).await? {
+        let read = self.topology.jobs.get(&item.tenant, &item.job_id).await;
+        let read = match read.map_err(unreadable_record)? {
             Some(read) => read,
             // The gateway sends the record and the item at once, and only
             // the stream order is given: the item can be read first.
@@ -1255,6 +1259,15 @@ fn record_wait(delivered: i64) -> Duration {
         .unwrap_or(0)
         .min(9);
     Duration::from_millis(10 << doublings)
+}
+
+/// A record that does not decode is told apart from NATS failing: the
+/// first waits for another release's worker, the second for NATS.
+fn unreadable_record(err: NatsError) -> RenderError {
+    match err {
+        NatsError::Corrupt(why) => RenderError::UnreadableRecord(why),
+        err => RenderError::Nats(err),
+    }
 }
 
 /// How long a job whose record this worker cannot read waits before it is
