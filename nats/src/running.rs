@@ -148,8 +148,13 @@ impl RunningSlots {
         let Some(Ok(job)) = slot.holder.as_ref().map(|(job, _)| JobId::parse(job)) else {
             return Ok(None);
         };
-        let record = self.jobs.get(tenant, &job).await?;
-        Ok(record.map(|current| current.record.state))
+        match self.jobs.get(tenant, &job).await {
+            Ok(record) => Ok(record.map(|current| current.record.state)),
+            // Most likely a later release's job, and running: its slot
+            // is not for the taking, and this job waits as at any limit.
+            Err(NatsError::Corrupt(_)) => Ok(Some(JobState::Running)),
+            Err(err) => Err(err),
+        }
     }
 
     /// Writes `job` into `slot` at the revision it was read at; `None` when

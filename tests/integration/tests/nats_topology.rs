@@ -435,6 +435,28 @@ async fn a_job_whose_record_cannot_be_read_stays_queued_until_it_can() -> anyhow
     Ok(())
 }
 
+/// A slot held by a job whose record cannot be read (most likely a later
+/// release's running job) is not taken, and is no error: the next job
+/// waits as at any limit.
+#[tokio::test]
+async fn a_slot_held_by_a_job_whose_record_cannot_be_read_is_kept() -> anyhow::Result<()> {
+    use reelmesh_nats::Claim;
+    let (_server, topology) = topology().await?;
+    let holder = JobRecord::new(tenant(), JobSpec::default());
+    let waiting = JobRecord::new(tenant(), JobSpec::default());
+    topology.jobs.create(&waiting).await?;
+    let claim = topology.running.claim(&tenant(), &holder.id, 1).await?;
+    assert!(matches!(claim, Claim::Held(_)), "{claim:?}");
+    let js = async_nats::jetstream::new(topology.client.clone());
+    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
+    bucket
+        .put(holder.key(), r#"{"state":"teleported"}"#.into())
+        .await?;
+    let claim = topology.running.claim(&tenant(), &waiting.id, 1).await?;
+    assert_eq!(claim, Claim::Full);
+    Ok(())
+}
+
 #[tokio::test]
 async fn running_slots_are_held_once_and_taken_over_only_from_jobs_not_running()
 -> anyhow::Result<()> {
