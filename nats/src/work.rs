@@ -15,7 +15,7 @@ use async_nats::jetstream::{
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, NatsError, Pending, Priority, TenantId, names};
+use crate::{JobId, JobRecord, NatsError, Pending, Priority, TenantId, names};
 
 /// Just enough to find the job record; the record is the source of truth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,15 @@ pub struct WorkItem {
 }
 
 impl WorkItem {
+    /// The item that queues `job` in its current round.
+    pub fn of(job: &JobRecord) -> Self {
+        WorkItem {
+            tenant: job.tenant.clone(),
+            job_id: job.id.clone(),
+            round: job.round,
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, NatsError> {
         serde_json::from_slice(bytes).map_err(|err| NatsError::Corrupt(err.to_string()))
     }

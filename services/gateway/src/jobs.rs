@@ -232,11 +232,7 @@ impl NatsJobs {
         record: &JobRecord,
     ) -> Result<(Pending, Pending), NatsError> {
         let queued = JobEvent::of(record, EventKind::Queued);
-        let item = WorkItem {
-            tenant: record.tenant.clone(),
-            job_id: record.id.clone(),
-            round: record.round,
-        };
+        let item = WorkItem::of(record);
         let queued = nats.events.send(&queued).await?;
         let work = nats.work.send(&item, Priority::of(&record.spec)).await?;
         Ok((queued, work))

@@ -166,11 +166,7 @@ async fn requeue_if_itemless(nats: &Topology, job: &JobRecord) -> Result<Mended,
         return Ok(Mended::Nothing);
     }
     tracing::warn!(job = %job.id, tenant = %job.tenant, "queueing again a job whose work item was never stored");
-    let item = WorkItem {
-        tenant: job.tenant.clone(),
-        job_id: job.id.clone(),
-        round: job.round,
-    };
+    let item = WorkItem::of(job);
     nats.work.enqueue(&item, Priority::of(&job.spec)).await?;
     Ok(Mended::Requeued)
 }
