@@ -17,6 +17,18 @@ async fn topology() -> anyhow::Result<(NatsServer, Topology)> {
     Ok((server, topology))
 }
 
+/// Stores under `key`, straight into the jobs bucket, a record as a later
+/// release's might look to this one; returns the bucket.
+async fn store_unreadable_record(
+    topology: &Topology,
+    key: String,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    let js = async_nats::jetstream::new(topology.client.clone());
+    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
+    bucket.put(key, r#"{"state":"teleported"}"#.into()).await?;
+    Ok(bucket)
+}
+
 fn tenant() -> reelmesh_nats::TenantId {
     reelmesh_nats::TenantId::parse("acme").expect("tenant")
 }
@@ -136,12 +148,9 @@ async fn a_record_that_cannot_be_read_does_not_hide_the_others() -> anyhow::Resu
     let (_server, topology) = topology().await?;
     let job = JobRecord::new(tenant(), JobSpec::default());
     topology.jobs.create(&job).await?;
-    // As a later release's record might look to this one.
     let unreadable = reelmesh_nats::JobId::new();
     let key = reelmesh_nats::names::job_key(&tenant(), &unreadable);
-    let js = async_nats::jetstream::new(topology.client.clone());
-    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
-    bucket.put(key, r#"{"state":"teleported"}"#.into()).await?;
+    store_unreadable_record(&topology, key).await?;
 
     let ids = |records: Vec<JobRecord>| {
         records
@@ -158,6 +167,7 @@ async fn a_record_that_cannot_be_read_does_not_hide_the_others() -> anyhow::Resu
     assert!(matches!(read, Err(NatsError::Corrupt(_))), "{read:?}");
 
     // Nor does an endpoint: notify routes every tenant's by the whole list.
+    let js = async_nats::jetstream::new(topology.client.clone());
     let endpoints = js
         .get_key_value(reelmesh_nats::names::ENDPOINTS_BUCKET)
         .await?;
@@ -394,19 +404,14 @@ async fn a_job_whose_record_cannot_be_read_stays_queued_until_it_can() -> anyhow
     let cluster = reelmesh_integration_tests::TestCluster::start().await?;
     let topology =
         Topology::connect(&cluster.cluster.nats.url(), &TopologyConfig::default()).await?;
-    let js = async_nats::jetstream::new(topology.client.clone());
-    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
     let job = JobRecord::new(tenant(), reelmesh_integration_tests::noop(0.0));
-    bucket
-        .put(job.key(), r#"{"state":"teleported"}"#.into())
+    let bucket = store_unreadable_record(&topology, job.key()).await?;
+    topology
+        .work
+        .enqueue(&WorkItem::of(&job), Priority::Normal)
         .await?;
-    let item = WorkItem {
-        tenant: tenant(),
-        job_id: job.id.clone(),
-        round: 0,
-    };
-    topology.work.enqueue(&item, Priority::Normal).await?;
 
+    let js = async_nats::jetstream::new(topology.client.clone());
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(
             &reelmesh_nats::names::render_consumer(Priority::Normal),
@@ -447,11 +452,7 @@ async fn a_slot_held_by_a_job_whose_record_cannot_be_read_is_kept() -> anyhow::R
     topology.jobs.create(&waiting).await?;
     let claim = topology.running.claim(&tenant(), &holder.id, 1).await?;
     assert!(matches!(claim, Claim::Held(_)), "{claim:?}");
-    let js = async_nats::jetstream::new(topology.client.clone());
-    let bucket = js.get_key_value(reelmesh_nats::names::JOBS_BUCKET).await?;
-    bucket
-        .put(holder.key(), r#"{"state":"teleported"}"#.into())
-        .await?;
+    store_unreadable_record(&topology, holder.key()).await?;
     let claim = topology.running.claim(&tenant(), &waiting.id, 1).await?;
     assert_eq!(claim, Claim::Full);
     Ok(())
